@@ -1,0 +1,61 @@
+"""PCM helpers: base64 pcm16 <-> numpy and resampling (soxr)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+import numpy as np
+import soxr
+
+from quillman.errors import InvalidAudioLength, InvalidBase64
+
+
+def decode_pcm16_base64(data: str) -> np.ndarray:
+    """base64 pcm16 little-endian mono -> int16 array; typed errors for bad input."""
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidBase64(f"audio is not valid base64: {exc}", param="audio") from None
+    if len(raw) % 2:
+        raise InvalidAudioLength(
+            f"pcm16 audio must have an even number of bytes, got {len(raw)}", param="audio"
+        )
+    return np.frombuffer(raw, dtype="<i2")
+
+
+def encode_pcm16_base64(pcm: np.ndarray) -> str:
+    return base64.b64encode(np.asarray(pcm, dtype="<i2").tobytes()).decode("ascii")
+
+
+def int16_to_float(pcm: np.ndarray) -> np.ndarray:
+    return pcm.astype(np.float32) / 32768.0
+
+
+def float_to_int16(pcm: np.ndarray) -> np.ndarray:
+    return (np.clip(pcm, -1.0, 1.0) * 32767.0).astype(np.int16)
+
+
+def resample(pcm: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
+    """Resample a whole clip (int16 or float32 in, same dtype out)."""
+    if from_hz == to_hz or len(pcm) == 0:
+        return pcm
+    return soxr.resample(pcm, from_hz, to_hz, quality="HQ")
+
+
+class StreamResampler:
+    """Resample a live stream chunk by chunk without clicks at chunk edges."""
+
+    def __init__(self, from_hz: int, to_hz: int):
+        self.from_hz = from_hz
+        self.to_hz = to_hz
+        self._stream = (
+            soxr.ResampleStream(from_hz, to_hz, 1, dtype="float32", quality="HQ")
+            if from_hz != to_hz
+            else None
+        )
+
+    def process(self, pcm: np.ndarray, last: bool = False) -> np.ndarray:
+        if self._stream is None:
+            return pcm
+        return self._stream.resample_chunk(pcm, last=last)

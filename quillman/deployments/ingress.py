@@ -1,0 +1,190 @@
+"""The FastAPI ingress: Realtime websocket, /prewarm, /healthz, /voices and the web client.
+
+Thin: each socket gets a :class:`RealtimeSession` wired to the three deployments through
+DeploymentHandles. Handles are configured once (``stream=True`` for LLM and TTS) and reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import numpy as np
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from quillman.config import AppConfig
+from quillman.engines.asr.base import Transcript
+from quillman.engines.llm.base import GenerationParams, Message
+from quillman.engines.vad import SileroVad
+from quillman.pipeline.session import RealtimeSession
+
+logger = logging.getLogger(__name__)
+
+WEB_DIR = Path(os.environ.get("QUILLMAN_WEB_DIR", Path(__file__).resolve().parents[2] / "web"))
+HEALTH_TIMEOUT_S = 5.0
+
+app = FastAPI(title="QuiLLMan", description="Voice chat over the OpenAI Realtime protocol")
+
+
+class HandleBackends:
+    """The session's view of the three deployments; cancelling a caller cancels the request."""
+
+    def __init__(self, transcriber: DeploymentHandle, language_model: DeploymentHandle,
+                 speaker: DeploymentHandle):
+        self._asr = transcriber
+        self._llm = language_model.options(stream=True)
+        self._tts = speaker.options(stream=True)
+
+    async def transcribe(self, pcm: np.ndarray, language: str | None) -> Transcript:
+        response = self._asr.transcribe.remote(pcm, language)
+        try:
+            return await response
+        except asyncio.CancelledError:
+            response.cancel()
+            raise
+
+    async def generate(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[str]:
+        stream = self._llm.generate.remote(messages, params)
+        try:
+            async for delta in stream:
+                yield delta
+        finally:
+            stream.cancel()
+
+    async def synthesize(self, text: str, voice: str, sample_rate_hz: int) -> AsyncIterator[np.ndarray]:
+        stream = self._tts.synthesize.remote(text, voice, sample_rate_hz)
+        try:
+            async for pcm in stream:
+                yield pcm
+        finally:
+            stream.cancel()
+
+
+@serve.deployment(name="Ingress", max_ongoing_requests=200)
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, transcriber: DeploymentHandle, language_model: DeploymentHandle,
+                 speaker: DeploymentHandle, config: AppConfig):
+        self.config = AppConfig.model_validate(config)
+        self.handles = {"Transcriber": transcriber, "LanguageModel": language_model, "Speaker": speaker}
+        self.backends = HandleBackends(transcriber, language_model, speaker)
+        self._speaker = speaker
+        self._voices: list[str] | None = None
+        self.sessions: dict[str, RealtimeSession] = {}
+
+    async def _get_voices(self) -> list[str]:
+        if self._voices is None:
+            self._voices = await self._speaker.voices.remote()
+        return self._voices
+
+    @app.websocket("/v1/realtime")
+    async def realtime(self, websocket: WebSocket) -> None:
+        await self._serve_socket(websocket)
+
+    @app.websocket("/pipeline")
+    async def pipeline(self, websocket: WebSocket) -> None:
+        await self._serve_socket(websocket)
+
+    async def _serve_socket(self, websocket: WebSocket) -> None:
+        await websocket.accept()
+        try:
+            voices = await self._get_voices()
+        except Exception:  # noqa: BLE001 - the Speaker may still be starting
+            voices = [self.config.session.voice]
+
+        async def receive() -> str | bytes | None:
+            try:
+                message = await websocket.receive()
+            except (WebSocketDisconnect, RuntimeError):
+                return None
+            if message["type"] == "websocket.disconnect":
+                return None
+            return message.get("text") if message.get("text") is not None else message.get("bytes")
+
+        async def send(event: dict[str, Any]) -> None:
+            await websocket.send_text(json.dumps(event))
+
+        llm = self.config.llm
+        session = RealtimeSession(
+            backends=self.backends, config=self.config.session, vad_config=self.config.vad,
+            make_vad=SileroVad, send=send, voices=voices,
+            llm_defaults={"max_tokens": llm.max_tokens, "temperature": llm.temperature, "top_p": llm.top_p},
+        )
+        self.sessions[session.id] = session
+        logger.info("[%s] connected (%d active)", session.id, len(self.sessions))
+        try:
+            await session.run(receive)
+        finally:
+            self.sessions.pop(session.id, None)
+            logger.info("[%s] closed: %d turns, %d responses", session.id,
+                        session.turns_committed, session.responses_done)
+            try:
+                await websocket.close()
+            except Exception:  # noqa: BLE001 - already closed by the peer
+                pass
+
+    @app.get("/prewarm")
+    async def prewarm(self) -> JSONResponse:
+        """Load and warm every model; returns per-deployment load and warm-up times."""
+        start = time.perf_counter()
+        names = list(self.handles)
+        results = await asyncio.gather(
+            *(self.handles[name].warmup.remote() for name in names), return_exceptions=True
+        )
+        body: dict[str, Any] = {}
+        ok = True
+        for name, result in zip(names, results):
+            if isinstance(result, BaseException):
+                ok = False
+                body[name] = {"status": "error", "error": f"{type(result).__name__}: {result}"[:300]}
+            else:
+                body[name] = {"status": "ready", **result}
+        await self._get_voices()
+        return JSONResponse(
+            {"status": "ready" if ok else "error", "total_ms": round((time.perf_counter() - start) * 1000, 1),
+             "deployments": body},
+            status_code=200 if ok else 503,
+        )
+
+    @app.get("/healthz")
+    async def healthz(self) -> JSONResponse:
+        async def probe(handle: DeploymentHandle) -> dict[str, Any]:
+            start = time.perf_counter()
+            try:
+                await asyncio.wait_for(handle.ping.remote(), HEALTH_TIMEOUT_S)
+            except Exception as exc:  # noqa: BLE001 - reported, not raised
+                return {"status": "unhealthy", "error": f"{type(exc).__name__}: {exc}"[:300]}
+            return {"status": "healthy", "latency_ms": round((time.perf_counter() - start) * 1000, 1)}
+
+        names = list(self.handles)
+        results = await asyncio.gather(*(probe(self.handles[name]) for name in names))
+        deployments = {"Ingress": {"status": "healthy", "sessions": len(self.sessions)},
+                       **dict(zip(names, results))}
+        healthy = all(d["status"] == "healthy" for d in deployments.values())
+        return JSONResponse({"status": "healthy" if healthy else "unhealthy", "deployments": deployments},
+                            status_code=200 if healthy else 503)
+
+    @app.get("/voices")
+    async def voices(self) -> dict[str, Any]:
+        return {"voices": await self._get_voices(), "default": self.config.session.voice}
+
+
+_PLACEHOLDER = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>QuiLLMan</title></head>
+<body><h1>QuiLLMan</h1><p>The server is running. Connect a Realtime client to
+<code>/v1/realtime</code>.</p></body></html>"""
+
+if (WEB_DIR / "index.html").is_file():
+    app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
+else:
+    @app.get("/", response_class=HTMLResponse)
+    async def placeholder() -> str:
+        return _PLACEHOLDER

@@ -1,0 +1,53 @@
+"""LLM deployment: streams text deltas (call it with ``handle.options(stream=True)``)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import AsyncIterator
+
+from ray import serve
+
+from quillman.config import LlmConfig
+from quillman.engines.llm.base import GenerationParams, Message
+from quillman.engines.loader import load_language_model
+
+logger = logging.getLogger(__name__)
+
+_WARM_MESSAGES = [{"role": "user", "content": "Say hi."}]
+
+
+@serve.deployment(name="LanguageModel", max_ongoing_requests=8)
+class LanguageModel:
+    async def __init__(self, config: LlmConfig):  # Serve allows an async constructor
+        self.config = LlmConfig.model_validate(config)
+        start = time.perf_counter()
+        self.engine = load_language_model(self.config)
+        self.load_s = round(time.perf_counter() - start, 3)
+        await self.warmup()
+        logger.info("LanguageModel ready: load %.2f s, warm-up %.0f ms", self.load_s, self.warm_ms)
+
+    async def generate(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[str]:
+        # Cancellation of this request (barge-in, disconnect) closes the engine stream here.
+        stream = self.engine.stream(messages, params)
+        try:
+            async for delta in stream:
+                yield delta
+        finally:
+            await stream.aclose()
+
+    async def warmup(self) -> dict:
+        start = time.perf_counter()
+        params = GenerationParams(max_tokens=4, temperature=0.0)
+        stream = self.engine.stream(_WARM_MESSAGES, params)
+        async for _ in stream:
+            pass
+        self.warm_ms = round((time.perf_counter() - start) * 1000, 1)
+        return {"load_s": self.load_s, "warm_ms": self.warm_ms, "model": self.config.model}
+
+    async def ping(self) -> str:
+        return "ok"
+
+    def check_health(self) -> None:
+        if self.engine is None:
+            raise RuntimeError("LLM engine not loaded")

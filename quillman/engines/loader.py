@@ -1,0 +1,47 @@
+"""Build the engine named in config; backends are imported lazily (GPU packages are optional)."""
+
+from __future__ import annotations
+
+from quillman.config import AsrConfig, LlmConfig, TtsConfig
+from quillman.engines.asr.base import SpeechRecognizer
+from quillman.engines.llm.base import LanguageModel
+from quillman.engines.tts.base import SpeechSynthesizer
+
+
+def load_recognizer(config: AsrConfig) -> SpeechRecognizer:
+    if config.backend == "faster_whisper":
+        from quillman.engines.asr.faster_whisper import FasterWhisperRecognizer
+
+        return FasterWhisperRecognizer(
+            model=config.model, device=config.device, compute_type=config.compute_type,
+            cpu_threads=config.cpu_threads, beam_size=config.beam_size, language=config.language,
+        )
+    from quillman.engines.asr.transformers_whisper import TransformersWhisperRecognizer
+
+    return TransformersWhisperRecognizer.from_config(config)
+
+
+def load_language_model(config: LlmConfig) -> LanguageModel:
+    if config.backend == "llama_cpp":
+        from quillman.engines.llm.llama_cpp import LlamaCppModel
+
+        return LlamaCppModel(model=config.model, n_threads=config.n_threads, n_ctx=config.n_ctx)
+    if config.backend == "vllm":
+        from quillman.engines.llm.vllm import VllmModel
+
+        return VllmModel.from_config(config)
+    from quillman.engines.llm.openai_compat import OpenAICompatibleModel
+
+    return OpenAICompatibleModel.from_config(config)
+
+
+def load_synthesizer(config: TtsConfig) -> SpeechSynthesizer:
+    if config.backend == "piper":
+        from quillman.engines.tts.piper import PiperSynthesizer
+
+        return PiperSynthesizer(
+            model=config.model, threads=config.threads, length_scale=config.length_scale
+        )
+    from quillman.engines.tts.xtts import XttsSynthesizer
+
+    return XttsSynthesizer.from_config(config)

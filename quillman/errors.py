@@ -1,0 +1,83 @@
+"""Typed errors with stable codes; each becomes one ``error`` event on the socket.
+
+Codes follow the OpenAI Realtime API where it has one, so existing clients recognise them.
+"""
+
+from __future__ import annotations
+
+
+class QuillmanError(Exception):
+    code = "server_error"
+    type = "server_error"
+
+    def __init__(self, message: str, *, param: str | None = None, event_id: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.event_id = event_id
+
+
+class InvalidRequest(QuillmanError):
+    code = "invalid_request"
+    type = "invalid_request_error"
+
+
+class InvalidJson(InvalidRequest):
+    code = "invalid_json"
+
+
+class UnknownEventType(InvalidRequest):
+    code = "unknown_event_type"
+
+
+class InvalidEvent(InvalidRequest):
+    code = "invalid_event"
+
+
+class UnsupportedEvent(InvalidRequest):
+    code = "unsupported_event"
+
+
+class InvalidBase64(InvalidRequest):
+    code = "invalid_base64"
+
+
+class InvalidAudioLength(InvalidRequest):
+    code = "invalid_audio_length"
+
+
+class UnsupportedAudioFormat(InvalidRequest):
+    code = "unsupported_audio_format"
+
+
+class FrameTooLarge(InvalidRequest):
+    code = "frame_too_large"
+
+
+class AudioBufferOverflow(InvalidRequest):
+    """Audio arrives faster than real time beyond the allowed lead."""
+
+    code = "input_audio_buffer_overflow"
+
+
+class CommitEmpty(InvalidRequest):
+    code = "input_audio_buffer_commit_empty"
+
+
+class ResponseAlreadyActive(InvalidRequest):
+    code = "conversation_already_has_active_response"
+
+
+class ResponseCancelNotActive(InvalidRequest):
+    code = "response_cancel_not_active"
+
+
+class ModelError(QuillmanError):
+    """A model failed or timed out during a turn: the response ends ``failed``."""
+
+    code = "model_error"
+    type = "server_error"
+
+
+class ConfigError(ValueError):
+    """A setting cannot work (missing model, impossible split); the message names the setting."""

@@ -1,0 +1,25 @@
+"""What a session needs from the three models, whoever runs them.
+
+In the server these are DeploymentHandles (``quillman.deployments.ingress.HandleBackends``);
+in unit tests, small fakes. The session code is the same either way.
+"""
+
+from __future__ import annotations
+
+from typing import AsyncIterator, Protocol
+
+import numpy as np
+
+from quillman.engines.asr.base import Transcript
+from quillman.engines.llm.base import GenerationParams, Message
+
+
+class Backends(Protocol):
+    async def transcribe(self, pcm: np.ndarray, language: str | None) -> Transcript:
+        """16 kHz float32 mono in."""
+
+    def generate(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[str]:
+        """Text deltas; closing the iterator must cancel generation."""
+
+    def synthesize(self, text: str, voice: str, sample_rate_hz: int) -> AsyncIterator[np.ndarray]:
+        """int16 mono pcm chunks at ``sample_rate_hz``; closing the iterator cancels synthesis."""

@@ -1,0 +1,137 @@
+"""Turn detection on speech probabilities: speech start, pauses, resumptions, end of turn.
+
+Pure logic over per-window probabilities (from Silero, see ``quillman.engines.vad``), in the
+samples of the 16 kHz analysis stream. A *pause* (``pause_ms`` of silence) closes a segment that
+can be transcribed at once, while the user may still go on; ``silence_duration_ms`` of silence
+ends the turn. Hysteresis as in Silero's own ``get_speech_timestamps``: speech starts above
+``threshold`` and only ends below ``threshold - 0.15``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+VAD_SAMPLE_RATE_HZ = 16000
+VAD_WINDOW_SAMPLES = 512  # 32 ms, the window Silero is trained on at 16 kHz
+
+
+@dataclass(frozen=True)
+class VadOptions:
+    threshold: float = 0.5
+    prefix_padding_ms: int = 300
+    silence_duration_ms: int = 500
+    pause_ms: int = 192
+    min_speech_ms: int = 96
+    max_segment_s: float = 8.0
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    start_sample: int  # first speech sample (no padding)
+
+
+@dataclass(frozen=True)
+class SegmentEnded:
+    """A segment of the turn is complete: at a pause (``pause=True``) or a forced split."""
+
+    end_sample: int  # where to cut the audio
+    speech_end_sample: int  # end of the last speech window before the cut
+    pause: bool
+
+
+@dataclass(frozen=True)
+class SpeechResumed:
+    sample: int
+
+
+@dataclass(frozen=True)
+class SpeechStopped:
+    speech_end_sample: int
+
+
+VadEvent = SpeechStarted | SegmentEnded | SpeechResumed | SpeechStopped
+
+
+def ms_to_samples(ms: float) -> int:
+    return int(ms * VAD_SAMPLE_RATE_HZ / 1000)
+
+
+def samples_to_ms(samples: int) -> int:
+    return int(samples * 1000 / VAD_SAMPLE_RATE_HZ)
+
+
+class TurnDetector:
+    SILENCE, SPEECH, PAUSED = "silence", "speech", "paused"
+
+    def __init__(self, options: VadOptions):
+        self.options = options
+        self.state = self.SILENCE
+        self._neg_threshold = max(options.threshold - 0.15, 0.01)
+        self._min_speech_windows = max(1, round(ms_to_samples(options.min_speech_ms) / VAD_WINDOW_SAMPLES))
+        self._candidate_start: int | None = None
+        self._candidate_windows = 0
+        self._last_speech_end = 0
+        self._silence_samples = 0
+        self._segment_start = 0
+        # Recent (probability, window_end) to pick a quiet place for a forced split.
+        self._recent: deque[tuple[float, int]] = deque(maxlen=32)
+
+    def process(self, probability: float, window_end: int) -> list[VadEvent]:
+        """Feed one window's speech probability; ``window_end`` is its end sample."""
+        window_start = window_end - VAD_WINDOW_SAMPLES
+        self._recent.append((probability, window_end))
+        events: list[VadEvent] = []
+        if self.state == self.SILENCE:
+            if self._confirm_speech(probability, window_start):
+                self.state = self.SPEECH
+                self._segment_start = self._candidate_start
+                self._last_speech_end = window_end
+                self._silence_samples = 0
+                events.append(SpeechStarted(self._candidate_start))
+        elif self.state == self.SPEECH:
+            if probability >= self._neg_threshold:
+                self._last_speech_end = window_end
+                self._silence_samples = 0
+                if window_end - self._segment_start >= self.options.max_segment_s * VAD_SAMPLE_RATE_HZ:
+                    cut = self._quietest_recent()
+                    events.append(SegmentEnded(cut, min(cut, self._last_speech_end), pause=False))
+                    self._segment_start = cut
+            else:
+                self._silence_samples += VAD_WINDOW_SAMPLES
+                if self._silence_samples >= ms_to_samples(self.options.pause_ms):
+                    self.state = self.PAUSED
+                    self._candidate_windows = 0
+                    events.append(SegmentEnded(window_end, self._last_speech_end, pause=True))
+        else:  # PAUSED
+            if self._confirm_speech(probability, window_start):
+                self.state = self.SPEECH
+                self._segment_start = self._candidate_start
+                self._last_speech_end = window_end
+                self._silence_samples = 0
+                events.append(SpeechResumed(self._candidate_start))
+            else:
+                # Unconfirmed speech still counts toward the end of turn: a click is not a word.
+                self._silence_samples += VAD_WINDOW_SAMPLES
+                if self._silence_samples >= ms_to_samples(self.options.silence_duration_ms):
+                    self.state = self.SILENCE
+                    self._candidate_windows = 0
+                    events.append(SpeechStopped(self._last_speech_end))
+        return events
+
+    def reset(self) -> None:
+        self.state = self.SILENCE
+        self._candidate_windows = 0
+        self._silence_samples = 0
+
+    def _confirm_speech(self, probability: float, window_start: int) -> bool:
+        if probability < self.options.threshold:
+            self._candidate_windows = 0
+            return False
+        if self._candidate_windows == 0:
+            self._candidate_start = window_start
+        self._candidate_windows += 1
+        return self._candidate_windows >= self._min_speech_windows
+
+    def _quietest_recent(self) -> int:
+        return min(self._recent, key=lambda pw: pw[0])[1]

@@ -1,0 +1,616 @@
+// The page: wires the state machine (state.js) to the microphone, the /v1/realtime socket,
+// playback and the DOM. Rules live in state.js; this file performs the effects it names and
+// turns DOM, audio and socket happenings into machine events.
+
+import { FX, S, THINKING_TIMEOUT_MS, backoffDelay, initialState, isConnected, transition } from "./state.js";
+import { bytesToBase64, decodeAudio, meterLevel, pcm16ToBytes } from "./pcm.js";
+import { Player } from "./playback.js";
+import { Transcript } from "./transcript.js";
+
+const SESSION_RATE = 24000; // the only pcm rate the GA protocol names
+const FRAME_MS = 40; // input_audio_buffer.append frame length
+const VOICED_RMS = 0.02; // ~ -34 dBFS: a frame this loud counts as speech for the page's latency mark
+const MAX_SOCKET_BACKLOG = 1 << 20; // bytes; past this the server is stalled: drop mic frames
+const VOICE_KEY = "quillman.voice";
+
+// Paths are relative so the page also works behind a proxy prefix.
+const endpoint = (path) => new URL(path, document.baseURI);
+
+// ---- DOM -----------------------------------------------------------------------------------------
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  app: document.querySelector(".app"),
+  serverStatus: $("server-status"),
+  serverStatusText: $("server-status-text"),
+  voiceField: $("voice-field"),
+  voiceSelect: $("voice-select"),
+  notice: $("notice"),
+  noticeText: $("notice-text"),
+  noticeDismiss: $("notice-dismiss"),
+  conversation: document.querySelector(".conversation"),
+  transcript: $("transcript"),
+  emptyHint: $("empty-hint"),
+  statusText: $("status-text"),
+  meterFill: $("meter-fill"),
+  callButton: $("call-button"),
+  callButtonText: $("call-button-text"),
+  textOnlyButton: $("text-only-button"),
+  muteButton: $("mute-button"),
+  muteButtonText: $("mute-button-text"),
+  textForm: $("text-form"),
+  messageInput: $("message-input"),
+};
+
+const transcript = new Transcript(ui.transcript, { onChange: scrollToLatest });
+
+// ---- runtime state (everything the machine doesn't decide) ----------------------------------------
+
+let machine = initialState();
+let sock = null; // the live WebSocket, or null
+let connectGen = 0; // bumps on every connect/disconnect: late async results of an old try are ignored
+let reconnectTimer = 0;
+let thinkingTimer = 0;
+let muted = false;
+let voices = null; // {voices: [...], default} from GET /voices, or null when the server has none
+let pendingText = []; // typed before the socket was up
+let lastVoicedTime = null; // AudioContext time at the end of the last loud mic frame
+let turnMark = null; // {time, kind} start of the current wait: speech end (voice) or send (text)
+let lastUserTranscript = null; // user text not yet attached to a reply record
+let meterValue = 0;
+
+const audio = { ctx: null, player: null, stream: null, source: null, node: null };
+const replies = new Map(); // response id -> record (also exposed to tests)
+
+// Read-only window for tests and debugging: counts and per-turn numbers, nothing to drive.
+const testHook = {
+  get state() {
+    return machine.state;
+  },
+  get chunksReceived() {
+    return audio.player?.chunksReceived ?? 0;
+  },
+  get chunksPlayed() {
+    return audio.player?.chunksPlayed ?? 0;
+  },
+  get chunksDropped() {
+    return audio.player?.chunksDropped ?? 0;
+  },
+  framesSent: 0,
+  framesDropped: 0,
+  events: {}, // server event type -> count
+  turns: [], // one record per reply, in order
+  errors: [], // server error events
+  prewarm: null, // {ok, ms}
+};
+window.__quillman = testHook;
+
+// ---- the machine runner ----------------------------------------------------------------------------
+
+const queue = [];
+let dispatching = false;
+
+function dispatch(event) {
+  queue.push(event);
+  if (dispatching) return; // effects may dispatch: run those after the current transition
+  dispatching = true;
+  try {
+    while (queue.length) step(queue.shift());
+  } finally {
+    dispatching = false;
+  }
+  render();
+}
+
+function step(event) {
+  const before = machine.state;
+  const next = transition(machine, event);
+  if (!next.changed) return;
+  machine = { state: next.state, ctx: next.ctx };
+  for (const fx of next.effects) runEffect(fx);
+  if (machine.state !== before) entered(machine.state, before);
+}
+
+function runEffect(fx) {
+  switch (fx) {
+    case FX.CONNECT:
+      connect();
+      break;
+    case FX.CONFIGURE:
+      configureSession();
+      break;
+    case FX.DISCONNECT:
+      closeSocket();
+      break;
+    case FX.RELEASE_MIC:
+      releaseMic();
+      break;
+    case FX.STOP_PLAYBACK:
+      audio.player?.stop();
+      break;
+    case FX.CANCEL_RESPONSE:
+      send({ type: "response.cancel" });
+      break;
+    case FX.SCHEDULE_RECONNECT:
+      clearTimeout(reconnectTimer);
+      reconnectTimer = setTimeout(() => dispatch({ type: "RETRY" }), backoffDelay(machine.ctx.attempt));
+      break;
+    case FX.CANCEL_RECONNECT:
+      clearTimeout(reconnectTimer);
+      break;
+    default:
+      console.warn("unknown effect", fx);
+  }
+}
+
+/** Timers that belong to a state start on entry and end on exit. */
+function entered(state, before) {
+  clearTimeout(thinkingTimer);
+  if (state === S.THINKING) thinkingTimer = setTimeout(() => dispatch({ type: "TIMEOUT" }), THINKING_TIMEOUT_MS);
+  if (state === S.LISTENING && before === S.CONNECTING && transcript.replies.size > 0) {
+    transcript.divider("Reconnected: the assistant starts a fresh conversation");
+  }
+  if (state === S.IDLE || state === S.ERROR) setMuted(false);
+}
+
+// ---- connecting ------------------------------------------------------------------------------------
+
+/** Must first run inside the click that started the call: browsers only let audio start from a gesture. */
+function ensureAudio() {
+  if (!audio.ctx) {
+    audio.ctx = new AudioContext({ latencyHint: "interactive" });
+    audio.player = new Player(audio.ctx, {
+      inputRate: SESSION_RATE,
+      onStart: onPlaybackStart,
+      onDrained: () => dispatch({ type: "PLAYBACK_DRAINED" }),
+    });
+  }
+  // Resume in the same tick as the gesture; awaiting something first would lose it.
+  const resumed = audio.ctx.state === "suspended" ? audio.ctx.resume() : Promise.resolve();
+  return resumed;
+}
+
+async function connect() {
+  const gen = ++connectGen;
+  const resumed = ensureAudio();
+  try {
+    await resumed;
+    if (machine.ctx.mode === "voice" && !audio.stream) await openMic();
+  } catch (err) {
+    if (gen !== connectGen) return;
+    const denied = err?.name === "NotAllowedError" || err?.name === "SecurityError";
+    dispatch(denied ? { type: "MIC_DENIED" } : { type: "MIC_FAILED", message: micErrorText(err) });
+    return;
+  }
+  if (gen !== connectGen) return; // the user hung up while we waited
+  openSocket();
+}
+
+function micErrorText(err) {
+  if (!navigator.mediaDevices) return "this page must be opened over HTTPS or from localhost";
+  if (err?.name === "NotFoundError") return "no microphone was found";
+  if (err?.name === "NotReadableError") return "another app is using the microphone";
+  return err?.message || String(err);
+}
+
+async function openMic() {
+  if (!navigator.mediaDevices?.getUserMedia) throw new Error(micErrorText());
+  const stream = await navigator.mediaDevices.getUserMedia({
+    audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true, channelCount: 1 },
+  });
+  try {
+    await audio.ctx.audioWorklet.addModule(new URL("capture-worklet.js", import.meta.url));
+    const source = audio.ctx.createMediaStreamSource(stream);
+    const node = new AudioWorkletNode(audio.ctx, "quillman-capture", {
+      numberOfInputs: 1,
+      numberOfOutputs: 0,
+      channelCount: 1,
+      channelCountMode: "explicit", // mix the mic to mono before the worklet sees it
+      processorOptions: { targetRate: SESSION_RATE, frameMs: FRAME_MS },
+    });
+    node.port.onmessage = (e) => onMicFrame(e.data);
+    source.connect(node);
+    Object.assign(audio, { stream, source, node });
+    stream.getAudioTracks().forEach((t) => (t.enabled = !muted));
+  } catch (err) {
+    stream.getTracks().forEach((t) => t.stop());
+    throw err;
+  }
+}
+
+function releaseMic() {
+  audio.node?.port.close();
+  audio.node?.disconnect();
+  audio.source?.disconnect();
+  audio.stream?.getTracks().forEach((t) => t.stop());
+  Object.assign(audio, { stream: null, source: null, node: null });
+  lastVoicedTime = null;
+  meterValue = 0;
+  ui.meterFill.style.transform = "scaleX(0)";
+}
+
+function openSocket() {
+  const url = endpoint("v1/realtime");
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  const ws = new WebSocket(url);
+  sock = ws;
+  // Handlers check `sock === ws` so a socket we already gave up on can't move the machine.
+  ws.onmessage = (e) => {
+    if (sock !== ws) return;
+    let ev;
+    try {
+      ev = JSON.parse(e.data);
+    } catch {
+      console.warn("non-JSON frame from server", e.data);
+      return;
+    }
+    onServerEvent(ev);
+  };
+  ws.onclose = (e) => {
+    if (sock !== ws) return;
+    sock = null;
+    dispatch({ type: "SOCKET_CLOSED", code: e.code, reason: e.reason });
+  };
+}
+
+function closeSocket() {
+  connectGen++;
+  const ws = sock;
+  sock = null;
+  if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000, "client closed");
+}
+
+function send(event) {
+  if (!sock || sock.readyState !== WebSocket.OPEN) return false;
+  sock.send(JSON.stringify(event));
+  return true;
+}
+
+function configureSession() {
+  send({ type: "session.update", session: sessionConfig() });
+  for (const text of pendingText.splice(0)) sendText(text);
+}
+
+function sessionConfig() {
+  const output = { format: { type: "audio/pcm", rate: SESSION_RATE } };
+  const voice = selectedVoice();
+  if (voice) output.voice = voice;
+  return {
+    type: "realtime",
+    audio: {
+      input: { format: { type: "audio/pcm", rate: SESSION_RATE }, turn_detection: { type: "server_vad" } },
+      output,
+    },
+  };
+}
+
+// ---- microphone frames -----------------------------------------------------------------------------
+
+function onMicFrame({ pcm, rms, time }) {
+  if (!muted && rms >= VOICED_RMS) lastVoicedTime = time;
+  updateMeter(muted ? 0 : rms);
+  if (!isConnected(machine.state)) return;
+  // A stalled server must not make us buffer audio without bound: drop, and say so in the counts.
+  if (sock && sock.bufferedAmount > MAX_SOCKET_BACKLOG) {
+    testHook.framesDropped++;
+    return;
+  }
+  // Muted frames are silence (the track is disabled) and are still sent, so server VAD can end a turn.
+  if (send({ type: "input_audio_buffer.append", audio: bytesToBase64(pcm16ToBytes(pcm)) })) testHook.framesSent++;
+}
+
+function updateMeter(rms) {
+  // Fast attack, slow release: easier to read than the raw 25 Hz level.
+  const level = meterLevel(rms);
+  meterValue = level > meterValue ? level : meterValue * 0.8 + level * 0.2;
+  ui.meterFill.style.transform = `scaleX(${meterValue.toFixed(3)})`;
+}
+
+// ---- server events ---------------------------------------------------------------------------------
+
+/** Events of the reply we are showing; those of interrupted replies are dropped. */
+function isLive(responseId) {
+  const current = machine.ctx.responseId;
+  return current != null && (responseId == null || responseId === current);
+}
+
+function onServerEvent(ev) {
+  testHook.events[ev.type] = (testHook.events[ev.type] ?? 0) + 1;
+  switch (ev.type) {
+    case "session.created":
+      dispatch({ type: "SESSION_READY" });
+      break;
+    case "input_audio_buffer.speech_started":
+      transcript.userPending(ev.item_id);
+      dispatch({ type: "SPEECH_STARTED", itemId: ev.item_id });
+      break;
+    case "input_audio_buffer.speech_stopped":
+      turnMark = lastVoicedTime != null ? { time: lastVoicedTime, kind: "voice" } : null;
+      dispatch({ type: "SPEECH_STOPPED" });
+      break;
+    case "input_audio_buffer.committed":
+      transcript.userCommitted(ev.item_id);
+      break;
+    case "conversation.item.input_audio_transcription.delta":
+      transcript.userDelta(ev.item_id, ev.delta);
+      break;
+    case "conversation.item.input_audio_transcription.completed":
+      transcript.userFinal(ev.item_id, ev.transcript);
+      recordUserTranscript(ev.transcript);
+      break;
+    case "response.created":
+      onResponseCreated(ev.response ?? {});
+      break;
+    case "response.output_audio_transcript.delta":
+      if (isLive(ev.response_id)) {
+        transcript.replyDelta(machine.ctx.responseId, ev.delta);
+        const r = replies.get(machine.ctx.responseId);
+        if (r) r.assistant += ev.delta ?? "";
+      }
+      break;
+    case "response.output_audio_transcript.done":
+      if (isLive(ev.response_id)) {
+        transcript.replyText(machine.ctx.responseId, ev.transcript);
+        const r = replies.get(machine.ctx.responseId);
+        if (r && ev.transcript) r.assistant = ev.transcript;
+      }
+      break;
+    case "response.output_audio.delta":
+      if (isLive(ev.response_id) && ev.delta) {
+        const r = replies.get(machine.ctx.responseId);
+        if (r) r.chunks++;
+        audio.player?.enqueue(decodeAudio(ev.delta));
+      }
+      break;
+    case "response.done":
+      onResponseDone(ev.response ?? {});
+      break;
+    case "error": {
+      const err = ev.error ?? {};
+      testHook.errors.push(err);
+      dispatch({ type: "SERVER_ERROR", code: err.code, message: err.message });
+      break;
+    }
+    default:
+      break; // session.updated, item/part lifecycle events: nothing to show
+  }
+}
+
+function onResponseCreated(response) {
+  const id = response.id ?? `local-${Date.now()}`;
+  dispatch({ type: "RESPONSE_CREATED", responseId: id });
+  if (machine.ctx.responseId !== id) return; // a reply we interrupted: ignore it
+  audio.player?.beginStream();
+  transcript.replyStart(id);
+  const record = {
+    responseId: id,
+    user: lastUserTranscript,
+    assistant: "",
+    chunks: 0,
+    status: "in_progress",
+    timings: null,
+    clientLatencyMs: null,
+    mark: turnMark,
+  };
+  lastUserTranscript = null;
+  turnMark = null;
+  replies.set(id, record);
+  testHook.turns.push(record);
+}
+
+function recordUserTranscript(text) {
+  // The transcript can arrive after the reply started: attach it to that reply if so.
+  const open = testHook.turns.at(-1);
+  if (open && open.user == null && open.status === "in_progress") open.user = text;
+  else lastUserTranscript = text;
+}
+
+function onPlaybackStart(startTime) {
+  const r = replies.get(machine.ctx.responseId);
+  // Only the first sound of a reply measures the wait; later restarts are underruns.
+  if (r && r.clientLatencyMs == null && r.mark) {
+    r.clientLatencyMs = Math.round((startTime - r.mark.time) * 1000);
+    r.latencyKind = r.mark.kind;
+  }
+  dispatch({ type: "AUDIO_STARTED", responseId: machine.ctx.responseId });
+}
+
+function onResponseDone(response) {
+  const r = replies.get(response.id);
+  if (r) {
+    r.status = response.status ?? "completed";
+    r.timings = response.timings ?? null;
+  }
+  transcript.replyDone(response.id, {
+    status: response.status,
+    timings: response.timings,
+    clientLatencyMs: r?.latencyKind === "voice" ? r.clientLatencyMs : null,
+  });
+  dispatch({ type: "RESPONSE_DONE", responseId: response.id, status: response.status });
+}
+
+// ---- user actions ----------------------------------------------------------------------------------
+
+function onCallButton() {
+  if (startable(machine.state)) dispatch({ type: "START", mode: "voice" });
+  else dispatch({ type: "STOP" });
+}
+
+const startable = (state) => state === S.WARMING || state === S.IDLE || state === S.ERROR;
+
+function onSubmitText(e) {
+  e.preventDefault();
+  const text = ui.messageInput.value.trim();
+  if (!text) return;
+  ui.messageInput.value = "";
+  if (isConnected(machine.state)) {
+    sendText(text);
+  } else {
+    // Not in a call: typing starts a text-only one and the message goes out once it is up.
+    pendingText.push(text);
+    if (startable(machine.state)) dispatch({ type: "START", mode: "text" });
+  }
+}
+
+function sendText(text) {
+  transcript.userTyped(text);
+  dispatch({ type: "TEXT_SENT" }); // may cancel the reply in progress first (response.cancel)
+  lastUserTranscript = text;
+  turnMark = audio.ctx ? { time: audio.ctx.currentTime, kind: "text" } : null;
+  send({
+    type: "conversation.item.create",
+    item: { type: "message", role: "user", content: [{ type: "input_text", text }] },
+  });
+  send({ type: "response.create" });
+}
+
+function setMuted(value) {
+  muted = value;
+  // A disabled track yields silence: the server keeps getting a steady stream and its VAD can end a turn.
+  audio.stream?.getAudioTracks().forEach((t) => (t.enabled = !muted));
+  render();
+}
+
+// ---- voices and warm-up ----------------------------------------------------------------------------
+
+function selectedVoice() {
+  if (!voices) return null;
+  return ui.voiceSelect.value || voices.default || null;
+}
+
+async function loadVoices() {
+  try {
+    const res = await fetch(endpoint("voices"), { headers: { Accept: "application/json" } });
+    if (!res.ok) return; // 404: the server has no voice choice; the picker stays hidden
+    const body = await res.json();
+    const list = (body.voices ?? []).map((v) => (typeof v === "string" ? { id: v, name: v } : { id: v.id, name: v.name ?? v.id }));
+    if (list.length === 0) return;
+    voices = { list, default: body.default ?? list[0].id };
+  } catch {
+    return; // no picker is better than a broken one
+  }
+  const saved = localStorage.getItem(VOICE_KEY);
+  for (const v of voices.list) ui.voiceSelect.add(new Option(v.name, v.id));
+  ui.voiceSelect.value = voices.list.some((v) => v.id === saved) ? saved : voices.default;
+  ui.voiceField.hidden = false;
+}
+
+function onVoiceChange() {
+  localStorage.setItem(VOICE_KEY, ui.voiceSelect.value);
+  // Applies from the next reply on; the server keeps the rest of the session as it is.
+  send({ type: "session.update", session: { type: "realtime", audio: { output: { voice: ui.voiceSelect.value } } } });
+}
+
+async function prewarm() {
+  const started = performance.now();
+  const ticker = setInterval(() => {
+    const s = Math.round((performance.now() - started) / 1000);
+    if (machine.ctx.warm === "pending") ui.serverStatusText.textContent = `Warming up models… ${s} s`;
+  }, 1000);
+  try {
+    const res = await fetch(endpoint("prewarm"), { headers: { Accept: "application/json" } });
+    if (!res.ok) throw new Error(`HTTP ${res.status}`);
+    await res.json();
+    testHook.prewarm = { ok: true, ms: Math.round(performance.now() - started) };
+    dispatch({ type: "PREWARM_OK" });
+  } catch (err) {
+    testHook.prewarm = { ok: false, ms: Math.round(performance.now() - started), error: String(err) };
+    dispatch({ type: "PREWARM_FAILED", message: err.message || "network error" });
+  } finally {
+    clearInterval(ticker);
+  }
+}
+
+// ---- rendering -------------------------------------------------------------------------------------
+
+const STATUS = {
+  [S.WARMING]: "Getting ready. You can start now; the first reply may take a moment.",
+  [S.IDLE]: "Ready when you are.",
+  [S.CONNECTING]: "Connecting…",
+  [S.LISTENING]: "Listening. Go ahead and talk.",
+  [S.USER_SPEAKING]: "Hearing you…",
+  [S.THINKING]: "Thinking…",
+  [S.ASSISTANT_SPEAKING]: "Speaking. Talk to interrupt.",
+  [S.RECONNECTING]: "Connection lost. Reconnecting…",
+  [S.ERROR]: "Something needs your attention.",
+};
+
+function statusText() {
+  const { state, ctx } = machine;
+  if (ctx.mode === "text" && isConnected(state)) {
+    return state === S.THINKING ? STATUS[S.THINKING] : state === S.ASSISTANT_SPEAKING ? "Speaking." : "Connected. Type a message.";
+  }
+  if (muted && (state === S.LISTENING || state === S.USER_SPEAKING)) return "Muted. Unmute to talk.";
+  return STATUS[state];
+}
+
+const WARM_TEXT = { pending: null, ready: "Models ready", failed: "Warm-up failed" };
+
+function render() {
+  const { state, ctx } = machine;
+  const connected = isConnected(state);
+  const inCall = connected || state === S.CONNECTING || state === S.RECONNECTING;
+  ui.app.dataset.state = state;
+  ui.app.dataset.muted = String(muted);
+
+  setText(ui.statusText, statusText());
+  ui.serverStatus.dataset.warm = ctx.warm;
+  if (WARM_TEXT[ctx.warm]) setText(ui.serverStatusText, WARM_TEXT[ctx.warm]);
+
+  setText(ui.callButtonText, inCall ? "End" : state === S.ERROR ? "Try again" : "Start talking");
+  ui.callButton.dataset.role = inCall ? "end" : "start";
+  ui.callButton.setAttribute("aria-label", inCall ? "End the conversation" : "Start talking (uses your microphone)");
+  ui.textOnlyButton.hidden = !(state === S.ERROR && ctx.micProblem);
+
+  const voiceCall = inCall && ctx.mode === "voice";
+  ui.muteButton.disabled = !voiceCall;
+  ui.muteButton.setAttribute("aria-pressed", String(muted));
+  setText(ui.muteButtonText, muted ? "Unmute" : "Mute");
+
+  ui.emptyHint.hidden = !transcript.isEmpty;
+
+  const n = ctx.notice;
+  ui.notice.hidden = !n;
+  if (n) {
+    ui.notice.dataset.level = n.level;
+    // Errors interrupt; info waits its turn.
+    ui.notice.setAttribute("role", n.level === "error" ? "alert" : "status");
+    setText(ui.noticeText, n.text);
+  }
+}
+
+function setText(el, text) {
+  if (el.textContent !== text) el.textContent = text; // avoid re-announcing unchanged live regions
+}
+
+function scrollToLatest() {
+  const el = ui.conversation;
+  el.scrollTop = el.scrollHeight;
+  ui.emptyHint.hidden = !transcript.isEmpty;
+}
+
+// ---- wiring ----------------------------------------------------------------------------------------
+
+ui.callButton.addEventListener("click", onCallButton);
+ui.textOnlyButton.addEventListener("click", () => {
+  dispatch({ type: "START", mode: "text" });
+  ui.messageInput.focus();
+});
+ui.muteButton.addEventListener("click", () => setMuted(!muted));
+ui.noticeDismiss.addEventListener("click", () => dispatch({ type: "DISMISS_NOTICE" }));
+ui.textForm.addEventListener("submit", onSubmitText);
+ui.voiceSelect.addEventListener("change", onVoiceChange);
+document.addEventListener("keydown", (e) => {
+  // "M" toggles mute, except while typing.
+  if (e.key.toLowerCase() !== "m" || e.ctrlKey || e.metaKey || e.altKey) return;
+  if (e.target instanceof HTMLInputElement || e.target instanceof HTMLSelectElement) return;
+  if (!ui.muteButton.disabled) setMuted(!muted);
+});
+window.addEventListener("pagehide", () => {
+  closeSocket();
+  releaseMic();
+});
+
+render();
+loadVoices();
+prewarm();

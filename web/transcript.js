@@ -1,0 +1,191 @@
+// The live transcript: one list item per user turn and per assistant reply, keyed by the
+// protocol's ids (user item_id, response id). Text only ever goes in through textContent.
+
+const TIMING_LABELS = {
+  speech_end_to_first_audio_ms: "voice-to-voice",
+  asr_ms: "speech recognition",
+  llm_ttft_ms: "LLM first token",
+  tts_first_chunk_ms: "TTS first chunk",
+  total_ms: "whole reply",
+};
+
+export class Transcript {
+  constructor(listEl, { onChange = () => {} } = {}) {
+    this.list = listEl;
+    this.onChange = onChange;
+    this.users = new Map(); // item_id -> {li, text, committed}
+    this.replies = new Map(); // response id -> {li, text}
+  }
+
+  get isEmpty() {
+    return this.list.children.length === 0;
+  }
+
+  // ---- user side -----------------------------------------------------------------------------
+
+  /** Speech started: reserve the user's place in the log so the reply never lands above it. */
+  userPending(itemId) {
+    // A previous placeholder that was never committed was noise the server dropped.
+    for (const [id, u] of this.users) if (!u.committed && !u.text) this._removeUser(id);
+    if (!itemId || this.users.has(itemId)) return;
+    const li = this._item("user", "You");
+    li.classList.add("is-pending");
+    li.setAttribute("aria-busy", "true");
+    li.querySelector(".msg-text").textContent = "…";
+    this.users.set(itemId, { li, text: "", committed: false });
+    this._changed();
+  }
+
+  userCommitted(itemId) {
+    const u = this.users.get(itemId);
+    if (u) u.committed = true;
+  }
+
+  userDelta(itemId, delta) {
+    const u = this.users.get(itemId);
+    if (!u || !delta) return;
+    u.text += delta;
+    u.li.querySelector(".msg-text").textContent = u.text;
+    this._changed();
+  }
+
+  userFinal(itemId, text) {
+    let u = this.users.get(itemId);
+    if (!u) {
+      // Transcript for a turn we never saw start (e.g. after a reconnect): append it.
+      this.userPending(itemId);
+      u = this.users.get(itemId);
+      if (!u) return;
+    }
+    u.committed = true;
+    u.text = (text ?? "").trim();
+    if (!u.text) {
+      this._removeUser(itemId); // nothing intelligible: don't leave an empty bubble
+      return;
+    }
+    u.li.classList.remove("is-pending");
+    u.li.removeAttribute("aria-busy");
+    u.li.querySelector(".msg-text").textContent = u.text;
+    this._changed();
+  }
+
+  /** A typed message (shown at once; the server's echo of it is not rendered again). */
+  userTyped(text) {
+    const li = this._item("user", "You");
+    li.classList.add("is-typed");
+    li.querySelector(".msg-text").textContent = text;
+    this._changed();
+  }
+
+  // ---- assistant side ------------------------------------------------------------------------
+
+  replyStart(responseId) {
+    if (this.replies.has(responseId)) return;
+    const li = this._item("assistant", "Assistant");
+    li.classList.add("is-streaming");
+    li.setAttribute("aria-busy", "true");
+    this.replies.set(responseId, { li, text: "" });
+    this._changed();
+  }
+
+  replyDelta(responseId, delta) {
+    const r = this.replies.get(responseId);
+    if (!r || !delta) return;
+    r.text += delta;
+    r.li.querySelector(".msg-text").textContent = r.text;
+    this._changed();
+  }
+
+  /** The full transcript of the reply's audio part (authoritative over the deltas). */
+  replyText(responseId, text) {
+    const r = this.replies.get(responseId);
+    if (!r || typeof text !== "string" || !text) return;
+    r.text = text;
+    r.li.querySelector(".msg-text").textContent = text;
+    this._changed();
+  }
+
+  replyDone(responseId, { status, timings, clientLatencyMs } = {}) {
+    const r = this.replies.get(responseId);
+    if (!r) return;
+    r.li.classList.remove("is-streaming");
+    r.li.removeAttribute("aria-busy");
+    if (status && status !== "completed") {
+      r.li.classList.add(`is-${status}`);
+      if (!r.text) r.li.querySelector(".msg-text").textContent = status === "cancelled" ? "(interrupted)" : "(no reply)";
+      this._tag(r.li, status === "cancelled" ? "interrupted" : status);
+    }
+    this._timings(r.li, timings, clientLatencyMs);
+    this._changed();
+  }
+
+  /** A marker line, e.g. after a reconnect (the server starts a fresh conversation). */
+  divider(text) {
+    if (this.isEmpty) return;
+    const li = document.createElement("li");
+    li.className = "divider";
+    li.textContent = text;
+    this.list.append(li);
+    this._changed();
+  }
+
+  // ---- helpers -------------------------------------------------------------------------------
+
+  _item(role, who) {
+    const li = document.createElement("li");
+    li.className = `msg msg-${role}`;
+    const name = document.createElement("span");
+    name.className = "msg-who";
+    name.textContent = who;
+    const text = document.createElement("p");
+    text.className = "msg-text";
+    li.append(name, text);
+    this.list.append(li);
+    return li;
+  }
+
+  _removeUser(itemId) {
+    this.users.get(itemId)?.li.remove();
+    this.users.delete(itemId);
+    this._changed();
+  }
+
+  _tag(li, label) {
+    const tag = document.createElement("span");
+    tag.className = "msg-tag";
+    tag.textContent = label;
+    li.querySelector(".msg-who").append(tag);
+  }
+
+  _timings(li, timings, clientLatencyMs) {
+    const entries = Object.entries(timings ?? {}).filter(
+      ([k, v]) => k.endsWith("_ms") && typeof v === "number" && Number.isFinite(v),
+    );
+    const v2v = timings?.speech_end_to_first_audio_ms;
+    if (!entries.length && clientLatencyMs == null) return;
+
+    const meta = document.createElement("details");
+    meta.className = "msg-meta";
+    const summary = document.createElement("summary");
+    const headline = typeof v2v === "number" ? v2v : clientLatencyMs;
+    summary.textContent = headline != null ? `${Math.round(headline)} ms voice-to-voice` : "timings";
+    summary.setAttribute("aria-label", `${summary.textContent}. Show timing details`);
+    const dl = document.createElement("dl");
+    if (clientLatencyMs != null) addRow(dl, "heard here (speech end → first audio)", clientLatencyMs);
+    for (const [k, v] of entries) addRow(dl, TIMING_LABELS[k] ?? k.replace(/_ms$/, "").replaceAll("_", " "), v);
+    meta.append(summary, dl);
+    li.append(meta);
+  }
+
+  _changed() {
+    this.onChange();
+  }
+}
+
+function addRow(dl, label, ms) {
+  const dt = document.createElement("dt");
+  dt.textContent = label;
+  const dd = document.createElement("dd");
+  dd.textContent = `${Math.round(ms)} ms`;
+  dl.append(dt, dd);
+}
