@@ -390,6 +390,7 @@ function onResponseCreated(response) {
     status: "in_progress",
     timings: null,
     clientLatencyMs: null,
+    playedAtStart: audio.player?.chunksPlayed ?? 0, // lets tests tell this reply's played chunks apart
     mark: turnMark,
   };
   lastUserTranscript = null;

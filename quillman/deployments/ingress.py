@@ -1,10 +1,12 @@
 """The FastAPI ingress: Realtime websocket, /prewarm, /healthz, /voices and the web client.
 
+No ``from __future__ import annotations`` here: Serve rewrites the route signatures and FastAPI
+must see real classes (a string ``WebSocket`` annotation turns into a query parameter).
+
 Thin: each socket gets a :class:`RealtimeSession` wired to the three deployments through
 DeploymentHandles. Handles are configured once (``stream=True`` for LLM and TTS) and reused.
 """
 
-from __future__ import annotations
 
 import asyncio
 import json
@@ -16,8 +18,7 @@ from typing import Any, AsyncIterator
 
 import numpy as np
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
-from fastapi.responses import HTMLResponse, JSONResponse
-from fastapi.staticfiles import StaticFiles
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -177,14 +178,28 @@ class Ingress:
     async def voices(self) -> dict[str, Any]:
         return {"voices": await self._get_voices(), "default": self.config.session.voice}
 
+    # Last route: the web client. Serve copies the class's routes when it decorates the class,
+    # so static files are served by a route here rather than a mount added afterwards.
+    @app.get("/{path:path}", include_in_schema=False)
+    async def web(self, path: str) -> Response:
+        return web_file(path)
+
 
 _PLACEHOLDER = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>QuiLLMan</title></head>
 <body><h1>QuiLLMan</h1><p>The server is running. Connect a Realtime client to
 <code>/v1/realtime</code>.</p></body></html>"""
 
-if (WEB_DIR / "index.html").is_file():
-    app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
-else:
-    @app.get("/", response_class=HTMLResponse)
-    async def placeholder() -> str:
-        return _PLACEHOLDER
+
+def web_file(path: str) -> Response:
+    """A file of the web client under WEB_DIR (``/`` is index.html); never outside it."""
+    root = WEB_DIR.resolve()
+    target = (root / (path or "index.html")).resolve()
+    if not target.is_relative_to(root):
+        return JSONResponse({"detail": "not found"}, status_code=404)
+    if target.is_dir():
+        target = target / "index.html"
+    if target.is_file():
+        return FileResponse(target, headers={"Cache-Control": "no-cache"})
+    if not path:
+        return HTMLResponse(_PLACEHOLDER)
+    return JSONResponse({"detail": "not found"}, status_code=404)

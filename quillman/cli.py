@@ -1,0 +1,74 @@
+"""``quillman``: talk to a running server from the command line.
+
+  quillman talk question.wav -o reply.wav [--url ws://127.0.0.1:8000/v1/realtime]
+  quillman say "What is the capital of France?" -o reply.wav
+  quillman bench ...            (see quillman.bench)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+import numpy as np
+import soundfile as sf
+
+from quillman.client import DEFAULT_URL, RealtimeClient, TurnResult
+
+
+def _print_result(result: TurnResult, out_path: str | None) -> None:
+    print(f"you:       {result.user_transcript}")
+    print(f"assistant: {result.reply_text.strip()}")
+    print(f"status:    {result.status}; reply audio {result.reply_audio_s:.2f} s")
+    if result.latency_ms is not None:
+        print(f"voice-to-voice (client): {result.latency_ms:.0f} ms")
+    if result.timings:
+        print("server timings (ms from end of speech): " + json.dumps(result.timings))
+    for error in result.errors:
+        print(f"error: {error.get('code')}: {error.get('message')}", file=sys.stderr)
+    if out_path:
+        sf.write(out_path, result.reply_audio, result.sample_rate_hz, subtype="PCM_16")
+        print(f"saved {out_path}")
+
+
+async def _talk(args: argparse.Namespace) -> TurnResult:
+    pcm, rate = sf.read(args.input, dtype="int16", always_2d=True)
+    async with RealtimeClient(args.url, chunk_ms=args.chunk_ms) as client:
+        return await client.talk(pcm.mean(axis=1).astype(np.int16), rate, timeout=args.timeout)
+
+
+async def _say(args: argparse.Namespace) -> TurnResult:
+    async with RealtimeClient(args.url) as client:
+        return await client.say(args.text, timeout=args.timeout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="quillman", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    talk = sub.add_parser("talk", help="send a recorded question at live pace, save the spoken reply")
+    talk.add_argument("input", help="wav/flac file with the question")
+    talk.add_argument("--chunk-ms", type=int, default=20, help="audio frame size (20-100 ms)")
+    say = sub.add_parser("say", help="send a text question, save the spoken reply")
+    say.add_argument("text")
+    for p in (talk, say):
+        p.add_argument("-o", "--output", help="where to save the reply (wav)")
+        p.add_argument("--url", default=DEFAULT_URL)
+        p.add_argument("--timeout", type=float, default=120)
+
+    from quillman.bench import add_bench_parser
+
+    add_bench_parser(sub)
+    args = parser.parse_args(argv)
+    if args.command == "bench":
+        return args.run(args)
+    result = asyncio.run(_talk(args) if args.command == "talk" else _say(args))
+    _print_result(result, args.output)
+    return 0 if result.status == "completed" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

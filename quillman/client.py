@@ -1,0 +1,207 @@
+"""A small Realtime client: speaks recorded audio at live pace and collects the reply.
+
+Used by ``quillman talk`` / ``say`` / ``bench`` and by the end-to-end tests. It measures
+voice-to-voice latency the way a user feels it: from the moment the client sent the last
+speech sample (located through the server's ``speech_stopped.audio_end_ms``) to the moment the
+first reply audio arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import websockets
+
+from quillman.audio import resample
+
+DEFAULT_URL = "ws://127.0.0.1:8000/v1/realtime"
+
+
+@dataclass
+class TurnResult:
+    status: str = "none"
+    user_transcript: str | None = None
+    reply_text: str = ""
+    reply_audio: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int16))
+    sample_rate_hz: int = 24000
+    timings: dict[str, float] = field(default_factory=dict)
+    latency_ms: float | None = None  # client-side voice-to-voice
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    response: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def reply_audio_s(self) -> float:
+        return len(self.reply_audio) / self.sample_rate_hz
+
+
+class RealtimeClient:
+    def __init__(self, url: str = DEFAULT_URL, sample_rate_hz: int = 24000, chunk_ms: int = 20):
+        self.url = url
+        self.rate = sample_rate_hz
+        self.chunk_ms = chunk_ms
+        self.ws: Any = None
+        self.session: dict[str, Any] = {}
+        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._reader: asyncio.Task | None = None
+        self._audio_sent_samples = 0
+        self._send_log: list[tuple[int, float]] = []  # (end sample, perf_counter when sent)
+
+    async def __aenter__(self) -> "RealtimeClient":
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def connect(self, session: dict[str, Any] | None = None) -> None:
+        self.ws = await websockets.connect(self.url, max_size=None, open_timeout=30)
+        self._reader = asyncio.create_task(self._read())
+        created = await self.wait_for("session.created", timeout=30)
+        self.session = created["session"]
+        update = {"type": "realtime", "audio": {
+            "input": {"format": {"type": "audio/pcm", "rate": self.rate},
+                      "turn_detection": {"type": "server_vad"}},
+            "output": {"format": {"type": "audio/pcm", "rate": self.rate}}}}
+        if session:
+            update.update(session)
+        await self.send({"type": "session.update", "session": update})
+        self.session = (await self.wait_for("session.updated", timeout=30))["session"]
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+    async def _read(self) -> None:
+        async for message in self.ws:
+            event = json.loads(message)
+            event["_received"] = time.perf_counter()
+            self._events.put_nowait(event)
+
+    async def send(self, event: dict[str, Any]) -> None:
+        await self.ws.send(json.dumps(event))
+
+    async def next_event(self, timeout: float = 60) -> dict[str, Any]:
+        return await asyncio.wait_for(self._events.get(), timeout)
+
+    async def wait_for(self, event_type: str, timeout: float = 60) -> dict[str, Any]:
+        deadline = time.perf_counter() + timeout
+        while True:
+            event = await self.next_event(max(0.01, deadline - time.perf_counter()))
+            if event["type"] == event_type:
+                return event
+            if event["type"] == "error":
+                raise RuntimeError(f"server error: {event['error']}")
+
+    async def send_audio(self, pcm: np.ndarray) -> None:
+        """Send int16 pcm at the session rate, one event, and log when its samples left."""
+        await self.send({"type": "input_audio_buffer.append",
+                         "audio": base64.b64encode(pcm.astype("<i2").tobytes()).decode()})
+        self._audio_sent_samples += len(pcm)
+        self._send_log.append((self._audio_sent_samples, time.perf_counter()))
+
+    def _sent_at(self, audio_ms: float) -> float | None:
+        sample = int(audio_ms * self.rate / 1000)
+        for end, sent in self._send_log:
+            if end >= sample:
+                return sent
+        return None
+
+    async def stream_audio(self, pcm: np.ndarray, stop: asyncio.Event | None = None,
+                           pad_silence_s: float = 0.0, realtime: bool = True) -> None:
+        """Stream pcm at live pace in chunk_ms frames; then silence until ``stop`` is set."""
+        chunk = self.rate * self.chunk_ms // 1000
+        silence = np.zeros(chunk, dtype=np.int16)
+        start = time.perf_counter()
+        sent_s = 0.0
+
+        async def pace() -> None:
+            if realtime:
+                delay = start + sent_s - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+
+        for i in range(0, len(pcm), chunk):
+            await self.send_audio(pcm[i:i + chunk])
+            sent_s += self.chunk_ms / 1000
+            await pace()
+        padded = 0.0
+        while (stop is None and padded < pad_silence_s) or (stop is not None and not stop.is_set()):
+            await self.send_audio(silence)
+            sent_s += self.chunk_ms / 1000
+            padded += self.chunk_ms / 1000
+            await pace()
+            if stop is not None and padded > 120:
+                break
+
+    async def talk(self, pcm: np.ndarray, sample_rate_hz: int, timeout: float = 120) -> TurnResult:
+        """One spoken turn: stream the clip (then silence, as a live mic does) until response.done."""
+        pcm = resample(np.asarray(pcm, dtype=np.int16), sample_rate_hz, self.rate)
+        done = asyncio.Event()
+        sender = asyncio.create_task(self.stream_audio(pcm, stop=done))
+        try:
+            return await self.collect_turn(timeout=timeout)
+        finally:
+            done.set()
+            await asyncio.gather(sender, return_exceptions=True)
+
+    async def say(self, text: str, timeout: float = 120) -> TurnResult:
+        await self.send({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}})
+        sent = time.perf_counter()
+        await self.send({"type": "response.create"})
+        result = await self.collect_turn(timeout=timeout)
+        result.user_transcript = text
+        first_audio = next((e["_received"] for e in result.events
+                            if e["type"] == "response.output_audio.delta"), None)
+        result.latency_ms = None if first_audio is None else round((first_audio - sent) * 1000, 1)
+        return result
+
+    async def collect_turn(self, timeout: float = 120) -> TurnResult:
+        """Collect events until ``response.done``; the result holds transcript, reply and timings."""
+        result = TurnResult(sample_rate_hz=self.rate)
+        audio: list[np.ndarray] = []
+        speech_end_sent: float | None = None
+        first_audio: float | None = None
+        deadline = time.perf_counter() + timeout
+        while True:
+            event = await self.next_event(max(0.01, deadline - time.perf_counter()))
+            result.events.append(event)
+            kind = event["type"]
+            if kind == "input_audio_buffer.speech_stopped":
+                speech_end_sent = self._sent_at(event["audio_end_ms"])
+            elif kind == "conversation.item.input_audio_transcription.completed":
+                result.user_transcript = event["transcript"]
+            elif kind == "response.output_audio_transcript.delta" or kind == "response.output_text.delta":
+                result.reply_text += event["delta"]
+            elif kind == "response.output_audio.delta":
+                if first_audio is None:
+                    first_audio = event["_received"]
+                audio.append(np.frombuffer(base64.b64decode(event["delta"]), dtype="<i2"))
+            elif kind == "error":
+                result.errors.append(event["error"])
+            elif kind == "response.done":
+                result.response = event["response"]
+                result.status = event["response"]["status"]
+                result.timings = event["response"].get("timings", {})
+                break
+        if audio:
+            result.reply_audio = np.concatenate(audio)
+        if speech_end_sent is not None and first_audio is not None:
+            result.latency_ms = round((first_audio - speech_end_sent) * 1000, 1)
+        # Transcription may complete after response.done in principle; pick it up if queued.
+        while result.user_transcript is None and not self._events.empty():
+            event = self._events.get_nowait()
+            result.events.append(event)
+            if event["type"] == "conversation.item.input_audio_transcription.completed":
+                result.user_transcript = event["transcript"]
+        return result
