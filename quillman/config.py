@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from quillman.errors import ConfigError
+
 
 class _Strict(BaseModel):
     # A typo in serve_config.yaml must fail at startup, not be ignored.
@@ -31,6 +33,9 @@ class AsrConfig(_Strict):
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
     max_batch_size: int = Field(8, ge=1)
     batch_wait_timeout_s: float = Field(0.01, ge=0)
+    max_new_tokens: int = Field(128, ge=1, le=440)
+    # Wait this long before loading, so engines sharing a GPU don't load (and profile) at once.
+    startup_delay_s: float = Field(0.0, ge=0, le=900)
 
 
 class LlmConfig(_Strict):
@@ -47,9 +52,15 @@ class LlmConfig(_Strict):
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
     max_model_len: int | None = None
     kv_cache_memory_bytes: int | None = None
+    dtype: str = "auto"
+    max_num_seqs: int | None = Field(None, ge=1)
+    # CUDA graphs cost startup time and memory; eager mode trades some speed for both.
+    enforce_eager: bool = False
+    startup_delay_s: float = Field(0.0, ge=0, le=900)
     # openai backend only
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
+    request_timeout_s: float = Field(60.0, gt=0)
 
 
 class TtsConfig(_Strict):
@@ -62,6 +73,10 @@ class TtsConfig(_Strict):
     # xtts backend only: name -> reference wav for voice cloning
     voices: dict[str, str] = Field(default_factory=dict)
     language: str = "en"
+    device: str = "cpu"
+    # GPT tokens per streamed chunk (about 1024 samples each): smaller = earlier first audio.
+    stream_chunk_size: int = Field(20, ge=1, le=200)
+    startup_delay_s: float = Field(0.0, ge=0, le=900)
 
 
 class VadConfig(_Strict):
@@ -110,3 +125,78 @@ class AppConfig(_Strict):
     tts: TtsConfig = TtsConfig()
     vad: VadConfig = VadConfig()
     session: SessionConfig = SessionConfig()
+
+
+# --- GPU layout checks -------------------------------------------------------------------------
+# A Serve config places each deployment with ``ray_actor_options.num_gpus``; the engine settings
+# above must agree with that placement. Ray Serve's ``build`` only sees ``args:``, so these checks
+# take the ``deployments:`` list too (CI runs them on every file in configs/).
+
+_GPU_DEPLOYMENTS = ("Transcriber", "LanguageModel", "Speaker")
+
+
+def _num_gpus(deployments: dict[str, dict], name: str) -> float:
+    options = deployments.get(name, {}).get("ray_actor_options") or {}
+    return float(options.get("num_gpus") or 0.0)
+
+
+def _max_replicas(deployment: dict) -> int:
+    autoscaling = deployment.get("autoscaling_config")
+    if autoscaling:
+        return int(autoscaling.get("max_replicas", 1))
+    replicas = deployment.get("num_replicas", 1)
+    return 1 if replicas == "auto" else int(replicas)
+
+
+def gpu_layout_problems(
+    config: AppConfig, deployments: list[dict], gpus_per_node: int | None = None
+) -> list[str]:
+    """What is wrong with running ``config`` on the ``deployments`` placement, one line each.
+
+    ``gpus_per_node``: when every replica must share that many GPUs (a single-box profile),
+    the GPU fractions of all replicas must fit into them.
+    """
+    by_name = {d["name"]: d for d in deployments}
+    problems: list[str] = []
+    uses_gpu = {
+        "Transcriber": config.asr.backend == "transformers" and config.asr.device.startswith("cuda"),
+        "LanguageModel": config.llm.backend == "vllm",
+        "Speaker": config.tts.backend == "xtts" and config.tts.device.startswith("cuda"),
+    }
+    setting = {"Transcriber": "asr.device", "LanguageModel": "llm.backend", "Speaker": "tts.device"}
+    for name in _GPU_DEPLOYMENTS:
+        gpus = _num_gpus(by_name, name)
+        if uses_gpu[name] and gpus <= 0:
+            problems.append(
+                f"{setting[name]} needs a GPU but deployment {name} has no "
+                f"ray_actor_options.num_gpus; set it (e.g. 0.5) or change {setting[name]}"
+            )
+        if gpus > 1 and gpus != int(gpus):
+            problems.append(f"{name}: ray_actor_options.num_gpus {gpus} above 1 must be a whole number")
+    llm_gpus = _num_gpus(by_name, "LanguageModel")
+    if config.llm.backend == "vllm" and 0 < llm_gpus < 1:
+        # vLLM's share is a fraction of the whole GPU's memory, the same unit as Ray's num_gpus.
+        if config.llm.gpu_memory_utilization > llm_gpus + 1e-9:
+            problems.append(
+                f"llm.gpu_memory_utilization {config.llm.gpu_memory_utilization} is more than the "
+                f"LanguageModel's GPU share (ray_actor_options.num_gpus {llm_gpus}); lower "
+                "llm.gpu_memory_utilization or raise num_gpus"
+            )
+    if gpus_per_node is not None:
+        total = sum(
+            _num_gpus(by_name, name) * _max_replicas(by_name[name])
+            for name in _GPU_DEPLOYMENTS if name in by_name
+        )
+        if total > gpus_per_node + 1e-9:
+            problems.append(
+                f"the GPU deployments ask for {total:g} GPUs (num_gpus x replicas) but the box has "
+                f"{gpus_per_node}; lower ray_actor_options.num_gpus or the replica counts"
+            )
+    return problems
+
+
+def check_gpu_layout(config: AppConfig, deployments: list[dict], gpus_per_node: int | None = None) -> None:
+    """Raise :class:`quillman.errors.ConfigError` naming every setting to change."""
+    problems = gpu_layout_problems(config, deployments, gpus_per_node)
+    if problems:
+        raise ConfigError("; ".join(problems))

@@ -70,6 +70,26 @@ class HandleBackends:
             stream.cancel()
 
 
+_PLACEHOLDER = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>QuiLLMan</title></head>
+<body><h1>QuiLLMan</h1><p>The server is running. Connect a Realtime client to
+<code>/v1/realtime</code>.</p></body></html>"""
+
+
+def web_file(path: str) -> Response:
+    """A file of the web client under WEB_DIR (``/`` is index.html); never outside it."""
+    root = WEB_DIR.resolve()
+    target = (root / (path or "index.html")).resolve()
+    if not target.is_relative_to(root):
+        return JSONResponse({"detail": "not found"}, status_code=404)
+    if target.is_dir():
+        target = target / "index.html"
+    if target.is_file():
+        return FileResponse(target, headers={"Cache-Control": "no-cache"})
+    if not path:
+        return HTMLResponse(_PLACEHOLDER)
+    return JSONResponse({"detail": "not found"}, status_code=404)
+
+
 @serve.deployment(name="Ingress", max_ongoing_requests=200)
 @serve.ingress(app)
 class Ingress:
@@ -183,23 +203,3 @@ class Ingress:
     @app.get("/{path:path}", include_in_schema=False)
     async def web(self, path: str) -> Response:
         return web_file(path)
-
-
-_PLACEHOLDER = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>QuiLLMan</title></head>
-<body><h1>QuiLLMan</h1><p>The server is running. Connect a Realtime client to
-<code>/v1/realtime</code>.</p></body></html>"""
-
-
-def web_file(path: str) -> Response:
-    """A file of the web client under WEB_DIR (``/`` is index.html); never outside it."""
-    root = WEB_DIR.resolve()
-    target = (root / (path or "index.html")).resolve()
-    if not target.is_relative_to(root):
-        return JSONResponse({"detail": "not found"}, status_code=404)
-    if target.is_dir():
-        target = target / "index.html"
-    if target.is_file():
-        return FileResponse(target, headers={"Cache-Control": "no-cache"})
-    if not path:
-        return HTMLResponse(_PLACEHOLDER)
-    return JSONResponse({"detail": "not found"}, status_code=404)

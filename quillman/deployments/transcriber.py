@@ -1,4 +1,10 @@
-"""ASR deployment: a thin shim that runs the recognizer off the event loop."""
+"""ASR deployment: a thin shim that runs the recognizer off the event loop.
+
+Engines with ``transcribe_batch`` (the transformers Whisper backend) are fed through
+``@serve.batch``: segments that arrive within ``asr.batch_wait_timeout_s`` of each other, from
+any session, are decoded in one call of up to ``asr.max_batch_size``. Others (faster-whisper)
+transcribe each segment on its own, as before.
+"""
 
 from __future__ import annotations
 
@@ -23,8 +29,13 @@ class Transcriber:
         start = time.perf_counter()
         self.engine = load_recognizer(self.config)
         self.load_s = round(time.perf_counter() - start, 3)
+        self.batched = callable(getattr(self.engine, "transcribe_batch", None))
+        if self.batched:
+            self._transcribe_batched.set_max_batch_size(self.config.max_batch_size)
+            self._transcribe_batched.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
         self.warm_ms = self._warm()
-        logger.info("Transcriber ready: load %.2f s, warm-up %.0f ms", self.load_s, self.warm_ms)
+        logger.info("Transcriber ready: load %.2f s, warm-up %.0f ms%s", self.load_s, self.warm_ms,
+                    f", batches of up to {self.config.max_batch_size}" if self.batched else "")
 
     def _warm(self) -> float:
         start = time.perf_counter()
@@ -32,7 +43,24 @@ class Transcriber:
         return round((time.perf_counter() - start) * 1000, 1)
 
     async def transcribe(self, pcm: np.ndarray, language: str | None = None) -> Transcript:
-        return await asyncio.to_thread(self.engine.transcribe, pcm, language or self.config.language)
+        language = language or self.config.language
+        if self.batched:
+            return await self._transcribe_batched(pcm, language)
+        return await asyncio.to_thread(self.engine.transcribe, pcm, language)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)  # reset from config in __init__
+    async def _transcribe_batched(self, pcms: list[np.ndarray], languages: list[str | None]) -> list[Transcript]:
+        # One engine call per language in the batch (Whisper takes one forced language per call
+        # here); results go back in request order.
+        results: list[Transcript | None] = [None] * len(pcms)
+        for language in dict.fromkeys(languages):
+            indices = [i for i, lang in enumerate(languages) if lang == language]
+            transcripts = await asyncio.to_thread(
+                self.engine.transcribe_batch, [pcms[i] for i in indices], language
+            )
+            for i, transcript in zip(indices, transcripts):
+                results[i] = transcript
+        return results  # type: ignore[return-value]
 
     async def warmup(self) -> dict:
         warm_ms = await asyncio.to_thread(self._warm)

@@ -3,6 +3,9 @@
 Sentence k+1 is synthesized while sentence k is still being produced or played, but its audio is
 only released once every chunk of sentence k has been yielded. The item currently at the head
 streams live (chunk by chunk as it arrives); later items buffer until their turn.
+
+With ``head_start`` the second item waits until the first has produced its first result: on a
+small CPU the first chunk is the one the listener is waiting for, so it gets the cores alone.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ async def ordered_fanout(
     work: Callable[[T], AsyncIterator[R]],
     max_concurrency: int,
     on_item_start: Callable[[int, T], Awaitable[None] | None] | None = None,
+    head_start: bool = False,
 ) -> AsyncIterator[tuple[int, T, R]]:
     """Yield ``(index, item, result)`` for each result of ``work(item)``, items in order."""
     slots = asyncio.Semaphore(max_concurrency)
+    first_result = asyncio.Event()
     # One queue per item, in item order; None closes the list of items.
     pending: asyncio.Queue[tuple[int, T, asyncio.Queue] | None] = asyncio.Queue()
     tasks: set[asyncio.Task] = set()
@@ -43,6 +48,8 @@ async def ordered_fanout(
     async def produce() -> None:
         index = 0
         async for item in items:
+            if head_start and index == 1:
+                await first_result.wait()
             await slots.acquire()
             out: asyncio.Queue = asyncio.Queue()
             if on_item_start is not None:
@@ -73,6 +80,7 @@ async def ordered_fanout(
             index, item, out = entry
             while True:
                 result = await out.get()
+                first_result.set()
                 if result is _END:
                     break
                 if isinstance(result, BaseException):

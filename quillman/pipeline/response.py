@@ -275,7 +275,7 @@ class Response:
         chunk_samples = max(1, settings.output_rate_hz * settings.output_chunk_ms // 1000)
         fanout = ordered_fanout(
             split_stream(deltas, splitter), self._synthesize, settings.tts_concurrency,
-            on_item_start=self._sentence_started,
+            on_item_start=self._sentence_started, head_start=True,
         )
         try:
             async for _, _, pcm in fanout:

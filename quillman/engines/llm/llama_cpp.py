@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -36,16 +37,20 @@ class LlamaCppModel:
             model_path=path, n_threads=n_threads, n_threads_batch=n_threads, n_ctx=n_ctx,
             verbose=False,
         )
+        # One llama.cpp context is not thread-safe: a cancelled generation may still be
+        # finishing its token in its worker thread when the next request starts (a crash).
+        self._lock = threading.Lock()
         logger.info("llama.cpp model loaded from %s", path)
 
     def stream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[str]:
         def deltas():
-            for chunk in self._llm.create_chat_completion(
-                messages=messages, stream=True, max_tokens=params.max_tokens,
-                temperature=params.temperature, top_p=params.top_p,
-            ):
-                delta = chunk["choices"][0]["delta"].get("content")
-                if delta:
-                    yield delta
+            with self._lock:
+                for chunk in self._llm.create_chat_completion(
+                    messages=messages, stream=True, max_tokens=params.max_tokens,
+                    temperature=params.temperature, top_p=params.top_p,
+                ):
+                    delta = chunk["choices"][0]["delta"].get("content")
+                    if delta:
+                        yield delta
 
         return iterate_in_thread(deltas)

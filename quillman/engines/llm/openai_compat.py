@@ -1,0 +1,127 @@
+"""OpenAI-compatible backend: any server with a streaming ``/v1/chat/completions``.
+
+For people who already run vLLM, TGI, llama.cpp's server, Ollama or a hosted API. Each ``stream``
+is one streaming request; the text deltas come from its server-sent events. Closing the stream
+(barge-in, disconnect) closes the HTTP connection, which is how these servers learn to stop
+generating. The client is aiohttp, which Ray Serve already depends on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from typing import Any, AsyncIterator
+from urllib.parse import urlparse
+
+import aiohttp
+
+from quillman.config import LlmConfig
+from quillman.engines.llm.base import GenerationParams, Message
+from quillman.errors import ConfigError, ModelError
+
+logger = logging.getLogger(__name__)
+
+_CONNECT_TIMEOUT_S = 10.0
+
+
+async def iterate_sse_data(lines: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """The ``data`` payload of each server-sent event; multi-line data is joined with newlines."""
+    data: list[str] = []
+    async for raw in lines:
+        line = raw.decode("utf-8").rstrip("\r\n")
+        if not line:
+            if data:
+                yield "\n".join(data)
+                data = []
+            continue
+        if line.startswith(":"):  # comment / keep-alive
+            continue
+        field, _, value = line.partition(":")
+        if field == "data":
+            data.append(value[1:] if value.startswith(" ") else value)
+    if data:
+        yield "\n".join(data)
+
+
+class OpenAICompatibleModel:
+    def __init__(self, base_url: str, model: str, *, api_key: str | None = None, timeout_s: float = 60.0):
+        self.base_url = base_url.rstrip("/")
+        self.url = f"{self.base_url}/chat/completions"
+        self.model = model
+        self.name = model
+        self._headers = {"Accept": "text/event-stream"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        # No total limit (a reply streams as long as it streams); a stall between chunks fails.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=min(_CONNECT_TIMEOUT_S, timeout_s), sock_read=timeout_s
+        )
+        self._session: aiohttp.ClientSession | None = None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def from_config(cls, config: LlmConfig) -> "OpenAICompatibleModel":
+        if not config.base_url:
+            raise ConfigError(
+                "llm.backend 'openai' needs llm.base_url, the server's OpenAI API root "
+                "(e.g. http://127.0.0.1:8001/v1)"
+            )
+        parsed = urlparse(config.base_url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ConfigError(f"llm.base_url {config.base_url!r} must be an http(s) URL such as http://host:8001/v1")
+        api_key = os.environ.get(config.api_key_env)
+        if api_key is None:
+            logger.info("llm: %s is not set; calling %s without an API key", config.api_key_env, config.base_url)
+        return cls(config.base_url, config.model, api_key=api_key, timeout_s=config.request_timeout_s)
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._session_loop is not loop:
+            self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers)
+            self._session_loop = loop
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+
+    async def stream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[str]:
+        body: dict[str, Any] = {
+            "model": self.model, "messages": messages, "stream": True,
+            "max_tokens": params.max_tokens, "temperature": params.temperature, "top_p": params.top_p,
+        }
+        try:
+            response = await self._get_session().post(self.url, json=body)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise ModelError(f"LLM server {self.url} unreachable: {type(exc).__name__}: {exc}") from exc
+        completed = False
+        try:
+            if response.status != 200:
+                detail = (await response.text())[:300]
+                raise ModelError(f"LLM server {self.url} answered {response.status}: {detail}")
+            async for data in iterate_sse_data(response.content):
+                if data.strip() == "[DONE]":
+                    break
+                delta = _delta_text(json.loads(data), self.url)
+                if delta:
+                    yield delta
+            completed = True
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise ModelError(f"LLM stream from {self.url} failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if completed:
+                response.release()
+            else:
+                # Drop the connection: the server sees the client leave and stops generating.
+                response.close()
+
+
+def _delta_text(chunk: dict[str, Any], url: str) -> str | None:
+    if "error" in chunk:
+        raise ModelError(f"LLM server {url} sent an error: {str(chunk['error'])[:300]}")
+    choices = chunk.get("choices") or []
+    if not choices:
+        return None  # e.g. a final usage-only chunk
+    return (choices[0].get("delta") or {}).get("content")
