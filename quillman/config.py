@@ -44,8 +44,10 @@ class LlmConfig(_Strict):
     # vllm: a Hugging Face id or local folder. openai: the model name sent to the server.
     model: str = "smollm2-135m"
     n_threads: int = Field(1, ge=1)
+    # Prompt evaluation runs while nothing else does (right after the transcript): give it more.
+    n_threads_batch: int = Field(2, ge=1)
     n_ctx: int = Field(2048, ge=256)
-    max_tokens: int = Field(96, ge=1)
+    max_tokens: int = Field(64, ge=1)
     temperature: float = Field(0.2, ge=0)
     top_p: float = Field(0.9, gt=0, le=1)
     # vllm backend only
@@ -105,7 +107,9 @@ class SessionConfig(_Strict):
     )
     voice: str = "joe"
     sample_rate_hz: int = Field(24000, ge=8000, le=48000)
-    max_history_messages: int = Field(16, ge=2)
+    # When the history grows past this, it is cut to half (oldest first, system prompt kept):
+    # cutting in steps keeps the prompt's prefix stable, so the LLM's prefix cache stays valid.
+    max_history_messages: int = Field(8, ge=2)
     tts_concurrency: int = Field(2, ge=1, le=16)
     # The first TTS chunk is cut at the first clause boundary after this many words.
     first_chunk_min_words: int = Field(4, ge=1)

@@ -25,7 +25,8 @@ def load_language_model(config: LlmConfig) -> LanguageModel:
     if config.backend == "llama_cpp":
         from quillman.engines.llm.llama_cpp import LlamaCppModel
 
-        return LlamaCppModel(model=config.model, n_threads=config.n_threads, n_ctx=config.n_ctx)
+        return LlamaCppModel(model=config.model, n_threads=config.n_threads,
+                             n_threads_batch=config.n_threads_batch, n_ctx=config.n_ctx)
     if config.backend == "vllm":
         from quillman.engines.llm.vllm import VllmModel
 

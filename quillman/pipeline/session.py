@@ -534,16 +534,17 @@ class RealtimeSession:
 
     def _add_history(self, item_id: str, message: Message) -> None:
         self.history.append((item_id, message))
-        # Bounded: the oldest turns go first; the system prompt is not part of the history.
-        excess = len(self.history) - self.config.max_history_messages
-        if excess > 0:
-            del self.history[:excess]
+        # Bounded: the oldest turns go first (the system prompt is not part of the history), cut
+        # to half at once so the prompt prefix, and the LLM's prefix cache, change rarely.
+        limit = self.config.max_history_messages
+        if len(self.history) > limit:
+            del self.history[:len(self.history) - limit // 2]
 
     def _messages(self, user_item_id: str | None, user_text: str | None) -> list[Message]:
         messages = [m for item_id, m in self.history if item_id != user_item_id]
         if user_text:
             messages.append({"role": "user", "content": user_text})
-        return messages[-self.config.max_history_messages:]
+        return messages
 
     def create_text_response(self, options: protocol.ResponseOptions | None) -> None:
         if self.response is not None:

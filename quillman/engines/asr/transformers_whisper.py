@@ -4,7 +4,7 @@ The model comes from a local folder or the Hugging Face cache, never from the ne
 is flash-attn 2 when the package is installed and the model runs in half precision on a GPU,
 PyTorch SDPA otherwise. ``transcribe_batch`` decodes many segments in one ``generate`` call; the
 Transcriber deployment feeds it through ``@serve.batch`` so segments of concurrent sessions share
-one encoder pass (Whisper always encodes a padded 30 s window, so batching is nearly free).
+one encoder pass (Whisper always encodes a padded 30 s window, however short the segment).
 
 torch and transformers are imported when a recognizer is built, never at module import: the CPU
 install has neither.

