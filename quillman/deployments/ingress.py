@@ -26,6 +26,7 @@ from quillman.config import AppConfig
 from quillman.engines.asr.base import Transcript
 from quillman.engines.llm.base import GenerationParams, Message
 from quillman.engines.vad import SileroVad
+from quillman.metrics import ServeMetrics
 from quillman.pipeline.session import RealtimeSession
 
 logger = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ class Ingress:
         self._speaker = speaker
         self._voices: list[str] | None = None
         self.sessions: dict[str, RealtimeSession] = {}
+        self.metrics = ServeMetrics()
 
     async def _get_voices(self) -> list[str]:
         if self._voices is None:
@@ -139,6 +141,7 @@ class Ingress:
             backends=self.backends, config=self.config.session, vad_config=self.config.vad,
             make_vad=SileroVad, send=send, voices=voices,
             llm_defaults={"max_tokens": llm.max_tokens, "temperature": llm.temperature, "top_p": llm.top_p},
+            metrics=self.metrics,
         )
         self.sessions[session.id] = session
         logger.info("[%s] connected (%d active)", session.id, len(self.sessions))

@@ -126,6 +126,11 @@ class Response:
         return self
 
     @property
+    def audio_s(self) -> float:
+        """Seconds of reply audio sent so far."""
+        return self._audio_s
+
+    @property
     def visible(self) -> bool:
         return self._held is None
 

@@ -27,6 +27,7 @@ from quillman.audio import StreamResampler, decode_pcm16_base64, int16_to_float
 from quillman.config import SessionConfig, VadConfig
 from quillman.engines.asr.base import ASR_SAMPLE_RATE_HZ, Transcript
 from quillman.engines.llm.base import Message
+from quillman.metrics import NullMetrics, SessionMetrics
 from quillman.pipeline.backends import Backends
 from quillman.pipeline.response import Response, ResponseSettings, Timings, UserInput
 from quillman.pipeline.vad import (
@@ -137,9 +138,11 @@ class RealtimeSession:
         voices: list[str] | None = None,
         llm_defaults: dict[str, float] | None = None,
         session_id: str | None = None,
+        metrics: SessionMetrics | None = None,
     ):
         self.id = session_id or protocol.new_id("sess")
         self.backends = backends
+        self.metrics = metrics or NullMetrics()
         self.config = config
         self._send = send
         self._outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
@@ -179,6 +182,7 @@ class RealtimeSession:
     async def run(self, receive: Callable[[], Awaitable[str | bytes | None]]) -> None:
         """Serve until the client goes away; ``receive`` returns None on disconnect."""
         sender = asyncio.create_task(self._sender())
+        self.metrics.session_opened()
         self.emit("session.created", session=self.session_object())
         try:
             while True:
@@ -187,6 +191,7 @@ class RealtimeSession:
                     break
                 await self.handle_frame(frame)
         finally:
+            self.metrics.session_closed()
             await self.close()
             self._outbox.put_nowait(None)
             try:
@@ -212,6 +217,7 @@ class RealtimeSession:
 
     def error(self, exc: errors.QuillmanError) -> None:
         logger.info("[%s] error %s: %s", self.id, exc.code, exc.message)
+        self.metrics.error(exc.code)
         self.put(protocol.error_event(exc))
 
     async def close(self) -> None:
@@ -380,6 +386,7 @@ class RealtimeSession:
                 param="audio",
             )
         self._audio_in_s += seconds
+        self.metrics.audio_in(seconds)
         pcm = self._resampler.process(int16_to_float(pcm16))
         self._timeline.append(pcm, now)
         if self.vad_options is not None:
@@ -468,6 +475,7 @@ class RealtimeSession:
         self._commit_cursor = end
         self.turn = None
         self.turns_committed += 1
+        self.metrics.turn_committed()
         turn.transcript = self._spawn(turn.join_transcripts(), "transcript")
         previous = self.history[-1][0] if self.history else None
         self.emit("input_audio_buffer.committed", item_id=turn.item_id, previous_item_id=previous)
@@ -552,6 +560,7 @@ class RealtimeSession:
                 f"response {self.response.id} is still in progress; cancel it or wait for response.done"
             )
         response = self._new_response(None, speculative=False, options=options, origin=time.perf_counter())
+        self.metrics.turn_committed()
         self._show(response, turn_detected=None)
         response.start()
 
@@ -606,7 +615,12 @@ class RealtimeSession:
         if self.response is response:
             self.response = None
         self.responses_done += 1
+        timings = response.timings.as_ms()
+        self.metrics.response_done(status, timings, spoken=response.user is not None)
+        self.metrics.audio_out(response.audio_s)
+        if status == "failed":
+            self.metrics.error(errors.ModelError.code)
         if text:
             self._add_history(response.item_id, {"role": "assistant", "content": text})
         logger.info("[%s] response %s %s timings=%s reply=%r", self.id, response.id, status,
-                    response.timings.as_ms(), text[:200])
+                    timings, text[:200])
