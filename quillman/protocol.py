@@ -72,8 +72,17 @@ class SessionAudio(_Lenient):
     output: AudioOutput | None = None
 
 
+class QuillmanExtension(_Lenient):
+    """Our own session settings, under the ``quillman`` key of the session object."""
+
+    # "sequential" is the naive baseline (whole utterance -> whole reply -> whole audio), kept
+    # so the gain of streaming can be measured against it on the same server.
+    pipeline: Literal["streaming", "sequential"] | None = None
+
+
 class SessionUpdate(_Lenient):
     type: Literal["realtime"] | None = None
+    quillman: QuillmanExtension | None = None
     model: str | None = None
     instructions: str | None = None
     output_modalities: list[Literal["audio", "text"]] | None = None

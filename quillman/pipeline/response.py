@@ -44,6 +44,7 @@ class ResponseSettings:
     output_chunk_ms: int
     model_timeout_s: float
     metadata: dict[str, str] | None = None
+    sequential: bool = False  # the naive baseline: whole reply text, then one synthesis
 
 
 @dataclass
@@ -278,8 +279,11 @@ class Response:
             settings.first_chunk_min_words, settings.first_chunk_max_words, settings.max_chunk_words
         )
         chunk_samples = max(1, settings.output_rate_hz * settings.output_chunk_ms // 1000)
+        sentences = split_stream(deltas, splitter)
+        if settings.sequential:
+            sentences = _whole_text(sentences)
         fanout = ordered_fanout(
-            split_stream(deltas, splitter), self._synthesize, settings.tts_concurrency,
+            sentences, self._synthesize, settings.tts_concurrency,
             on_item_start=self._sentence_started, head_start=True,
         )
         try:
@@ -331,3 +335,10 @@ class Response:
             close = getattr(iterator, "aclose", None)
             if close is not None:
                 await close()
+
+
+async def _whole_text(chunks: AsyncIterator[str]) -> AsyncIterator[str]:
+    """All chunks joined: the sequential baseline synthesizes the reply in one call."""
+    text = " ".join([chunk async for chunk in chunks])
+    if text:
+        yield text

@@ -159,6 +159,7 @@ class RealtimeSession:
         self.vad_options: VadOptions | None = VadOptions(**vad_config.model_dump())
         self.create_response = True
         self.interrupt_response = True
+        self.sequential = False  # quillman.pipeline = "sequential": the naive baseline
         # Audio
         self._make_vad = make_vad
         self._vad = make_vad()
@@ -294,6 +295,8 @@ class RealtimeSession:
         voice = audio.output.voice if audio and audio.output else None
         if isinstance(voice, dict):
             voice = voice.get("id")
+        if update.quillman is not None and update.quillman.pipeline is not None:
+            self.sequential = update.quillman.pipeline == "sequential"
         if update.instructions is not None:
             self.instructions = update.instructions
         if update.output_modalities:
@@ -368,6 +371,7 @@ class RealtimeSession:
                 },
             },
             "voices": self.voices,
+            "quillman": {"pipeline": "sequential" if self.sequential else "streaming"},
         }
 
     # --- audio in -----------------------------------------------------------------------------
@@ -425,8 +429,10 @@ class RealtimeSession:
                 turn = self.turn
                 if turn is None:
                     return
-                self._transcribe_segment(turn, end)
                 turn.speech_end = self._timeline.arrival_of(speech_end)
+                if self.sequential:
+                    return  # the baseline transcribes the whole utterance at the end of turn
+                self._transcribe_segment(turn, end)
                 if pause and self.create_response:
                     turn.speculation = self._start_voice_response(turn, speculative=True)
             case SpeechResumed():
@@ -596,6 +602,7 @@ class RealtimeSession:
             output_chunk_ms=self.config.output_chunk_ms,
             model_timeout_s=self.config.model_timeout_s,
             metadata=options.metadata,
+            sequential=self.sequential,
         )
         user_item_id = user.item_id if user else None
         previous = self.response.task if self.response is not None else None
