@@ -121,9 +121,28 @@ class SessionConfig(_Strict):
     max_frame_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_turn_s: float = Field(120.0, gt=1)
     model_timeout_s: float = Field(60.0, gt=0)
+    # A session that sends nothing (not even audio) for this long is closed.
+    idle_timeout_s: float = Field(300.0, gt=0)
+    # Token bucket over client events; audio at 20 ms frames is 50 events/s.
+    max_events_per_s: float = Field(200.0, gt=0)
+    event_burst: int = Field(400, ge=1)
+
+
+class ServerConfig(_Strict):
+    """Who may connect, and how many."""
+
+    # API keys: here and/or in the env var named below (comma-separated). Clients send one as
+    # ``Authorization: Bearer <key>`` or, from browsers, as the websocket subprotocol
+    # ``openai-insecure-api-key.<key>`` (what OpenAI's own browser clients use).
+    api_keys: list[str] = Field(default_factory=list)
+    api_keys_env: str = "QUILLMAN_API_KEYS"
+    # Browser sessions (an Origin header) are accepted from the server's own origin and these.
+    allowed_origins: list[str] = Field(default_factory=list)
+    max_sessions_per_replica: int = Field(64, ge=1)
 
 
 class AppConfig(_Strict):
+    server: ServerConfig = ServerConfig()
     asr: AsrConfig = AsrConfig()
     llm: LlmConfig = LlmConfig()
     tts: TtsConfig = TtsConfig()

@@ -60,6 +60,20 @@ class AudioBufferOverflow(InvalidRequest):
     code = "input_audio_buffer_overflow"
 
 
+class AudioBufferFull(InvalidRequest):
+    """Without server VAD, uncommitted audio beyond ``max_turn_s`` is refused."""
+
+    code = "input_audio_buffer_full"
+
+
+class RateLimited(InvalidRequest):
+    code = "rate_limit_exceeded"
+
+
+class IdleTimeout(InvalidRequest):
+    code = "idle_timeout"
+
+
 class CommitEmpty(InvalidRequest):
     code = "input_audio_buffer_commit_empty"
 

@@ -9,10 +9,12 @@ DeploymentHandles. Handles are configured once (``stream=True`` for LLM and TTS)
 
 
 import asyncio
+import hmac
 import json
 import logging
 import os
 import time
+from urllib.parse import urlsplit
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -22,7 +24,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from quillman.config import AppConfig
+from quillman.config import AppConfig, ServerConfig
 from quillman.engines.asr.base import Transcript
 from quillman.engines.llm.base import GenerationParams, Message
 from quillman.engines.vad import SileroVad
@@ -33,8 +35,45 @@ logger = logging.getLogger(__name__)
 
 WEB_DIR = Path(os.environ.get("QUILLMAN_WEB_DIR", Path(__file__).resolve().parents[2] / "web"))
 HEALTH_TIMEOUT_S = 5.0
+KEY_SUBPROTOCOL = "openai-insecure-api-key."
+# Close codes for refused sockets (RFC 6455): policy violation, try again later.
+CLOSE_POLICY = 1008
+CLOSE_TRY_LATER = 1013
 
 app = FastAPI(title="QuiLLMan", description="Voice chat over the OpenAI Realtime protocol")
+
+
+def configured_keys(config: ServerConfig) -> list[str]:
+    from_env = [k.strip() for k in os.environ.get(config.api_keys_env, "").split(",") if k.strip()]
+    return [*config.api_keys, *from_env]
+
+
+def presented_key(websocket: WebSocket) -> str | None:
+    auth = websocket.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    for protocol in websocket.scope.get("subprotocols", []):
+        if protocol.startswith(KEY_SUBPROTOCOL):
+            return protocol[len(KEY_SUBPROTOCOL):]
+    return None
+
+
+def key_is_valid(presented: str | None, keys: list[str]) -> bool:
+    if presented is None:
+        return False
+    # Constant time, and no early exit over the list: timing reveals nothing about the keys.
+    matches = [hmac.compare_digest(presented.encode(), key.encode()) for key in keys]
+    return any(matches)
+
+
+def origin_is_allowed(websocket: WebSocket, allowed: list[str]) -> bool:
+    origin = websocket.headers.get("origin")
+    if origin is None:
+        return True  # not a browser: API keys are the control
+    if origin in allowed or "*" in allowed:
+        return True
+    # The server's own pages (the web client) are always allowed.
+    return urlsplit(origin).netloc == websocket.headers.get("host")
 
 
 class HandleBackends:
@@ -102,7 +141,16 @@ class Ingress:
         self._speaker = speaker
         self._voices: list[str] | None = None
         self.sessions: dict[str, RealtimeSession] = {}
+        self.open_sockets = 0
         self.metrics = ServeMetrics()
+        self.api_keys = configured_keys(self.config.server)
+        if self.api_keys:
+            logger.info("API keys required (%d configured)", len(self.api_keys))
+        else:
+            logger.warning(
+                "No API keys configured: anyone who can reach the port can talk to the models. "
+                "Keep http_options.host at 127.0.0.1, or set server.api_keys / $%s.",
+                self.config.server.api_keys_env)
 
     async def _get_voices(self) -> list[str]:
         if self._voices is None:
@@ -117,13 +165,58 @@ class Ingress:
     async def pipeline(self, websocket: WebSocket) -> None:
         await self._serve_socket(websocket)
 
-    async def _serve_socket(self, websocket: WebSocket) -> None:
-        await websocket.accept()
-        try:
-            voices = await self._get_voices()
-        except Exception:  # noqa: BLE001 - the Speaker may still be starting
-            voices = [self.config.session.voice]
+    async def _refuse(self, websocket: WebSocket, code: int, reason: str) -> None:
+        logger.info("refused socket from %s: %s", websocket.client, reason)
+        await websocket.close(code=code, reason=reason)
 
+    async def _serve_socket(self, websocket: WebSocket) -> None:
+        # Every check happens before the socket is accepted.
+        if self.api_keys and not key_is_valid(presented_key(websocket), self.api_keys):
+            return await self._refuse(websocket, CLOSE_POLICY, "invalid or missing API key")
+        if not origin_is_allowed(websocket, self.config.server.allowed_origins):
+            return await self._refuse(websocket, CLOSE_POLICY, "origin not allowed")
+        if self.open_sockets >= self.config.server.max_sessions_per_replica:
+            return await self._refuse(websocket, CLOSE_TRY_LATER, "server at capacity; try again later")
+        self.open_sockets += 1  # before any await: concurrent handshakes can't overshoot
+        session: RealtimeSession | None = None
+        try:
+            requested = websocket.scope.get("subprotocols", [])
+            await websocket.accept(subprotocol="realtime" if "realtime" in requested else None)
+            session = self._new_session(websocket, await self._voices_or_default())
+            self.sessions[session.id] = session
+            logger.info("[%s] connected (%d active)", session.id, len(self.sessions))
+            await session.run(self._receiver(websocket))
+        finally:
+            self.open_sockets -= 1
+            if session is not None:
+                self.sessions.pop(session.id, None)
+                logger.info("[%s] closed: %d turns, %d responses", session.id,
+                            session.turns_committed, session.responses_done)
+            try:
+                await websocket.close()
+            except Exception:  # noqa: BLE001 - already closed by the peer
+                pass
+
+    async def _voices_or_default(self) -> list[str]:
+        try:
+            return await self._get_voices()
+        except Exception:  # noqa: BLE001 - the Speaker may still be starting
+            return [self.config.session.voice]
+
+    def _new_session(self, websocket: WebSocket, voices: list[str]) -> RealtimeSession:
+        async def send(event: dict[str, Any]) -> None:
+            await websocket.send_text(json.dumps(event))
+
+        llm = self.config.llm
+        return RealtimeSession(
+            backends=self.backends, config=self.config.session, vad_config=self.config.vad,
+            make_vad=SileroVad, send=send, voices=voices,
+            llm_defaults={"max_tokens": llm.max_tokens, "temperature": llm.temperature, "top_p": llm.top_p},
+            metrics=self.metrics,
+        )
+
+    @staticmethod
+    def _receiver(websocket: WebSocket):
         async def receive() -> str | bytes | None:
             try:
                 message = await websocket.receive()
@@ -133,28 +226,7 @@ class Ingress:
                 return None
             return message.get("text") if message.get("text") is not None else message.get("bytes")
 
-        async def send(event: dict[str, Any]) -> None:
-            await websocket.send_text(json.dumps(event))
-
-        llm = self.config.llm
-        session = RealtimeSession(
-            backends=self.backends, config=self.config.session, vad_config=self.config.vad,
-            make_vad=SileroVad, send=send, voices=voices,
-            llm_defaults={"max_tokens": llm.max_tokens, "temperature": llm.temperature, "top_p": llm.top_p},
-            metrics=self.metrics,
-        )
-        self.sessions[session.id] = session
-        logger.info("[%s] connected (%d active)", session.id, len(self.sessions))
-        try:
-            await session.run(receive)
-        finally:
-            self.sessions.pop(session.id, None)
-            logger.info("[%s] closed: %d turns, %d responses", session.id,
-                        session.turns_committed, session.responses_done)
-            try:
-                await websocket.close()
-            except Exception:  # noqa: BLE001 - already closed by the peer
-                pass
+        return receive
 
     @app.get("/prewarm")
     async def prewarm(self) -> JSONResponse:

@@ -49,7 +49,9 @@ class Transcriber:
         return await asyncio.to_thread(self.engine.transcribe, pcm, language)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)  # reset from config in __init__
-    async def _transcribe_batched(self, pcms: list[np.ndarray], languages: list[str | None]) -> list[Transcript]:
+    async def _transcribe_batched(
+        self, pcms: list[np.ndarray], languages: list[str | None]
+    ) -> list[Transcript]:
         # One engine call per language in the batch (Whisper takes one forced language per call
         # here); results go back in request order.
         results: list[Transcript | None] = [None] * len(pcms)

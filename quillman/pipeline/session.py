@@ -47,6 +47,25 @@ logger = logging.getLogger(__name__)
 MAX_ASR_SEGMENT_S = 28.0  # Whisper's window is 30 s
 
 
+class TokenBucket:
+    """Events per second with a burst allowance (per-session rate limit)."""
+
+    def __init__(self, rate_per_s: float, burst: int):
+        self.rate = rate_per_s
+        self.burst = float(burst)
+        self._tokens = float(burst)
+        self._last = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
 class AudioTimeline:
     """The session's input audio at 16 kHz, addressed by absolute sample index.
 
@@ -175,6 +194,7 @@ class RealtimeSession:
         self.turn: UserTurn | None = None
         self.response: Response | None = None  # the visible response, if unfinished
         self._tasks: set[asyncio.Task] = set()
+        self._bucket = TokenBucket(config.max_events_per_s, config.event_burst)
         self.turns_committed = 0
         self.responses_done = 0
 
@@ -187,7 +207,12 @@ class RealtimeSession:
         self.emit("session.created", session=self.session_object())
         try:
             while True:
-                frame = await receive()
+                try:
+                    frame = await asyncio.wait_for(receive(), self.config.idle_timeout_s)
+                except asyncio.TimeoutError:
+                    self.error(errors.IdleTimeout(
+                        f"no client event for {self.config.idle_timeout_s:g} s; closing the session"))
+                    break
                 if frame is None:
                     break
                 await self.handle_frame(frame)
@@ -244,6 +269,9 @@ class RealtimeSession:
 
     async def handle_frame(self, frame: str | bytes) -> None:
         try:
+            if not self._bucket.take():
+                raise errors.RateLimited(
+                    f"more than {self.config.max_events_per_s:g} events/s; this event was dropped")
             if len(frame) > self.config.max_frame_bytes:
                 raise errors.FrameTooLarge(
                     f"frame of {len(frame)} bytes exceeds the limit of {self.config.max_frame_bytes}"
@@ -389,6 +417,11 @@ class RealtimeSession:
                 f"{self.config.max_audio_ahead_s:g} s); send it at playback speed",
                 param="audio",
             )
+        if self.vad_options is None and (
+                self._timeline.end - self._commit_cursor > self.config.max_turn_s * ASR_SAMPLE_RATE_HZ):
+            raise errors.AudioBufferFull(
+                f"more than {self.config.max_turn_s:g} s of uncommitted audio; commit or clear the buffer",
+                param="audio")
         self._audio_in_s += seconds
         self.metrics.audio_in(seconds)
         pcm = self._resampler.process(int16_to_float(pcm16))

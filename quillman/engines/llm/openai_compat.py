@@ -70,10 +70,13 @@ class OpenAICompatibleModel:
             )
         parsed = urlparse(config.base_url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ConfigError(f"llm.base_url {config.base_url!r} must be an http(s) URL such as http://host:8001/v1")
+            raise ConfigError(
+                f"llm.base_url {config.base_url!r} must be an http(s) URL such as http://host:8001/v1"
+            )
         api_key = os.environ.get(config.api_key_env)
         if api_key is None:
-            logger.info("llm: %s is not set; calling %s without an API key", config.api_key_env, config.base_url)
+            logger.info("llm: %s is not set; calling %s without an API key",
+                        config.api_key_env, config.base_url)
         return cls(config.base_url, config.model, api_key=api_key, timeout_s=config.request_timeout_s)
 
     def _get_session(self) -> aiohttp.ClientSession:

@@ -6,6 +6,11 @@ conditioning latents (GPT latent + speaker embedding). They are computed once pe
 cached: at startup for every cloned voice in ``tts.voices`` (name -> reference wav), on first use
 for the studio speakers shipped in the model's ``speakers_xtts.pth``.
 
+One stream at a time per model: XTTS's GPT keeps the prompt of the current generation in shared
+module state (``gpt_inference.store_prefix_emb``), so two concurrent streams on one model would
+corrupt each other. ``synthesize`` holds a lock while its generation runs; other requests to the
+replica wait their turn (scale out with more Speaker replicas, not with concurrency).
+
 XTTS-v2 weights are under the Coqui Public Model License (non-commercial); they are read from a
 local folder or the Hugging Face cache (``coqui/XTTS-v2``), never downloaded at startup. torch and
 coqui-tts are imported when a synthesizer is built, never at module import.
@@ -64,7 +69,8 @@ class XttsSynthesizer:
         self.speed = speed
         self.sample_rate_hz = sample_rate_hz
         self._latents: dict[str, tuple[Any, Any]] = {}
-        self._lock = threading.Lock()
+        self._cache_lock = threading.Lock()
+        self._generation_lock = threading.Lock()
         manager = getattr(model, "speaker_manager", None)
         self._studio: dict[str, Any] = dict(getattr(manager, "speakers", None) or {})
         for name, wav in (clone_voices or {}).items():
@@ -73,7 +79,8 @@ class XttsSynthesizer:
             # Once per voice, at startup: cloning costs a few hundred ms of GPU time.
             self._latents[name] = tuple(model.get_conditioning_latents(audio_path=[wav]))
             logger.info("XTTS voice %r cloned from %s", name, wav)
-        self.voices: list[str] = list(clone_voices or {}) + [n for n in self._studio if n not in self._latents]
+        studio = [name for name in self._studio if name not in self._latents]
+        self.voices: list[str] = list(clone_voices or {}) + studio
         if not self.voices:
             raise ConfigError(
                 "tts.voices is empty and the XTTS model has no studio speakers (speakers_xtts.pth); "
@@ -114,7 +121,7 @@ class XttsSynthesizer:
             logger.warning("XTTS has no voice %r; using %r", voice, name)
         cached = self._latents.get(name)
         if cached is None:
-            with self._lock:
+            with self._cache_lock:
                 cached = self._latents.get(name)
                 if cached is None:
                     speaker = self._studio[name]
@@ -129,18 +136,21 @@ class XttsSynthesizer:
 
     def synthesize(self, text: str, voice: str | None = None) -> Iterator[AudioChunk]:
         gpt_cond_latent, speaker_embedding = self.latents(voice)
-        chunks = self._model.inference_stream(
-            text, self.language, gpt_cond_latent, speaker_embedding,
-            stream_chunk_size=self.stream_chunk_size, speed=self.speed, enable_text_splitting=False,
-        )
-        try:
-            for chunk in chunks:
-                wav = chunk.detach().float().cpu().numpy() if hasattr(chunk, "detach") else chunk
-                pcm = float_to_int16(np.asarray(wav, dtype=np.float32).reshape(-1))
-                if pcm.size:
-                    yield AudioChunk(pcm=pcm, sample_rate_hz=self.sample_rate_hz)
-        finally:
-            # Closed early (barge-in): stop the GPT generator now rather than at garbage collection.
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
+        # Held across the yields until the stream ends or is closed (barge-in closes it).
+        with self._generation_lock:
+            chunks = self._model.inference_stream(
+                text, self.language, gpt_cond_latent, speaker_embedding,
+                stream_chunk_size=self.stream_chunk_size, speed=self.speed,
+                enable_text_splitting=False,
+            )
+            try:
+                for chunk in chunks:
+                    wav = chunk.detach().float().cpu().numpy() if hasattr(chunk, "detach") else chunk
+                    pcm = float_to_int16(np.asarray(wav, dtype=np.float32).reshape(-1))
+                    if pcm.size:
+                        yield AudioChunk(pcm=pcm, sample_rate_hz=self.sample_rate_hz)
+            finally:
+                # Closed early: stop the GPT generator now rather than at garbage collection.
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()
