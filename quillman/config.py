@@ -29,6 +29,12 @@ class AsrConfig(_Strict):
     compute_type: str = "int8"
     cpu_threads: int = Field(1, ge=1)
     beam_size: int = Field(1, ge=1)
+    # faster_whisper only. "full": Whisper's fixed 30 s encoder window (as trained; the encoder
+    # cost is the same for any clip). "fit": the window is cut to the clip (+1 s, at least
+    # min_window_s), which makes short segments several times cheaper to transcribe at some
+    # cost in accuracy; docs/benchmarks.md has both measured.
+    encoder_window: Literal["full", "fit"] = "full"
+    min_window_s: float = Field(5.0, ge=1, le=30)
     # transformers backend only
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
     max_batch_size: int = Field(8, ge=1)

@@ -158,13 +158,25 @@ def ray_temp_dir() -> Path:
     return Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray"
 
 
-def metrics_urls(temp_dir: Path | None = None) -> list[str]:
-    """Prometheus endpoints of the local Ray node(s), as ``http://127.0.0.1:<port>/metrics``.
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
-    ``QUILLMAN_METRICS_URL`` (comma-separated) overrides discovery. Otherwise the targets of
-    ``prom_metrics_service_discovery.json`` (they name the node's IP; the agent listens on
-    every interface, so 127.0.0.1 reaches the same port) and the latest session's
-    ``metrics_export_port_*`` files, without duplicates.
+
+def metrics_urls(temp_dir: Path | None = None) -> list[str]:
+    """Prometheus endpoints of the local Ray instance(s), as ``http://127.0.0.1:<port>/metrics``.
+
+    ``QUILLMAN_METRICS_URL`` (comma-separated) overrides discovery. Otherwise, without
+    duplicates: the targets of ``prom_metrics_service_discovery.json`` (they name the node's IP;
+    the agent listens on every interface, so 127.0.0.1 reaches the same port), then the
+    ``metrics_export_port_*`` of every session whose driver is still alive (a session folder
+    ends with its driver's pid; ``session_latest`` is only the newest Ray instance, which need
+    not be the server's), newest first.
     """
     override = os.environ.get("QUILLMAN_METRICS_URL")
     if override:
@@ -175,12 +187,16 @@ def metrics_urls(temp_dir: Path | None = None) -> list[str]:
         discovery = json.loads((root / "prom_metrics_service_discovery.json").read_text())
         for group in discovery:
             for target in group.get("targets", []):
-                ports.append(target.rsplit(":", 1)[-1])
+                ports.append(str(target).rsplit(":", 1)[-1])
     except (OSError, ValueError, AttributeError):
         pass
-    for path in sorted(glob.glob(str(root / "session_latest" / "metrics_export_port_*"))):
-        with contextlib.suppress(OSError):
-            ports.append(Path(path).read_text().strip())
+    for session in sorted(glob.glob(str(root / "session_2*")), reverse=True):
+        pid = session.rsplit("_", 1)[-1]
+        if not pid.isdigit() or not _alive(int(pid)):
+            continue
+        for path in sorted(glob.glob(os.path.join(session, "metrics_export_port_*"))):
+            with contextlib.suppress(OSError):
+                ports.append(Path(path).read_text().strip())
     return [f"http://127.0.0.1:{port}/metrics" for port in dict.fromkeys(p for p in ports if p.isdigit())]
 
 

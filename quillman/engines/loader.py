@@ -15,6 +15,7 @@ def load_recognizer(config: AsrConfig) -> SpeechRecognizer:
         return FasterWhisperRecognizer(
             model=config.model, device=config.device, compute_type=config.compute_type,
             cpu_threads=config.cpu_threads, beam_size=config.beam_size, language=config.language,
+            encoder_window=config.encoder_window, min_window_s=config.min_window_s,
         )
     from quillman.engines.asr.transformers_whisper import TransformersWhisperRecognizer
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -84,6 +85,8 @@ class FasterWhisperRecognizer:
         cpu_threads: int = 1,
         beam_size: int = 1,
         language: str | None = "en",
+        encoder_window: str = "full",
+        min_window_s: float = 5.0,
     ):
         from faster_whisper import WhisperModel
 
@@ -91,6 +94,8 @@ class FasterWhisperRecognizer:
         self.english_only = model.endswith(".en") or path.rstrip("/").endswith(".en")
         self.language = "en" if self.english_only else language
         self.beam_size = beam_size
+        self.encoder_window = encoder_window
+        self.min_window_s = min_window_s
         self._model = WhisperModel(
             path, device=device, compute_type=compute_type, cpu_threads=cpu_threads,
             num_workers=1, local_files_only=True,
@@ -98,10 +103,13 @@ class FasterWhisperRecognizer:
         logger.info("faster-whisper %s loaded from %s", model, path)
 
     def transcribe(self, pcm: np.ndarray, language: str | None = None) -> Transcript:
+        language = "en" if self.english_only else (language or self.language)
+        if self.encoder_window == "fit" and language is not None and len(pcm) < 29 * ASR_SAMPLE_RATE_HZ:
+            return self._transcribe_fit(np.asarray(pcm, dtype=np.float32), language)
         start = time.perf_counter()
         segments, info = self._model.transcribe(
             np.asarray(pcm, dtype=np.float32),
-            language="en" if self.english_only else (language or self.language),
+            language=language,
             beam_size=self.beam_size,
             vad_filter=False,  # segments come from our own VAD
             condition_on_previous_text=False,
@@ -114,3 +122,45 @@ class FasterWhisperRecognizer:
             audio_s=len(pcm) / ASR_SAMPLE_RATE_HZ,
             inference_ms=(time.perf_counter() - start) * 1000,
         )
+
+    def _transcribe_fit(self, pcm: np.ndarray, language: str) -> Transcript:
+        """Encode a window cut to the clip instead of 30 s (CTranslate2 takes any even length).
+
+        faster-whisper always pads to 30 s, so this calls CTranslate2 directly with the same
+        prompt faster-whisper would build (start of transcript, language, task, no timestamps).
+        """
+        import ctranslate2
+        from faster_whisper.tokenizer import Tokenizer
+
+        start = time.perf_counter()
+        model = self._model
+        duration_s = len(pcm) / ASR_SAMPLE_RATE_HZ
+        frames = int(min(30.0, max(duration_s + 1.0, self.min_window_s)) * 100)
+        frames -= frames % 2
+        padded = np.pad(pcm, (0, frames * 160 + 400))  # silence after the clip, like Whisper's padding
+        features = model.feature_extractor(padded)[:, :frames]
+        tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe",
+                              language=language)
+        prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+        result = model.model.generate(
+            ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None], dtype=np.float32)),
+            [prompt], beam_size=self.beam_size, max_length=min(448, int(6 * duration_s) + 16),
+            suppress_blank=True, suppress_tokens=[-1],
+        )
+        text = _drop_repeats(tokenizer.decode(result[0].sequences_ids[0]).strip())
+        return Transcript(
+            text=text, language=language, audio_s=duration_s,
+            inference_ms=(time.perf_counter() - start) * 1000,
+        )
+
+
+def _drop_repeats(text: str) -> str:
+    """A short window can make Whisper loop ("Hi. Hi. Hi."): keep the first of equal sentences."""
+    sentences = re.findall(r"[^.!?]+[.!?]*", text)
+    kept: list[str] = []
+    for sentence in sentences:
+        current, previous = sentence.strip().lower(), kept[-1].strip().lower() if kept else ""
+        # An equal sentence, or a cut-off start of the previous one, is the loop, not speech.
+        if not kept or (current != previous and not previous.startswith(current)):
+            kept.append(sentence)
+    return "".join(kept).strip()
