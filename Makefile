@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: run test install install-test system-deps unit e2e bench clean
+.PHONY: run test install install-test system-deps unit e2e web-unit browser bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +26,12 @@ $(VENV)/.installed-test: $(VENV)/.installed
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test system-deps
 
-# espeak-ng speaks the test questions; chromium runs the browser test. Needs root (or sudo).
+# espeak-ng speaks the test questions; chromium runs the browser test; node runs the web
+# client's unit tests. Needs root (or sudo).
 system-deps:
 	@missing=""; command -v espeak-ng >/dev/null || missing="$$missing espeak-ng"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v node >/dev/null || missing="$$missing nodejs"; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
@@ -39,6 +41,7 @@ run: install
 	$(BIN)/serve run serve_config.yaml
 
 test: install-test
+	node --test web/tests/
 	$(BIN)/python -m pytest -q
 
 unit: install-test
@@ -46,6 +49,13 @@ unit: install-test
 
 e2e: install-test
 	$(BIN)/python -m pytest -q tests/e2e
+
+# Web client unit tests (state machine, pcm/resampler, playback): Node >= 20, no packages.
+web-unit:
+	node --test web/tests/
+
+browser: install-test
+	$(BIN)/python -m pytest -q -m browser tests/browser
 
 bench: install-test
 	$(BIN)/quillman bench --concurrency 1 --turns 10 --markdown

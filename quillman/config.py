@@ -108,8 +108,8 @@ class VadConfig(_Strict):
 
 class SessionConfig(_Strict):
     instructions: str = (
-        "You are a friendly voice assistant. Answer in one or two short spoken sentences. "
-        "Do not use lists, markdown or emoji."
+        "You are a friendly voice assistant. Always answer in English, in one or two short "
+        "spoken sentences. Do not use lists, markdown or emoji."
     )
     voice: str = "joe"
     sample_rate_hz: int = Field(24000, ge=8000, le=48000)

@@ -12,6 +12,10 @@ const FRAME_MS = 40; // input_audio_buffer.append frame length
 const VOICED_RMS = 0.02; // ~ -34 dBFS: a frame this loud counts as speech for the page's latency mark
 const MAX_SOCKET_BACKLOG = 1 << 20; // bytes; past this the server is stalled: drop mic frames
 const VOICE_KEY = "quillman.voice";
+const API_KEY_STORE = "quillman.apiKey";
+// Browsers can't set an Authorization header on a websocket: the key rides as a subprotocol,
+// as OpenAI's own browser clients do (the server accepts it as `openai-insecure-api-key.<key>`).
+const KEY_SUBPROTOCOL = "openai-insecure-api-key.";
 
 // Paths are relative so the page also works behind a proxy prefix.
 const endpoint = (path) => new URL(path, document.baseURI);
@@ -52,15 +56,18 @@ let connectGen = 0; // bumps on every connect/disconnect: late async results of 
 let reconnectTimer = 0;
 let thinkingTimer = 0;
 let muted = false;
-let voices = null; // {voices: [...], default} from GET /voices, or null when the server has none
+let voices = null; // {list: [{id, name}], default} from GET /voices, or null when the server has none
 let pendingText = []; // typed before the socket was up
 let lastVoicedTime = null; // AudioContext time at the end of the last loud mic frame
 let turnMark = null; // {time, kind} start of the current wait: speech end (voice) or send (text)
 let lastUserTranscript = null; // user text not yet attached to a reply record
 let meterValue = 0;
+let noticeTimer = 0;
+let shownNotice = null; // the notice render() last showed (to arm the info auto-dismiss once)
+const apiKey = readApiKey();
 
 const audio = { ctx: null, player: null, stream: null, source: null, node: null };
-const replies = new Map(); // response id -> record (also exposed to tests)
+const replies = new Map(); // response id -> per-reply record (the same objects as testHook.turns)
 
 // Read-only window for tests and debugging: counts and per-turn numbers, nothing to drive.
 const testHook = {
@@ -106,12 +113,14 @@ function step(event) {
   const before = machine.state;
   const next = transition(machine, event);
   if (!next.changed) return;
+  const prev = machine;
   machine = { state: next.state, ctx: next.ctx };
-  for (const fx of next.effects) runEffect(fx);
+  for (const fx of next.effects) runEffect(fx, prev.ctx);
   if (machine.state !== before) entered(machine.state, before);
 }
 
-function runEffect(fx) {
+/** prevCtx: the context before the transition (e.g. which reply a barge-in cut off). */
+function runEffect(fx, prevCtx) {
   switch (fx) {
     case FX.CONNECT:
       connect();
@@ -126,7 +135,9 @@ function runEffect(fx) {
       releaseMic();
       break;
     case FX.STOP_PLAYBACK:
-      audio.player?.stop();
+      // The server may have finished sending a reply we are still playing: cutting its audio
+      // interrupts it for the listener whatever response.done said.
+      if ((audio.player?.stop() || prevCtx.responseOpen) && prevCtx.responseId) markInterrupted(prevCtx.responseId);
       break;
     case FX.CANCEL_RESPONSE:
       send({ type: "response.cancel" });
@@ -151,6 +162,7 @@ function entered(state, before) {
     transcript.divider("Reconnected: the assistant starts a fresh conversation");
   }
   if (state === S.IDLE || state === S.ERROR) setMuted(false);
+  if (state === S.IDLE) pendingText = []; // hung up: nothing typed earlier may leak into the next call
 }
 
 // ---- connecting ------------------------------------------------------------------------------------
@@ -210,6 +222,8 @@ async function openMic() {
     });
     node.port.onmessage = (e) => onMicFrame(e.data);
     source.connect(node);
+    // "ended" fires when the device goes away or permission is revoked, not on our own stop().
+    stream.getAudioTracks().forEach((t) => t.addEventListener("ended", () => dispatch({ type: "MIC_LOST" })));
     Object.assign(audio, { stream, source, node });
     stream.getAudioTracks().forEach((t) => (t.enabled = !muted));
   } catch (err) {
@@ -229,11 +243,23 @@ function releaseMic() {
   ui.meterFill.style.transform = "scaleX(0)";
 }
 
+/** An API key from the address (#key=...) or from earlier in this tab; the address is then cleaned. */
+function readApiKey() {
+  const fromHash = new URLSearchParams(location.hash.slice(1)).get("key");
+  if (fromHash) {
+    sessionStorage.setItem(API_KEY_STORE, fromHash);
+    history.replaceState(null, "", location.pathname + location.search); // keep it off the screen
+  }
+  return sessionStorage.getItem(API_KEY_STORE);
+}
+
 function openSocket() {
   const url = endpoint("v1/realtime");
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
-  const ws = new WebSocket(url);
+  const ws = apiKey ? new WebSocket(url, ["realtime", KEY_SUBPROTOCOL + apiKey]) : new WebSocket(url);
+  let opened = false;
   sock = ws;
+  ws.onopen = () => (opened = true);
   // Handlers check `sock === ws` so a socket we already gave up on can't move the machine.
   ws.onmessage = (e) => {
     if (sock !== ws) return;
@@ -249,8 +275,22 @@ function openSocket() {
   ws.onclose = (e) => {
     if (sock !== ws) return;
     sock = null;
-    dispatch({ type: "SOCKET_CLOSED", code: e.code, reason: e.reason });
+    if (opened) dispatch({ type: "SOCKET_CLOSED", code: e.code, reason: e.reason });
+    else diagnoseRefusal(e);
   };
+}
+
+/** A handshake that failed: the server down (retry) or up and refusing us (tell the user)? */
+async function diagnoseRefusal(e) {
+  const gen = connectGen;
+  let up = false;
+  try {
+    up = (await fetch(endpoint("healthz"), { cache: "no-store" })).ok;
+  } catch {
+    up = false;
+  }
+  if (gen !== connectGen) return; // the user hung up meanwhile
+  dispatch(up ? { type: "SOCKET_REFUSED" } : { type: "SOCKET_CLOSED", code: e.code, reason: e.reason });
 }
 
 function closeSocket() {
@@ -390,6 +430,7 @@ function onResponseCreated(response) {
     status: "in_progress",
     timings: null,
     clientLatencyMs: null,
+    interrupted: false, // its audio was cut (barge-in, typed message, hang-up)
     playedAtStart: audio.player?.chunksPlayed ?? 0, // lets tests tell this reply's played chunks apart
     mark: turnMark,
   };
@@ -411,9 +452,14 @@ function onPlaybackStart(startTime) {
   // Only the first sound of a reply measures the wait; later restarts are underruns.
   if (r && r.clientLatencyMs == null && r.mark) {
     r.clientLatencyMs = Math.round((startTime - r.mark.time) * 1000);
-    r.latencyKind = r.mark.kind;
   }
   dispatch({ type: "AUDIO_STARTED", responseId: machine.ctx.responseId });
+}
+
+function markInterrupted(responseId) {
+  const r = replies.get(responseId);
+  if (r) r.interrupted = true;
+  transcript.replyInterrupted(responseId);
 }
 
 function onResponseDone(response) {
@@ -425,7 +471,8 @@ function onResponseDone(response) {
   transcript.replyDone(response.id, {
     status: response.status,
     timings: response.timings,
-    clientLatencyMs: r?.latencyKind === "voice" ? r.clientLatencyMs : null,
+    clientLatencyMs: r?.clientLatencyMs ?? null,
+    kind: r?.mark?.kind ?? null,
   });
   dispatch({ type: "RESPONSE_DONE", responseId: response.id, status: response.status });
 }
@@ -524,6 +571,8 @@ async function prewarm() {
 
 // ---- rendering -------------------------------------------------------------------------------------
 
+const INFO_NOTICE_MS = 5000; // info notices ("Reconnected.") clear themselves; warnings and errors stay
+
 const STATUS = {
   [S.WARMING]: "Getting ready. You can start now; the first reply may take a moment.",
   [S.IDLE]: "Ready when you are.",
@@ -564,6 +613,7 @@ function render() {
   ui.textOnlyButton.hidden = !(state === S.ERROR && ctx.micProblem);
 
   const voiceCall = inCall && ctx.mode === "voice";
+  ui.app.dataset.mic = String(voiceCall);
   ui.muteButton.disabled = !voiceCall;
   ui.muteButton.setAttribute("aria-pressed", String(muted));
   setText(ui.muteButtonText, muted ? "Unmute" : "Mute");
@@ -577,6 +627,13 @@ function render() {
     // Errors interrupt; info waits its turn.
     ui.notice.setAttribute("role", n.level === "error" ? "alert" : "status");
     setText(ui.noticeText, n.text);
+  }
+  if (n !== shownNotice) {
+    shownNotice = n;
+    clearTimeout(noticeTimer);
+    if (n?.level === "info") {
+      noticeTimer = setTimeout(() => machine.ctx.notice === n && dispatch({ type: "DISMISS_NOTICE" }), INFO_NOTICE_MS);
+    }
   }
 }
 

@@ -147,6 +147,17 @@ export const TABLE = Object.freeze({
       assign: (ctx) => ({ attempt: 0, notice: ctx.attempt > 0 ? notice("info", "Reconnected.").notice : ctx.notice }),
       effects: [FX.CONFIGURE],
     },
+    // The server is up but turned the socket away before accepting it (API key, origin, capacity):
+    // retrying the same way won't help, so say what to do.
+    SOCKET_REFUSED: {
+      target: S.ERROR,
+      assign: () =>
+        notice(
+          "error",
+          "The server refused the connection. It may need an API key: open this page with #key=YOUR_KEY at the end of its address. Or it is busy: try again in a moment.",
+        ),
+      effects: [FX.DISCONNECT, FX.RELEASE_MIC],
+    },
     MIC_DENIED: {
       target: S.ERROR,
       assign: () => ({
@@ -234,6 +245,14 @@ export const TABLE = Object.freeze({
 const ANY = {
   SERVER_ERROR: { assign: (ctx, ev) => notice("error", serverErrorText(ev)) },
   DISMISS_NOTICE: { assign: () => ({ notice: null }) },
+  // The mic track ended mid-call (unplugged, permission revoked): keep the call, in text mode.
+  MIC_LOST: {
+    assign: () => ({
+      mode: "text",
+      ...notice("warn", "The microphone stopped (unplugged or blocked). You can keep typing, or end the call and start again to talk."),
+    }),
+    effects: [FX.RELEASE_MIC],
+  },
   // Warm-up may finish after the user already started a call.
   PREWARM_OK: { assign: () => ({ warm: "ready" }) },
   PREWARM_FAILED: { assign: prewarmFailed },

@@ -1,13 +1,31 @@
 // The live transcript: one list item per user turn and per assistant reply, keyed by the
 // protocol's ids (user item_id, response id). Text only ever goes in through textContent.
 
+// Server-side split from `response.done` response.timings (ms since the end of speech unless noted).
 const TIMING_LABELS = {
-  speech_end_to_first_audio_ms: "voice-to-voice",
-  asr_ms: "speech recognition",
-  llm_ttft_ms: "LLM first token",
-  tts_first_chunk_ms: "TTS first chunk",
+  speech_end_to_first_audio_ms: "voice-to-voice (server)",
+  first_audio_ms: "first audio sent",
+  turn_detected_ms: "end of turn detected",
+  transcript_ms: "transcript ready",
+  first_token_ms: "first LLM token",
+  first_sentence_ms: "first sentence",
+  asr_last_segment_ms: "last segment ASR (duration)",
+  llm_ttft_ms: "LLM time to first token (duration)",
+  tts_first_chunk_ms: "TTS first chunk (duration)",
   total_ms: "whole reply",
 };
+
+/**
+ * The number shown on a reply. Spoken turn: the server's voice-to-voice figure (end of speech to
+ * first audio sent), else the page's own. Typed turn: the page's send -> first audio played.
+ */
+function headline(kind, timings, clientLatencyMs) {
+  if (kind === "text") return clientLatencyMs == null ? null : `${Math.round(clientLatencyMs)} ms to first audio`;
+  for (const key of ["speech_end_to_first_audio_ms", "first_audio_ms"]) {
+    if (typeof timings?.[key] === "number") return `${Math.round(timings[key])} ms voice-to-voice`;
+  }
+  return clientLatencyMs == null ? null : `${Math.round(clientLatencyMs)} ms voice-to-voice`;
+}
 
 export class Transcript {
   constructor(listEl, { onChange = () => {} } = {}) {
@@ -105,17 +123,30 @@ export class Transcript {
     this._changed();
   }
 
-  replyDone(responseId, { status, timings, clientLatencyMs } = {}) {
+  /** kind: "voice" | "text" (what started the turn), for how its latency is labelled. */
+  replyDone(responseId, { status, timings, clientLatencyMs, kind } = {}) {
     const r = this.replies.get(responseId);
     if (!r) return;
     r.li.classList.remove("is-streaming");
     r.li.removeAttribute("aria-busy");
-    if (status && status !== "completed") {
+    if (status === "cancelled") {
+      this.replyInterrupted(responseId);
+    } else if (status && status !== "completed") {
       r.li.classList.add(`is-${status}`);
-      if (!r.text) r.li.querySelector(".msg-text").textContent = status === "cancelled" ? "(interrupted)" : "(no reply)";
-      this._tag(r.li, status === "cancelled" ? "interrupted" : status);
+      if (!r.text) r.li.querySelector(".msg-text").textContent = "(no reply)";
+      this._tag(r.li, status);
     }
-    this._timings(r.li, timings, clientLatencyMs);
+    this._timings(r.li, timings, clientLatencyMs, kind);
+    this._changed();
+  }
+
+  /** The listener stopped hearing this reply (barge-in): it may still finish streaming text. */
+  replyInterrupted(responseId) {
+    const r = this.replies.get(responseId);
+    if (!r) return;
+    r.li.classList.add("is-cancelled");
+    if (!r.text) r.li.querySelector(".msg-text").textContent = "(interrupted)";
+    this._tag(r.li, "interrupted");
     this._changed();
   }
 
@@ -150,28 +181,32 @@ export class Transcript {
     this._changed();
   }
 
+  /** One tag per message; a later one replaces it. */
   _tag(li, label) {
-    const tag = document.createElement("span");
-    tag.className = "msg-tag";
+    let tag = li.querySelector(".msg-tag");
+    if (!tag) {
+      tag = document.createElement("span");
+      tag.className = "msg-tag";
+      li.querySelector(".msg-who").append(tag);
+    }
     tag.textContent = label;
-    li.querySelector(".msg-who").append(tag);
   }
 
-  _timings(li, timings, clientLatencyMs) {
+  _timings(li, timings, clientLatencyMs, kind) {
     const entries = Object.entries(timings ?? {}).filter(
       ([k, v]) => k.endsWith("_ms") && typeof v === "number" && Number.isFinite(v),
     );
-    const v2v = timings?.speech_end_to_first_audio_ms;
     if (!entries.length && clientLatencyMs == null) return;
 
     const meta = document.createElement("details");
     meta.className = "msg-meta";
     const summary = document.createElement("summary");
-    const headline = typeof v2v === "number" ? v2v : clientLatencyMs;
-    summary.textContent = headline != null ? `${Math.round(headline)} ms voice-to-voice` : "timings";
+    summary.textContent = headline(kind, timings, clientLatencyMs) ?? "timings";
     summary.setAttribute("aria-label", `${summary.textContent}. Show timing details`);
     const dl = document.createElement("dl");
-    if (clientLatencyMs != null) addRow(dl, "heard here (speech end → first audio)", clientLatencyMs);
+    if (clientLatencyMs != null) {
+      addRow(dl, kind === "text" ? "here: sent → first audio played" : "here: speech end → first audio played", clientLatencyMs);
+    }
     for (const [k, v] of entries) addRow(dl, TIMING_LABELS[k] ?? k.replace(/_ms$/, "").replaceAll("_", " "), v);
     meta.append(summary, dl);
     li.append(meta);

@@ -165,6 +165,16 @@ test("socket drop: gives up after MAX_RECONNECT_ATTEMPTS with an error", () => {
   assert.equal(m.ctx.notice, null);
 });
 
+test("a socket refused while the server is up is an error to act on, not a retry loop", () => {
+  const m = run(["SOCKET_REFUSED"], run(["PREWARM_OK", "START"]));
+  assert.equal(m.state, S.ERROR);
+  assert.deepEqual(m.effects, [FX.DISCONNECT, FX.RELEASE_MIC]);
+  assert.match(m.ctx.notice.text, /#key=/);
+  assert.equal(m.ctx.micProblem, false);
+  // Only a connecting socket can be refused.
+  assert.equal(transition(listening(), { type: "SOCKET_REFUSED" }).changed, false);
+});
+
 test("mic denied: error state offering text; typing instead connects in text mode", () => {
   let m = run(["PREWARM_OK", "START", "MIC_DENIED"]);
   assert.equal(m.state, S.ERROR);
@@ -188,6 +198,14 @@ test("STOP ends the call from every connected state and while reconnecting", () 
   const m = run(["STOP"], at(S.RECONNECTING, { attempt: 3 }));
   assert.equal(m.state, S.IDLE);
   assert.deepEqual(m.effects, [FX.CANCEL_RECONNECT, FX.DISCONNECT, FX.RELEASE_MIC]);
+});
+
+test("a mic that dies mid-call leaves the call up in text mode", () => {
+  const m = run(["SPEECH_STARTED", "MIC_LOST"], listening());
+  assert.equal(m.state, S.USER_SPEAKING);
+  assert.equal(m.ctx.mode, "text");
+  assert.deepEqual(m.effects, [FX.RELEASE_MIC]);
+  assert.match(m.ctx.notice.text, /microphone stopped/);
 });
 
 test("server error events show a notice and keep the state", () => {
