@@ -35,12 +35,12 @@ def _print_result(result: TurnResult, out_path: str | None) -> None:
 
 async def _talk(args: argparse.Namespace) -> TurnResult:
     pcm, rate = sf.read(args.input, dtype="int16", always_2d=True)
-    async with RealtimeClient(args.url, chunk_ms=args.chunk_ms) as client:
+    async with RealtimeClient(args.url, chunk_ms=args.chunk_ms, api_key=args.api_key) as client:
         return await client.talk(pcm.mean(axis=1).astype(np.int16), rate, timeout=args.timeout)
 
 
 async def _say(args: argparse.Namespace) -> TurnResult:
-    async with RealtimeClient(args.url) as client:
+    async with RealtimeClient(args.url, api_key=args.api_key) as client:
         return await client.say(args.text, timeout=args.timeout)
 
 
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("-o", "--output", help="where to save the reply (wav)")
         p.add_argument("--url", default=DEFAULT_URL)
         p.add_argument("--timeout", type=float, default=120)
+        p.add_argument("--api-key", default=None, help="defaults to $QUILLMAN_API_KEY")
 
     from quillman.bench import add_bench_parser
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,8 +43,10 @@ class TurnResult:
 
 
 class RealtimeClient:
-    def __init__(self, url: str = DEFAULT_URL, sample_rate_hz: int = 24000, chunk_ms: int = 20):
+    def __init__(self, url: str = DEFAULT_URL, sample_rate_hz: int = 24000, chunk_ms: int = 20,
+                 api_key: str | None = None):
         self.url = url
+        self.api_key = api_key if api_key is not None else os.environ.get("QUILLMAN_API_KEY")
         self.rate = sample_rate_hz
         self.chunk_ms = chunk_ms
         self.ws: Any = None
@@ -61,7 +64,9 @@ class RealtimeClient:
         await self.close()
 
     async def connect(self, session: dict[str, Any] | None = None) -> None:
-        self.ws = await websockets.connect(self.url, max_size=None, open_timeout=30)
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
+        self.ws = await websockets.connect(self.url, max_size=None, open_timeout=30,
+                                           additional_headers=headers)
         self._reader = asyncio.create_task(self._read())
         created = await self.wait_for("session.created", timeout=30)
         self.session = created["session"]

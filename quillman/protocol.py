@@ -155,6 +155,15 @@ class ResponseCreate(_ClientEvent):
     response: ResponseOptions | None = None
 
 
+class ConversationItemTruncate(_ClientEvent):
+    """After a barge-in: the client heard only ``audio_end_ms`` of an assistant item."""
+
+    type: Literal["conversation.item.truncate"]
+    item_id: str
+    content_index: int = 0
+    audio_end_ms: int = Field(ge=0)
+
+
 class ResponseCancel(_ClientEvent):
     type: Literal["response.cancel"]
     response_id: str | None = None
@@ -166,6 +175,7 @@ ClientEvent = Union[
     InputAudioBufferCommit,
     InputAudioBufferClear,
     ConversationItemCreate,
+    ConversationItemTruncate,
     ResponseCreate,
     ResponseCancel,
 ]
@@ -173,11 +183,12 @@ ClientEvent = Union[
 _CLIENT_EVENT = TypeAdapter(ClientEvent)
 _KNOWN_TYPES = {
     "session.update", "input_audio_buffer.append", "input_audio_buffer.commit",
-    "input_audio_buffer.clear", "conversation.item.create", "response.create", "response.cancel",
+    "input_audio_buffer.clear", "conversation.item.create", "conversation.item.truncate",
+    "response.create", "response.cancel",
 }
 # Real Realtime client events we don't implement: a clear error, not "unknown".
 _UNSUPPORTED_TYPES = {
-    "conversation.item.truncate", "conversation.item.delete", "conversation.item.retrieve",
+    "conversation.item.delete", "conversation.item.retrieve",
     "output_audio_buffer.clear", "transcription_session.update",
 }
 

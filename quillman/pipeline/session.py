@@ -191,6 +191,7 @@ class RealtimeSession:
         self._audio_in_s = 0.0
         # Conversation
         self.history: list[tuple[str, Message]] = []  # (item_id, message)
+        self._reply_audio_s: dict[str, float] = {}  # assistant item -> seconds of audio sent
         self.turn: UserTurn | None = None
         self.response: Response | None = None  # the visible response, if unfinished
         self._tasks: set[asyncio.Task] = set()
@@ -299,6 +300,10 @@ class RealtimeSession:
                 self.emit("input_audio_buffer.cleared")
             case protocol.ConversationItemCreate():
                 self.add_item(event.item)
+            case protocol.ConversationItemTruncate():
+                self.truncate_item(event.item_id, event.audio_end_ms)
+                self.emit("conversation.item.truncated", item_id=event.item_id,
+                          content_index=event.content_index, audio_end_ms=event.audio_end_ms)
             case protocol.ResponseCreate():
                 self.create_text_response(event.response)
             case protocol.ResponseCancel():
@@ -579,12 +584,27 @@ class RealtimeSession:
         self.emit("conversation.item.added", item=stored, previous_item_id=previous)
         self.emit("conversation.item.done", item=stored, previous_item_id=previous)
 
+    def truncate_item(self, item_id: str, audio_end_ms: int) -> None:
+        """Keep the part of an assistant reply the user heard, so the LLM doesn't assume more."""
+        if self.response is not None and self.response.item_id == item_id:
+            raise errors.InvalidEvent("that response is still in progress; cancel it first",
+                                      param="item_id")
+        entry = next((m for i, m in self.history if i == item_id and m["role"] == "assistant"), None)
+        if entry is None:
+            raise errors.InvalidEvent(f"no assistant item {item_id!r} in the conversation", param="item_id")
+        audio_s = self._reply_audio_s.get(item_id, 0.0)
+        if audio_s > 0 and audio_end_ms / 1000 < audio_s:
+            words = entry["content"].split()
+            entry["content"] = " ".join(words[:round(len(words) * audio_end_ms / 1000 / audio_s)])
+
     def _add_history(self, item_id: str, message: Message) -> None:
         self.history.append((item_id, message))
         # Bounded: the oldest turns go first (the system prompt is not part of the history), cut
         # to half at once so the prompt prefix, and the LLM's prefix cache, change rarely.
         limit = self.config.max_history_messages
         if len(self.history) > limit:
+            for dropped, _ in self.history[:len(self.history) - limit // 2]:
+                self._reply_audio_s.pop(dropped, None)
             del self.history[:len(self.history) - limit // 2]
 
     def _messages(self, user_item_id: str | None, user_text: str | None) -> list[Message]:
@@ -662,5 +682,6 @@ class RealtimeSession:
             self.metrics.error(errors.ModelError.code)
         if text:
             self._add_history(response.item_id, {"role": "assistant", "content": text})
+            self._reply_audio_s[response.item_id] = response.audio_s
         logger.info("[%s] response %s %s timings=%s reply=%r", self.id, response.id, status,
                     timings, text[:200])
