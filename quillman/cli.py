@@ -44,6 +44,34 @@ async def _say(args: argparse.Namespace) -> TurnResult:
         return await client.say(args.text, timeout=args.timeout)
 
 
+def _check_config(args: argparse.Namespace) -> int:
+    """Ray Serve's own schema, our AppConfig for each app's args, and the GPU split."""
+    import yaml
+    from pydantic import ValidationError
+    from ray.serve.schema import ServeDeploySchema
+
+    from quillman.config import AppConfig, gpu_layout_problems
+
+    failed = 0
+    for path in args.path:
+        try:
+            with open(path) as f:
+                schema = ServeDeploySchema.model_validate(yaml.safe_load(f))
+            problems = []
+            for app in schema.applications:
+                config = AppConfig.model_validate(app.args or {})
+                deployments = [d.model_dump(exclude_unset=True) for d in app.deployments]
+                problems += gpu_layout_problems(config, deployments, args.gpus_per_node)
+        except (OSError, yaml.YAMLError, ValidationError) as exc:
+            problems = [str(exc)]
+        status = "ok" if not problems else "INVALID"
+        print(f"{path}: {status}")
+        for problem in problems:
+            print(f"  - {problem}")
+        failed += bool(problems)
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="quillman", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,11 +88,17 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--timeout", type=float, default=120)
         p.add_argument("--api-key", default=None, help="defaults to $QUILLMAN_API_KEY")
 
+    check = sub.add_parser("check-config", help="validate a Serve config file before deploying it")
+    check.add_argument("path", nargs="+")
+    check.add_argument("--gpus-per-node", type=int, default=None,
+                       help="check that all GPU fractions fit on one node with this many GPUs")
+    check.set_defaults(run=_check_config)
+
     from quillman.bench import add_bench_parser
 
     add_bench_parser(sub)
     args = parser.parse_args(argv)
-    if args.command == "bench":
+    if args.command in ("bench", "check-config"):
         return args.run(args)
     result = asyncio.run(_talk(args) if args.command == "talk" else _say(args))
     _print_result(result, args.output)
