@@ -1,13 +1,11 @@
 """Prometheus metrics of conversations, through ``ray.serve.metrics``.
 
 The session reports to a :class:`SessionMetrics`; in the ingress that is :class:`ServeMetrics`
-(exported by Ray's metrics agent with the replica's tags), in unit tests :class:`NullMetrics`.
+(exported by Ray's metrics agent with the replica's tags); the base class records nothing.
 All names start with ``quillman_``; Ray prefixes ``ray_`` on export.
 """
 
 from __future__ import annotations
-
-from typing import Protocol
 
 # Voice-to-voice latencies and stages are hundreds of ms to seconds.
 LATENCY_BUCKETS_MS = [50, 100, 200, 300, 400, 500, 700, 1000, 1500, 2000, 3000, 5000, 10000, 30000]
@@ -15,7 +13,9 @@ STAGES = ("turn_detected_ms", "transcript_ms", "first_token_ms", "first_sentence
           "first_audio_ms", "total_ms", "asr_last_segment_ms", "llm_ttft_ms", "tts_first_chunk_ms")
 
 
-class SessionMetrics(Protocol):
+class SessionMetrics:
+    """What a session reports. This base records nothing (unit tests, tools)."""
+
     def session_opened(self) -> None: ...
     def session_closed(self) -> None: ...
     def turn_committed(self) -> None: ...
@@ -25,17 +25,7 @@ class SessionMetrics(Protocol):
     def audio_out(self, seconds: float) -> None: ...
 
 
-class NullMetrics:
-    def session_opened(self) -> None: ...
-    def session_closed(self) -> None: ...
-    def turn_committed(self) -> None: ...
-    def response_done(self, status: str, timings: dict[str, float], spoken: bool) -> None: ...
-    def error(self, code: str) -> None: ...
-    def audio_in(self, seconds: float) -> None: ...
-    def audio_out(self, seconds: float) -> None: ...
-
-
-class ServeMetrics:
+class ServeMetrics(SessionMetrics):
     """One instance per ingress replica; shared by all its sessions."""
 
     def __init__(self) -> None:

@@ -10,7 +10,7 @@ from ray import serve
 
 from quillman.config import LlmConfig
 from quillman.engines.llm.base import GenerationParams, Message
-from quillman.engines.loader import load_language_model
+from quillman.engines.loader import load_language_model, load_timed
 
 logger = logging.getLogger(__name__)
 
@@ -21,9 +21,7 @@ _WARM_MESSAGES = [{"role": "user", "content": "Say hi."}]
 class LanguageModel:
     async def __init__(self, config: LlmConfig):  # Serve allows an async constructor
         self.config = LlmConfig.model_validate(config)
-        start = time.perf_counter()
-        self.engine = load_language_model(self.config)
-        self.load_s = round(time.perf_counter() - start, 3)
+        self.engine, self.load_s = load_timed(load_language_model, self.config)
         await self.warmup()
         logger.info("LanguageModel ready: load %.2f s, warm-up %.0f ms", self.load_s, self.warm_ms)
 

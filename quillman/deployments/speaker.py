@@ -13,7 +13,7 @@ from ray import serve
 from quillman.aio import iterate_in_thread
 from quillman.audio import resample
 from quillman.config import TtsConfig
-from quillman.engines.loader import load_synthesizer
+from quillman.engines.loader import load_synthesizer, load_timed
 
 logger = logging.getLogger(__name__)
 
@@ -22,9 +22,7 @@ logger = logging.getLogger(__name__)
 class Speaker:
     def __init__(self, config: TtsConfig):
         self.config = TtsConfig.model_validate(config)
-        start = time.perf_counter()
-        self.engine = load_synthesizer(self.config)
-        self.load_s = round(time.perf_counter() - start, 3)
+        self.engine, self.load_s = load_timed(load_synthesizer, self.config)
         self.warm_ms = self._warm()
         logger.info("Speaker ready: load %.2f s, warm-up %.0f ms", self.load_s, self.warm_ms)
 

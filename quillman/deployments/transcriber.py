@@ -17,7 +17,7 @@ from ray import serve
 
 from quillman.config import AsrConfig
 from quillman.engines.asr.base import ASR_SAMPLE_RATE_HZ, Transcript
-from quillman.engines.loader import load_recognizer
+from quillman.engines.loader import load_recognizer, load_timed
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +26,7 @@ logger = logging.getLogger(__name__)
 class Transcriber:
     def __init__(self, config: AsrConfig):
         self.config = AsrConfig.model_validate(config)
-        start = time.perf_counter()
-        self.engine = load_recognizer(self.config)
-        self.load_s = round(time.perf_counter() - start, 3)
+        self.engine, self.load_s = load_timed(load_recognizer, self.config)
         self.batched = callable(getattr(self.engine, "transcribe_batch", None))
         if self.batched:
             self._transcribe_batched.set_max_batch_size(self.config.max_batch_size)

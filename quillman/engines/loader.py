@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import time
+from typing import Callable, TypeVar
+
 from quillman.config import AsrConfig, LlmConfig, TtsConfig
 from quillman.engines.asr.base import SpeechRecognizer
 from quillman.engines.llm.base import LanguageModel
 from quillman.engines.tts.base import SpeechSynthesizer
+
+
+C = TypeVar("C")
+E = TypeVar("E")
+
+
+def load_timed(load: Callable[[C], E], config: C) -> tuple[E, float]:
+    """``load(config)`` and how long it took in seconds (reported by /prewarm)."""
+    start = time.perf_counter()
+    engine = load(config)
+    return engine, round(time.perf_counter() - start, 3)
 
 
 def load_recognizer(config: AsrConfig) -> SpeechRecognizer:

@@ -27,7 +27,7 @@ from quillman.audio import StreamResampler, decode_pcm16_base64, int16_to_float
 from quillman.config import SessionConfig, VadConfig
 from quillman.engines.asr.base import ASR_SAMPLE_RATE_HZ, Transcript
 from quillman.engines.llm.base import Message
-from quillman.metrics import NullMetrics, SessionMetrics
+from quillman.metrics import SessionMetrics
 from quillman.pipeline.backends import Backends
 from quillman.pipeline.response import Response, ResponseSettings, Timings, UserInput
 from quillman.pipeline.vad import (
@@ -161,7 +161,7 @@ class RealtimeSession:
     ):
         self.id = session_id or protocol.new_id("sess")
         self.backends = backends
-        self.metrics = metrics or NullMetrics()
+        self.metrics = metrics or SessionMetrics()
         self.config = config
         self._send = send
         self._outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
