@@ -14,8 +14,12 @@ from quillman.errors import InvalidAudioLength, InvalidBase64
 def decode_pcm16_base64(data: str) -> np.ndarray:
     """base64 pcm16 little-endian mono -> int16 array; typed errors for bad input."""
     try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as exc:
+        # Strict (RFC 4648): whole 4-character groups, no stray padding or characters;
+        # lenient decoders disagree on what those mean.
+        if len(data) % 4:
+            raise binascii.Error("length is not a multiple of 4")
+        raw = binascii.a2b_base64(data.encode("ascii"), strict_mode=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError) as exc:
         raise InvalidBase64(f"audio is not valid base64: {exc}", param="audio") from None
     if len(raw) % 2:
         raise InvalidAudioLength(

@@ -286,14 +286,23 @@ class CpuSampler:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> dict[str, Any]:
+        """Stop sampling; returns the raw samples, wall and client CPU time (see :func:`cpu_summary`)."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        wall = time.perf_counter() - self._wall_start
-        cores = os.cpu_count() or 1
-        client = 100.0 * (time.process_time() - self._process_start) / wall / cores if wall > 0 else None
-        return {"cores": cores, "mean_pct": _mean(self.samples), "max_pct": percentile(self.samples, 100),
-                "bench_client_pct": None if client is None else round(client, 1)}
+        return {"samples": list(self.samples), "wall_s": time.perf_counter() - self._wall_start,
+                "client_cpu_s": time.process_time() - self._process_start}
+
+
+def cpu_summary(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and max machine CPU % over the samples of one or more sampled stretches, and the
+    benchmark client's own share of all cores."""
+    samples = [v for part in parts for v in part["samples"]]
+    wall = sum(part["wall_s"] for part in parts)
+    cores = os.cpu_count() or 1
+    client = 100.0 * sum(part["client_cpu_s"] for part in parts) / wall / cores if wall > 0 else None
+    return {"cores": cores, "mean_pct": _mean(samples), "max_pct": percentile(samples, 100),
+            "bench_client_pct": None if client is None else round(client, 1)}
 
 
 def machine_info() -> dict[str, Any]:
@@ -357,11 +366,11 @@ async def _connect(url: str, mode: str) -> RealtimeClient:
 
 async def _caller(url: str, caller: int, turns: int, clips: list[tuple[str, np.ndarray]],
                   pause_s: float, records: list[TurnRecord], deadline: float, progress: Progress,
-                  mode: str = "streaming", wer=None, stagger_s: float = 0.0) -> None:
-    rng = random.Random(caller)
+                  mode: str = "streaming", wer=None, stagger_s: float = 0.0, first_turn: int = 0) -> None:
+    rng = random.Random(caller * 1000 + first_turn)
     await asyncio.sleep(stagger_s * rng.random())  # callers don't all start speaking at once
     client: RealtimeClient | None = None
-    for turn in range(turns):
+    for turn in range(first_turn, first_turn + turns):
         if time.perf_counter() > deadline:
             break
         question, pcm = clips[(caller + turn) % len(clips)]
@@ -405,26 +414,73 @@ def spoken_questions(sample_rate_hz: int = 24000) -> list[tuple[str, np.ndarray]
     return [(q, with_silence(espeak(q, sample_rate_hz), sample_rate_hz, before_s=0.3)) for q in QUESTIONS]
 
 
-async def run_level(url: str, concurrency: int, turns: int, duration_s: float | None,
-                    pause_s: float, show_progress: bool, mode: str = "streaming",
-                    clips: list[tuple[str, np.ndarray]] | None = None) -> dict[str, Any]:
-    clips = clips or spoken_questions()
-    wer = _wer_function()
+@dataclass
+class Block:
+    """One stretch of callers in one pipeline: its turns, how long it took and the CPU samples."""
+
+    mode: str
+    records: list[TurnRecord]
+    wall_s: float
+    cpu: dict[str, Any]
+
+
+async def run_block(url: str, concurrency: int, turns: int, duration_s: float | None, pause_s: float,
+                    progress: Progress, mode: str, clips: list[tuple[str, np.ndarray]], wer=None,
+                    first_turn: int = 0) -> Block:
     records: list[TurnRecord] = []
     deadline = time.perf_counter() + (duration_s or 1e9)
-    progress = Progress(concurrency * turns, show_progress, label=f"{mode:>10} x{concurrency:<3} ")
     sampler = CpuSampler()
     sampler.start()
     start = time.perf_counter()
     await asyncio.gather(*(_caller(url, c, turns, clips, pause_s, records, deadline, progress, mode, wer,
-                                   stagger_s=pause_s if concurrency > 1 else 0.0)
+                                   stagger_s=pause_s if concurrency > 1 else 0.0, first_turn=first_turn)
                            for c in range(concurrency)))
     wall = time.perf_counter() - start
-    cpu = await sampler.stop()
-    progress.close()
-    records.sort(key=lambda r: (r.caller, r.turn))
-    summary = summarize(records, concurrency, wall, mode, cpu)
+    return Block(mode, records, wall, await sampler.stop())
+
+
+def _level_summary(blocks: list[Block], concurrency: int, mode: str) -> dict[str, Any]:
+    records = sorted((r for b in blocks for r in b.records), key=lambda r: (r.caller, r.turn))
+    summary = summarize(records, concurrency, sum(b.wall_s for b in blocks), mode,
+                        cpu_summary([b.cpu for b in blocks]))
     summary["records"] = [asdict(r) for r in records]
+    return summary
+
+
+def split_turns(turns: int, rounds: int) -> list[int]:
+    """``turns`` per caller spread over ``rounds`` blocks (earlier blocks get the remainder)."""
+    rounds = max(1, min(rounds, turns))
+    return [turns // rounds + (1 if r < turns % rounds else 0) for r in range(rounds)]
+
+
+async def run_levels(url: str, concurrency: int, turns: int, duration_s: float | None, pause_s: float,
+                     show_progress: bool, modes: list[str], rounds: int = 1,
+                     clips: list[tuple[str, np.ndarray]] | None = None) -> list[dict[str, Any]]:
+    """One concurrency level in every mode. With several modes the turns are split into
+    ``rounds`` blocks that alternate between the modes (streaming, sequential, streaming, ...),
+    so slow drift of a shared machine's background load hits both modes alike, while callers of
+    different modes never overlap. Returns one summary per mode."""
+    clips = clips or spoken_questions()
+    wer = _wer_function()
+    shares = split_turns(turns, rounds)
+    label = "/".join(m[:3] for m in modes)
+    progress = Progress(concurrency * turns * len(modes), show_progress, label=f"{label:>7} x{concurrency:<3} ")
+    blocks: list[Block] = []
+    first_turn = 0
+    for share in shares:
+        for mode in modes:
+            blocks.append(await run_block(url, concurrency, share, duration_s and duration_s * share / turns,
+                                          pause_s, progress, mode, clips, wer, first_turn))
+        first_turn += share
+    progress.close()
+    return [_level_summary([b for b in blocks if b.mode == mode], concurrency, mode) for mode in modes]
+
+
+async def run_level(url: str, concurrency: int, turns: int, duration_s: float | None,
+                    pause_s: float, show_progress: bool, mode: str = "streaming",
+                    clips: list[tuple[str, np.ndarray]] | None = None) -> dict[str, Any]:
+    """One concurrency level in one pipeline."""
+    (summary,) = await run_levels(url, concurrency, turns, duration_s, pause_s, show_progress, [mode], 1, clips)
     return summary
 
 
@@ -540,16 +596,16 @@ def _run_sweep(url: str, args: argparse.Namespace) -> dict[str, Any]:
         asyncio.run(warm_up(url, args.warmup_turns, clips, modes))
     levels = []
     for concurrency in args.concurrency:
-        for mode in modes:
-            s = asyncio.run(run_level(url, concurrency, args.turns, args.duration, args.pause_s,
-                                      not args.quiet, mode, clips))
+        for s in asyncio.run(run_levels(url, concurrency, args.turns, args.duration, args.pause_s,
+                                        not args.quiet, modes, args.rounds if len(modes) > 1 else 1, clips)):
             levels.append(s)
-            print(f"{mode} x{concurrency}: {s['completed']}/{s['turns']} completed, {s['failed']} failed, "
+            print(f"{s['mode']} x{concurrency}: {s['completed']}/{s['turns']} completed, {s['failed']} failed, "
                   f"{s['lost']} lost; v2v p50 {s['latency_ms']['p50']} ms p95 {s['latency_ms']['p95']} ms; "
                   f"WER {s['wer_mean']}; CPU {s['cpu'].get('mean_pct')}% mean", file=sys.stderr)
     settings = {"concurrency": args.concurrency, "turns": args.turns,
                 "duration_s": args.duration, "pause_s": args.pause_s, "warmup_turns": args.warmup_turns,
-                "modes": modes, "questions": len(clips), "chunk_ms": 20}
+                "modes": modes, "rounds": len(split_turns(args.turns, args.rounds)) if len(modes) > 1 else 1,
+                "questions": len(clips), "chunk_ms": 20}
     return build_report(url, levels, settings, args.slo_ms, started_at=started)
 
 
@@ -600,6 +656,8 @@ def add_bench_parser(sub: Any) -> None:
     bench.add_argument("--warmup-turns", type=int, default=1, help="unmeasured turns before the sweep, per mode")
     bench.add_argument("--baseline", action="store_true",
                        help="also run every level through the server's sequential pipeline and report the ratio")
+    bench.add_argument("--rounds", type=int, default=2,
+                       help="with --baseline: alternate the pipelines in this many blocks per level")
     bench.add_argument("--slo-ms", type=float, default=DEFAULT_SLO_MS,
                        help="report the largest concurrency whose p95 stays under this")
     bench.add_argument("--json", help="write the full report (levels, per-turn records) here")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -180,7 +180,7 @@ ClientEvent = Union[
     ResponseCancel,
 ]
 
-_CLIENT_EVENT = TypeAdapter(ClientEvent)
+_CLIENT_EVENT = TypeAdapter(Annotated[ClientEvent, Field(discriminator="type")])
 _KNOWN_TYPES = {
     "session.update", "input_audio_buffer.append", "input_audio_buffer.commit",
     "input_audio_buffer.clear", "conversation.item.create", "conversation.item.truncate",

@@ -62,6 +62,12 @@ def _executable(name: str) -> str:
     return str(beside) if beside.exists() else name
 
 
+def _default_sigint() -> None:
+    """In the child: SIGINT stops ``serve run`` cleanly, even when this process was started in
+    the background by a shell (which ignores SIGINT there, and ignored signals are inherited)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class ServeProcess:
     """A ``serve run <config>`` child in its own process group, logging to ``log_path``."""
 
@@ -70,7 +76,10 @@ class ServeProcess:
                  startup_timeout_s: float = STARTUP_TIMEOUT_S):
         self.cwd = Path(cwd)
         self.workdir = Path(tempfile.mkdtemp(prefix="quillman-serve-"))
-        self.config, port = self._with_port(Path(self.cwd, config), port)
+        path = Path(config)
+        if not path.is_absolute() and not path.exists():
+            path = self.cwd / path  # the repository's serve_config.yaml from anywhere
+        self.config, port = self._with_port(path.resolve(), port)
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = Path(log_path) if log_path else self.workdir / "serve.log"
         self.startup_timeout_s = startup_timeout_s
@@ -104,7 +113,8 @@ class ServeProcess:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [_executable("serve"), "run", self.config], cwd=self.cwd, env=self.env,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=_default_sigint)
         logger.info("started serve run %s (pid %d), log %s", self.config, self.process.pid, self.log_path)
         deadline = time.monotonic() + self.startup_timeout_s
         while not healthy(self.url):

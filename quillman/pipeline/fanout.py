@@ -46,6 +46,16 @@ async def ordered_fanout(
             slots.release()
 
     async def produce() -> None:
+        try:
+            await _produce()
+        finally:
+            # Abandoned (cancelled, failed, closed): stop the upstream stream (the LLM) now,
+            # not whenever the garbage collector finalizes the suspended generator.
+            aclose = getattr(items, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def _produce() -> None:
         index = 0
         async for item in items:
             if head_start and index == 1:

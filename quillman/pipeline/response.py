@@ -17,7 +17,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import numpy as np
 
-from quillman import errors, protocol
+from quillman import aio, errors, protocol
 from quillman.audio import encode_pcm16_base64
 from quillman.engines.llm.base import GenerationParams, Message
 from quillman.pipeline.backends import Backends
@@ -115,6 +115,7 @@ class Response:
     _text: list[str] = field(default_factory=list)
     _audio_s: float = 0.0
     _output_tokens: int = 0
+    _pending_finish: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         self._held = [] if self.speculative else None
@@ -124,7 +125,13 @@ class Response:
 
     def start(self) -> "Response":
         self.task = asyncio.create_task(self._run(), name=f"response-{self.id}")
+        self.task.add_done_callback(self._on_task_done)
         return self
+
+    def _on_task_done(self, task: asyncio.Task) -> None:
+        # Cancelled before its first step: _run never ran, so its response.done is sent here.
+        if task.cancelled() and self.status == "in_progress" and self.visible:
+            self._finish("cancelled", {"type": "cancelled", "reason": self.cancel_reason})
 
     @property
     def audio_s(self) -> float:
@@ -141,6 +148,10 @@ class Response:
         held, self._held = self._held or [], None
         for event in held:
             self._send(event)
+        if self._pending_finish is not None:  # it finished while unseen: report it now
+            status, text = self._pending_finish
+            self._pending_finish = None
+            self.on_finished(self, status, text)
 
     def cancel(self, reason: str) -> None:
         if self.task is not None and not self.task.done():
@@ -226,7 +237,7 @@ class Response:
         status, details, failure = "completed", None, None
         try:
             if self.after is not None:
-                await asyncio.gather(self.after, return_exceptions=True)
+                await asyncio.wait({self.after})  # not gather: cancelling us must not cancel it
             user_text = None
             if self.user is not None:
                 user_text = await self._with_timeout(self.user.transcript)
@@ -250,6 +261,8 @@ class Response:
             status = "failed"
             details = {"type": "failed", "error": {"type": failure.type, "code": failure.code,
                                                    "message": failure.message}}
+            if not self._created:
+                self._open_output()  # response.created comes before the error about it
             self._event("error", error={"type": failure.type, "code": failure.code,
                                         "message": failure.message})
         self._finish(status, details)
@@ -261,7 +274,10 @@ class Response:
         if not self._created:
             self._open_output()
         self._close_output(status, details)
-        self.on_finished(self, status, "".join(self._text))
+        if self.visible:
+            self.on_finished(self, status, "".join(self._text))
+        else:  # a speculation nobody has seen yet: it may still be dropped
+            self._pending_finish = (status, "".join(self._text))
 
     async def _generate(self, user_text: str | None) -> None:
         settings = self.settings
@@ -318,7 +334,7 @@ class Response:
 
     async def _with_timeout(self, awaitable: Awaitable[T]) -> T:
         try:
-            return await asyncio.wait_for(awaitable, self.settings.model_timeout_s)
+            return await aio.wait_for(awaitable, self.settings.model_timeout_s)
         except asyncio.TimeoutError:
             raise errors.ModelError(f"a model did not answer within {self.settings.model_timeout_s:g} s") from None
 

@@ -51,27 +51,33 @@ class SentenceSplitter:
             yield chunk
 
     def _find_cut(self) -> int | None:
+        # The earliest allowed cut wins, so the result does not depend on how the text was
+        # split into deltas (one big delta must give the same chunks as a trickle).
         text = self._buffer
+        cuts = []
         for match in _SENTENCE_END.finditer(text):
             if not self._is_abbreviation(text, match.start()):
-                return match.end()
+                cuts.append(match.end())
+                break
         words = text.split()
+        limit = self.first_max_words if self._emitted == 0 else self.max_words
         if self._emitted == 0:
-            if len(words) >= self.first_min_words:
-                for match in _CLAUSE_END.finditer(text):
-                    if len(text[: match.start()].split()) >= self.first_min_words:
-                        return match.end()
-            if len(words) > self.first_max_words:
-                return _word_boundary(text, self.first_max_words)
-        elif len(words) > self.max_words:
-            clause = [m.end() for m in _CLAUSE_END.finditer(text)]
-            return clause[-1] if clause else _word_boundary(text, self.max_words)
-        return None
+            for match in _CLAUSE_END.finditer(text):
+                if len(text[: match.start()].split()) >= self.first_min_words:
+                    cuts.append(match.end())
+                    break
+        if len(words) > limit:
+            hard = _word_boundary(text, limit)
+            if self._emitted > 0:  # prefer the last clause boundary within the cap
+                clauses = [m.end() for m in _CLAUSE_END.finditer(text) if m.end() <= hard]
+                hard = clauses[-1] if clauses else hard
+            cuts.append(hard)
+        return min(cuts) if cuts else None
 
     @staticmethod
     def _is_abbreviation(text: str, dot: int) -> bool:
         words = text[: dot + 1].split()
-        return bool(words) and words[-1].lower() in _ABBREVIATIONS
+        return bool(words) and words[-1].lower().lstrip("([{\"'") in _ABBREVIATIONS
 
 
 def _word_boundary(text: str, n_words: int) -> int:

@@ -22,7 +22,7 @@ from typing import Any, Awaitable, Callable
 
 import numpy as np
 
-from quillman import errors, protocol
+from quillman import aio, errors, protocol
 from quillman.audio import StreamResampler, decode_pcm16_base64, int16_to_float
 from quillman.config import SessionConfig, VadConfig
 from quillman.engines.asr.base import ASR_SAMPLE_RATE_HZ, Transcript
@@ -209,7 +209,7 @@ class RealtimeSession:
         try:
             while True:
                 try:
-                    frame = await asyncio.wait_for(receive(), self.config.idle_timeout_s)
+                    frame = await aio.wait_for(receive(), self.config.idle_timeout_s)
                 except asyncio.TimeoutError:
                     self.error(errors.IdleTimeout(
                         f"no client event for {self.config.idle_timeout_s:g} s; closing the session"))
@@ -259,11 +259,15 @@ class RealtimeSession:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    def _track(self, task: asyncio.Task) -> None:
+        """close() cancels and awaits every tracked task (responses included)."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
         task.set_name(f"{self.id}-{name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._track(task)
         return task
 
     # --- client events ----------------------------------------------------------------------
@@ -273,9 +277,10 @@ class RealtimeSession:
             if not self._bucket.take():
                 raise errors.RateLimited(
                     f"more than {self.config.max_events_per_s:g} events/s; this event was dropped")
-            if len(frame) > self.config.max_frame_bytes:
+            size = len(frame) if isinstance(frame, bytes) else len(frame.encode("utf-8", "replace"))
+            if size > self.config.max_frame_bytes:
                 raise errors.FrameTooLarge(
-                    f"frame of {len(frame)} bytes exceeds the limit of {self.config.max_frame_bytes}"
+                    f"frame of {size} bytes exceeds the limit of {self.config.max_frame_bytes}"
                 )
             event = protocol.parse_client_event(frame)
             try:
@@ -484,7 +489,8 @@ class RealtimeSession:
                     return
                 self.emit("input_audio_buffer.speech_stopped",
                           audio_end_ms=samples_to_ms(speech_end), item_id=turn.item_id)
-                self._commit_turn(turn, self._timeline.end)
+                # Audio after the last cut is silence unless speech came after it.
+                self._commit_turn(turn, self._timeline.end, tail=turn.segment_start < speech_end)
 
     def _transcribe_segment(self, turn: UserTurn, end: int) -> None:
         while turn.segment_start < end:
@@ -512,9 +518,9 @@ class RealtimeSession:
         self._detector.reset()
         self._commit_turn(turn, self._timeline.end)
 
-    def _commit_turn(self, turn: UserTurn, end: int) -> None:
+    def _commit_turn(self, turn: UserTurn, end: int, tail: bool = True) -> None:
         now = time.perf_counter()
-        if turn.segment_start < end and turn.speculation is None:
+        if tail and turn.segment_start < end and turn.speculation is None:
             self._transcribe_segment(turn, end)
         self._commit_cursor = end
         self.turn = None
@@ -522,6 +528,8 @@ class RealtimeSession:
         self.metrics.turn_committed()
         turn.transcript = self._spawn(turn.join_transcripts(), "transcript")
         previous = self.history[-1][0] if self.history else None
+        # The user's place in the history is fixed now; the text comes with the transcript.
+        self._add_history(turn.item_id, {"role": "user", "content": ""})
         self.emit("input_audio_buffer.committed", item_id=turn.item_id, previous_item_id=previous)
         self.emit("conversation.item.added", item=protocol.user_audio_item(turn.item_id, None, "in_progress"),
                   previous_item_id=previous)
@@ -545,8 +553,9 @@ class RealtimeSession:
                   content_index=0, transcript=text,
                   usage={"type": "duration", "seconds": round(max(duration_s, 0.0), 3)})
         self.emit("conversation.item.done", item=protocol.user_audio_item(turn.item_id, text))
-        if text:
-            self._add_history(turn.item_id, {"role": "user", "content": text})
+        for item_id, message in self.history:
+            if item_id == turn.item_id:
+                message["content"] = text
         logger.info("[%s] user: %s", self.id, text)
 
     def _abandon_turn(self, turn: UserTurn) -> None:
@@ -608,7 +617,7 @@ class RealtimeSession:
             del self.history[:len(self.history) - limit // 2]
 
     def _messages(self, user_item_id: str | None, user_text: str | None) -> list[Message]:
-        messages = [m for item_id, m in self.history if item_id != user_item_id]
+        messages = [m for item_id, m in self.history if item_id != user_item_id and m["content"]]
         if user_text:
             messages.append({"role": "user", "content": user_text})
         return messages
@@ -622,6 +631,7 @@ class RealtimeSession:
         self.metrics.turn_committed()
         self._show(response, turn_detected=None)
         response.start()
+        self._track(response.task)
 
     def _start_voice_response(self, turn: UserTurn, speculative: bool) -> Response:
         user = UserInput(
@@ -630,7 +640,9 @@ class RealtimeSession:
             speech_end=turn.speech_end,
             asr_last_segment_ms=turn.last_segment_ms,
         )
-        return self._new_response(user, speculative, None, origin=turn.speech_end or time.perf_counter()).start()
+        response = self._new_response(user, speculative, None, origin=turn.speech_end or time.perf_counter()).start()
+        self._track(response.task)
+        return response
 
     def _new_response(self, user: UserInput | None, speculative: bool,
                       options: protocol.ResponseOptions | None, origin: float) -> Response:

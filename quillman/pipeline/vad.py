@@ -134,4 +134,7 @@ class TurnDetector:
         return self._candidate_windows >= self._min_speech_windows
 
     def _quietest_recent(self) -> int:
-        return min(self._recent, key=lambda pw: pw[0])[1]
+        # Only inside the current segment; among equals the latest, so the next segment
+        # starts short and the split does not fire again on the next window.
+        inside = [pw for pw in self._recent if pw[1] > self._segment_start]
+        return min(inside, key=lambda pw: (pw[0], -pw[1]))[1]

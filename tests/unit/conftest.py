@@ -1,0 +1,425 @@
+"""Shared fixtures for the unit tests: fake models, a session driver, synthesized speech.
+
+Everything here is fast and deterministic: no Ray, no network, no real ASR/LLM/TTS. The only
+real model is Silero VAD (a tiny ONNX file shipped in faster-whisper), and test speech comes
+from espeak-ng, synthesized once per test session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import faulthandler
+import gc
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+from quillman.config import SessionConfig, VadConfig
+from quillman.engines.asr.base import ASR_SAMPLE_RATE_HZ, Transcript
+from quillman.engines.vad import SileroVad
+from quillman.pipeline.session import RealtimeSession
+from quillman.speech import espeak
+
+PHRASE_A = "What is the capital of France"
+PHRASE_B = "and how many people live there"
+EVENT_TIMEOUT_S = 5.0
+TEST_HANG_LIMIT_S = 30.0
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """No garbage collection while pytest renders a failure.
+
+    Rendering parses the test's source with ``ast.parse``; on CPython 3.11 a collection in the
+    middle of it that finalizes a leaked async generator (exactly what some failing tests here
+    are about) raises "SystemError: AST constructor recursion depth mismatch" and ends the
+    whole run with an INTERNALERROR.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@pytest.fixture
+def hang_guard():
+    """For tests that take well under a second: one stuck for 30 s dumps every stack and exits,
+    so a deadlock shows where it is instead of stalling the suite. Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("hang_guard")``."""
+    faulthandler.dump_traceback_later(TEST_HANG_LIMIT_S, exit=True, file=sys.stderr)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+
+
+# --- synthesized speech ----------------------------------------------------------------------
+
+
+def trim_silence(pcm: np.ndarray, level: int = 300) -> np.ndarray:
+    """Cut espeak's own leading/trailing silence so the true speech bounds are known."""
+    loud = np.nonzero(np.abs(pcm.astype(np.int32)) > level)[0]
+    return pcm[loud[0]:loud[-1] + 1]
+
+
+@dataclass(frozen=True)
+class SpokenClip:
+    """int16 mono audio at ``rate`` with the true speech bounds (in samples of ``rate``)."""
+
+    pcm: np.ndarray
+    rate: int
+    phrases: tuple[tuple[int, int], ...]  # (start, end) of each phrase
+
+    def ms(self, sample: int) -> float:
+        return sample * 1000.0 / self.rate
+
+    @property
+    def speech_start_ms(self) -> float:
+        return self.ms(self.phrases[0][0])
+
+    @property
+    def speech_end_ms(self) -> float:
+        return self.ms(self.phrases[-1][1])
+
+    @property
+    def duration_ms(self) -> float:
+        return self.ms(len(self.pcm))
+
+
+def build_clip(phrases: list[np.ndarray], rate: int, lead_s: float, gaps_s: list[float],
+               tail_s: float) -> SpokenClip:
+    parts = [np.zeros(int(lead_s * rate), np.int16)]
+    bounds = []
+    cursor = len(parts[0])
+    for i, phrase in enumerate(phrases):
+        parts.append(phrase)
+        bounds.append((cursor, cursor + len(phrase)))
+        cursor += len(phrase)
+        gap = gaps_s[i] if i < len(gaps_s) else tail_s
+        parts.append(np.zeros(int(gap * rate), np.int16))
+        cursor += int(gap * rate)
+    return SpokenClip(np.concatenate(parts), rate, tuple(bounds))
+
+
+@pytest.fixture(scope="session")
+def phrases_16k() -> tuple[np.ndarray, np.ndarray]:
+    return trim_silence(espeak(PHRASE_A, 16000)), trim_silence(espeak(PHRASE_B, 16000))
+
+
+@pytest.fixture(scope="session")
+def phrases_24k() -> tuple[np.ndarray, np.ndarray]:
+    return trim_silence(espeak(PHRASE_A, 24000)), trim_silence(espeak(PHRASE_B, 24000))
+
+
+@pytest.fixture(scope="session")
+def paused_speech_16k(phrases_16k) -> SpokenClip:
+    """[0.5 s silence, phrase A, 400 ms pause, phrase B, 1 s silence] at 16 kHz."""
+    return build_clip(list(phrases_16k), 16000, 0.5, [0.4], 1.0)
+
+
+@pytest.fixture(scope="session")
+def paused_speech_24k(phrases_24k) -> SpokenClip:
+    """The same at 24 kHz (the protocol's rate)."""
+    return build_clip(list(phrases_24k), 24000, 0.5, [0.4], 1.0)
+
+
+@pytest.fixture(scope="session")
+def short_speech_24k(phrases_24k) -> SpokenClip:
+    """[0.3 s silence, phrase A, 1 s silence] at 24 kHz: one short spoken turn."""
+    return build_clip([phrases_24k[0]], 24000, 0.3, [], 1.0)
+
+
+@pytest.fixture(scope="session")
+def two_turns_24k(phrases_24k) -> SpokenClip:
+    """[0.3 s silence, phrase A, 1.2 s silence, phrase B, 1 s silence]: two separate turns."""
+    return build_clip(list(phrases_24k), 24000, 0.3, [1.2], 1.0)
+
+
+# --- fake models -------------------------------------------------------------------------------
+
+
+@dataclass
+class CallLog:
+    """What one fake model call saw: its arguments and how it ended."""
+
+    args: dict[str, Any]
+    started: bool = False
+    completed: bool = False  # ran to its end
+    cancelled: bool = False  # saw CancelledError or GeneratorExit (closed)
+    finalized: bool = False  # its finally block ran
+    outputs: list[Any] = field(default_factory=list)
+
+
+class FakeBackends:
+    """Deterministic fakes for transcribe / generate / synthesize (see pipeline.backends).
+
+    Behaviour is set by attributes; per-call behaviour by call index (``llm_hang_calls`` etc.).
+    Every call is logged with whether it completed, saw cancellation and ran its finally.
+    """
+
+    def __init__(self) -> None:
+        # ASR
+        self.transcripts: list[str] = []  # returned in call order; then ``default_transcript``
+        self.default_transcript = "hello there"
+        self.asr_fail = False
+        self.asr_hang = False
+        self.asr_calls: list[CallLog] = []
+        # "Hanging" calls wait for these; a test may set one to let them go on.
+        self.asr_release = asyncio.Event()
+        self.llm_release = asyncio.Event()
+        self.tts_release = asyncio.Event()
+        # LLM
+        self.reply = "Sure, I can help you with that today. It is a fine question."
+        self.replies: dict[int, str] = {}  # call index -> reply
+        self.token_delay_s = 0.0
+        self.llm_hang_calls: dict[int, int] = {}  # call index -> wait for llm_release after n tokens
+        self.llm_fail_calls: dict[int, int] = {}  # call index -> raise after this many tokens
+        self.llm_calls: list[CallLog] = []
+        # TTS
+        self.samples_per_word = 240
+        self.tts_chunks = 2
+        self.tts_hang_after_first_chunk = False
+        self.tts_hang = False
+        self.tts_delays: dict[int, float] = {}  # call index -> delay before its audio
+        self.tts_calls: list[CallLog] = []
+
+    # ASR -------------------------------------------------------------------------------------
+    async def transcribe(self, pcm: np.ndarray, language: str | None) -> Transcript:
+        log = CallLog({"pcm": np.array(pcm, copy=True), "language": language}, started=True)
+        self.asr_calls.append(log)
+        try:
+            await asyncio.sleep(0)
+            if self.asr_hang:
+                await self.asr_release.wait()
+            if self.asr_fail:
+                raise RuntimeError("fake ASR failure")
+            text = self.transcripts.pop(0) if self.transcripts else self.default_transcript
+            log.completed = True
+            log.outputs.append(text)
+            return Transcript(text=text, language=language or "en",
+                              audio_s=len(pcm) / ASR_SAMPLE_RATE_HZ, inference_ms=1.0)
+        except asyncio.CancelledError:
+            log.cancelled = True
+            raise
+        finally:
+            log.finalized = True
+
+    # LLM -------------------------------------------------------------------------------------
+    @staticmethod
+    def tokens(text: str) -> list[str]:
+        words = text.split(" ")
+        return [words[0]] + [" " + w for w in words[1:]]
+
+    async def generate(self, messages, params):
+        index = len(self.llm_calls)
+        log = CallLog({"messages": [dict(m) for m in messages], "params": params}, started=True)
+        self.llm_calls.append(log)
+        reply = self.replies.get(index, self.reply)
+        hang_after = self.llm_hang_calls.get(index)
+        fail_after = self.llm_fail_calls.get(index)
+        try:
+            for n, token in enumerate(self.tokens(reply)):
+                if hang_after is not None and n == hang_after:
+                    await self.llm_release.wait()
+                if fail_after is not None and n >= fail_after:
+                    raise RuntimeError("fake LLM failure")
+                await asyncio.sleep(self.token_delay_s)
+                log.outputs.append(token)
+                yield token
+            if hang_after is not None and hang_after >= len(self.tokens(reply)):
+                await self.llm_release.wait()
+            log.completed = True
+        except (asyncio.CancelledError, GeneratorExit):
+            log.cancelled = True
+            raise
+        finally:
+            log.finalized = True
+
+    # TTS -------------------------------------------------------------------------------------
+    async def synthesize(self, text: str, voice: str, sample_rate_hz: int):
+        index = len(self.tts_calls)
+        log = CallLog({"text": text, "voice": voice, "rate": sample_rate_hz}, started=True)
+        self.tts_calls.append(log)
+        try:
+            if self.tts_hang:
+                await self.tts_release.wait()
+            await asyncio.sleep(self.tts_delays.get(index, 0))
+            n = max(1, len(text.split())) * self.samples_per_word
+            # Sample value = 1 + call index: the order of audio shows the order of sentences.
+            pcm = np.full(n, index + 1, dtype=np.int16)
+            for piece in np.array_split(pcm, self.tts_chunks):
+                log.outputs.append(len(piece))
+                yield piece
+                await asyncio.sleep(0)
+                if self.tts_hang_after_first_chunk and not self.tts_release.is_set():
+                    await self.tts_release.wait()
+            log.completed = True
+        except (asyncio.CancelledError, GeneratorExit):
+            log.cancelled = True
+            raise
+        finally:
+            log.finalized = True
+
+
+@pytest.fixture
+def backends() -> FakeBackends:
+    return FakeBackends()
+
+
+# --- session driver -------------------------------------------------------------------------------
+
+
+def b64(pcm: np.ndarray) -> str:
+    return base64.b64encode(np.asarray(pcm, dtype="<i2").tobytes()).decode("ascii")
+
+
+def fast_session_config(**overrides: Any) -> SessionConfig:
+    """Session settings for tests: audio may be fed far faster than real time."""
+    values = {"max_audio_ahead_s": 3600.0, "model_timeout_s": 10.0}
+    # Fed faster than real time, a turn is hundreds of events in a few ms: no rate limit here.
+    optional = {"max_events_per_s": 1e9, "event_burst": 10**9, "idle_timeout_s": 3600.0}
+    values.update({k: v for k, v in optional.items() if k in SessionConfig.model_fields})
+    values.update(overrides)
+    return SessionConfig(**values)
+
+
+@pytest.fixture
+def session_config():
+    """``session_config(**overrides)``: SessionConfig for tests (fast feeding allowed)."""
+    return fast_session_config
+
+
+class SessionDriver:
+    """Runs a RealtimeSession like the ingress does and records every event it sends."""
+
+    def __init__(self, backends: FakeBackends, config: SessionConfig | None = None,
+                 vad_config: VadConfig | None = None,
+                 make_vad: Callable[[], Callable[[np.ndarray], np.ndarray]] = SileroVad):
+        self.backends = backends
+        self.events: list[dict[str, Any]] = []
+        self._inbox: asyncio.Queue[str | None] = asyncio.Queue()
+        self.session = RealtimeSession(
+            backends, config or fast_session_config(), vad_config or VadConfig(), make_vad,
+            send=self._record,
+        )
+        self.task: asyncio.Task | None = None
+
+    async def _record(self, event: dict[str, Any]) -> None:
+        # Every event must survive the wire.
+        self.events.append(json.loads(json.dumps(event)))
+
+    async def start(self) -> "SessionDriver":
+        self.task = asyncio.create_task(self.session.run(self._inbox.get))
+        await self.wait_for("session.created")
+        return self
+
+    async def stop(self) -> None:
+        """The client disconnects: ``receive`` returns None and run() cleans up."""
+        if self.task is not None and not self.task.done():
+            self._inbox.put_nowait(None)
+            await asyncio.wait_for(self.task, EVENT_TIMEOUT_S)
+
+    # client side ------------------------------------------------------------------------------
+    async def send(self, event: dict[str, Any] | str) -> None:
+        frame = event if isinstance(event, str) else json.dumps(event)
+        await self.session.handle_frame(frame)
+
+    async def append(self, pcm: np.ndarray, rate: int = 24000, frame_ms: int = 20,
+                     yields_per_frame: int = 10) -> None:
+        """Stream int16 audio as ``input_audio_buffer.append`` frames of ``frame_ms``.
+
+        Faster than real time, but between frames the loop runs ``yields_per_frame`` times, so
+        the fake models (which finish within a few steps) progress as they would during the
+        20 ms a real client takes per frame. This keeps the interleaving deterministic.
+        """
+        step = rate * frame_ms // 1000
+        for start in range(0, len(pcm), step):
+            await self.send({"type": "input_audio_buffer.append", "audio": b64(pcm[start:start + step])})
+            for _ in range(yields_per_frame):
+                await asyncio.sleep(0)
+
+    async def text_turn(self, text: str, **response: Any) -> dict[str, Any]:
+        """A user text item and a response; returns that response's ``response.done``."""
+        await self.drain()  # count what was already put, not only what the sender got to
+        done_before = len(self.of_type("response.done"))
+        await self.send({"type": "conversation.item.create",
+                         "item": {"type": "message", "role": "user",
+                                  "content": [{"type": "input_text", "text": text}]}})
+        await self.send({"type": "response.create", **({"response": response} if response else {})})
+        return await self.wait_for("response.done", count=done_before + 1, fail_on_request_error=True)
+
+    # server side ------------------------------------------------------------------------------
+    def of_type(self, event_type: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == event_type]
+
+    def types(self, since: int = 0) -> list[str]:
+        return [e["type"] for e in self.events[since:]]
+
+    def errors(self) -> list[dict[str, Any]]:
+        return [e["error"] for e in self.of_type("error")]
+
+    async def wait_for(self, event_type: str, count: int = 1, timeout: float = EVENT_TIMEOUT_S,
+                       fail_on_request_error: bool = False) -> dict[str, Any]:
+        """The ``count``-th event of this type (1-based), waiting for it if needed.
+
+        With ``fail_on_request_error``, a new client-error event (the request was refused, so
+        what we wait for will never come) fails at once instead of after the timeout.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        errors_before = len(self.errors())
+        while True:
+            found = self.of_type(event_type)
+            if len(found) >= count:
+                return found[count - 1]
+            refused = [e for e in self.errors()[errors_before:] if e["type"] == "invalid_request_error"]
+            if fail_on_request_error and refused:
+                raise AssertionError(f"refused while waiting for {event_type!r}: {refused}")
+            if loop.time() > deadline:
+                raise AssertionError(
+                    f"no {count}x {event_type!r} within {timeout} s; got {self.types()}")
+            await asyncio.sleep(0.002)
+
+    async def drain(self) -> None:
+        """Wait until every event the session has put so far has been sent (recorded)."""
+        outbox = self.session._outbox
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + EVENT_TIMEOUT_S
+        while not outbox.empty() and loop.time() < deadline:
+            await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the sender's last send
+
+    async def settle(self, seconds: float = 0.05) -> None:
+        """Let the loop run (pending tasks, the sender) for a moment."""
+        await asyncio.sleep(seconds)
+
+
+@pytest.fixture
+async def driver(make_driver):
+    """A started session with default settings (server VAD on, fast feeding allowed)."""
+    return await make_driver()
+
+
+@pytest.fixture
+async def make_driver(backends):
+    """Build (and start) a driver with custom settings; every one is stopped at the end."""
+    drivers: list[SessionDriver] = []
+
+    async def make(config: SessionConfig | None = None, vad_config: VadConfig | None = None,
+                   fakes: FakeBackends | None = None) -> SessionDriver:
+        d = SessionDriver(fakes or backends, config, vad_config)
+        drivers.append(d)
+        return await d.start()
+
+    yield make
+    for d in drivers:
+        try:
+            await d.stop()
+        except (AssertionError, asyncio.TimeoutError):  # a failed test must not hang the suite
+            d.task.cancel()
