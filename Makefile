@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: run test install install-test system-deps unit e2e web-unit browser bench clean
+.PHONY: run test install install-test system-deps unit e2e web-unit browser bench benchmarks clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,8 +57,17 @@ web-unit:
 browser: install-test
 	$(BIN)/python -m pytest -q -m browser tests/browser
 
+CONCURRENCY ?= 1,2,4
+# Against URL=ws://... if given, else starts its own server. Writes bench.json and bench.png.
 bench: install-test
-	$(BIN)/quillman bench --concurrency 1 --turns 10 --markdown
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/quillman bench $(if $(URL),--url $(URL),--start) --concurrency $(CONCURRENCY) --turns 10 --baseline --markdown --json bench.json --plot bench.png
+
+# Every number in docs/benchmarks.md: bench sweep with the sequential baseline, engine
+# micro-benchmarks (plain vs. through Ray), the plot; rewrites the doc's generated blocks.
+benchmarks: install-test
+	$(BIN)/pip install -q -e '.[bench]'
+	benchmarks/run_all.sh
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -612,6 +612,9 @@ def _run_sweep(url: str, args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from quillman.server_process import ServeProcess, ServerStartError
 
+    if args.api_key:
+        os.environ["QUILLMAN_API_KEY"] = args.api_key  # every RealtimeClient picks it up
+
     server = None
     url = args.url
     if args.start:
@@ -642,6 +645,8 @@ def add_bench_parser(sub: Any) -> None:
     bench = sub.add_parser("bench", help="measure voice-to-voice latency with simulated callers",
                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.add_argument("--url", default=DEFAULT_URL, help="Realtime websocket of a running server")
+    bench.add_argument("--api-key", default=None,
+                       help="sent as 'Authorization: Bearer' (default: $QUILLMAN_API_KEY)")
     bench.add_argument("--start", action="store_true",
                        help="run `serve run --config` for the benchmark (instead of targeting --url)")
     bench.add_argument("--config", default="serve_config.yaml", help="with --start: the Serve config")

@@ -86,6 +86,36 @@ class ResponseCancelNotActive(InvalidRequest):
     code = "response_cancel_not_active"
 
 
+class HandshakeRefused(QuillmanError):
+    """A websocket turned away before it is accepted (no session starts).
+
+    Sent as an HTTP answer to the upgrade request (``http_status`` and a JSON ``error`` body)
+    where the server supports it (Ray's proxy does), else as a close before accept.
+    """
+
+    type = "invalid_request_error"
+    http_status = 403
+    close_code = 1008  # policy violation
+
+
+class InvalidApiKey(HandshakeRefused):
+    code = "invalid_api_key"
+    http_status = 401
+
+
+class OriginNotAllowed(HandshakeRefused):
+    code = "origin_not_allowed"
+
+
+class ServerAtCapacity(HandshakeRefused):
+    """Every session slot of the replica is taken: refused at once, never queued."""
+
+    code = "server_at_capacity"
+    type = "server_error"
+    http_status = 503
+    close_code = 1013  # try again later
+
+
 class ModelError(QuillmanError):
     """A model failed or timed out during a turn: the response ends ``failed``."""
 

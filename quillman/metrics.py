@@ -7,7 +7,10 @@ All names start with ``quillman_``; Ray prefixes ``ray_`` on export.
 
 from __future__ import annotations
 
+import time
+
 # Voice-to-voice latencies and stages are hundreds of ms to seconds.
+GAUGE_REFRESH_S = 5.0
 LATENCY_BUCKETS_MS = [50, 100, 200, 300, 400, 500, 700, 1000, 1500, 2000, 3000, 5000, 10000, 30000]
 STAGES = ("turn_detected_ms", "transcript_ms", "first_token_ms", "first_sentence_ms",
           "first_audio_ms", "total_ms", "asr_last_segment_ms", "llm_ttft_ms", "tts_first_chunk_ms")
@@ -23,6 +26,7 @@ class SessionMetrics:
     def error(self, code: str) -> None: ...
     def audio_in(self, seconds: float) -> None: ...
     def audio_out(self, seconds: float) -> None: ...
+    def refresh(self) -> None: ...
 
 
 class ServeMetrics(SessionMetrics):
@@ -55,6 +59,7 @@ class ServeMetrics(SessionMetrics):
             "quillman_stage_ms", description="Per-stage time of completed responses, ms.",
             boundaries=LATENCY_BUCKETS_MS, tag_keys=("stage",))
         self._active = 0
+        self._refreshed = 0.0
 
     def session_opened(self) -> None:
         self._active += 1
@@ -85,6 +90,14 @@ class ServeMetrics(SessionMetrics):
 
     def audio_in(self, seconds: float) -> None:
         self._audio_in.inc(seconds)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-set the gauge now and then: Ray drops a gauge not set for ~20 s."""
+        now = time.monotonic()
+        if now - self._refreshed > GAUGE_REFRESH_S:
+            self._refreshed = now
+            self._sessions_active.set(self._active)
 
     def audio_out(self, seconds: float) -> None:
         self._audio_out.inc(seconds)

@@ -80,13 +80,17 @@ class QuillmanExtension(_Lenient):
     pipeline: Literal["streaming", "sequential"] | None = None
 
 
+# The Realtime API's range is 1..4096 or "inf"; zero or negative would mean "no limit" to llama.cpp.
+OutputTokens = Annotated[int, Field(ge=1)]
+
+
 class SessionUpdate(_Lenient):
     type: Literal["realtime"] | None = None
     quillman: QuillmanExtension | None = None
     model: str | None = None
     instructions: str | None = None
     output_modalities: list[Literal["audio", "text"]] | None = None
-    max_output_tokens: int | Literal["inf"] | None = None
+    max_output_tokens: OutputTokens | Literal["inf"] | None = None
     audio: SessionAudio | None = None
 
 
@@ -144,7 +148,7 @@ class ConversationItemCreate(_ClientEvent):
 class ResponseOptions(_Lenient):
     instructions: str | None = None
     output_modalities: list[Literal["audio", "text"]] | None = None
-    max_output_tokens: int | Literal["inf"] | None = None
+    max_output_tokens: OutputTokens | Literal["inf"] | None = None
     metadata: dict[str, str] | None = None
     conversation: Literal["auto", "none"] | str | None = None
     audio: SessionAudio | None = None

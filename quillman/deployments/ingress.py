@@ -24,6 +24,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from quillman import errors
 from quillman.config import AppConfig, ServerConfig
 from quillman.engines.asr.base import Transcript
 from quillman.engines.llm.base import GenerationParams, Message
@@ -36,9 +37,7 @@ logger = logging.getLogger(__name__)
 WEB_DIR = Path(os.environ.get("QUILLMAN_WEB_DIR", Path(__file__).resolve().parents[2] / "web"))
 HEALTH_TIMEOUT_S = 5.0
 KEY_SUBPROTOCOL = "openai-insecure-api-key."
-# Close codes for refused sockets (RFC 6455): policy violation, try again later.
-CLOSE_POLICY = 1008
-CLOSE_TRY_LATER = 1013
+RETRY_AFTER_S = 5  # told to clients refused at capacity
 
 app = FastAPI(title="QuiLLMan", description="Voice chat over the OpenAI Realtime protocol")
 
@@ -64,6 +63,24 @@ def key_is_valid(presented: str | None, keys: list[str]) -> bool:
     # Constant time, and no early exit over the list: timing reveals nothing about the keys.
     matches = [hmac.compare_digest(presented.encode(), key.encode()) for key in keys]
     return any(matches)
+
+
+async def refuse(websocket: WebSocket, refusal: errors.HandshakeRefused) -> None:
+    """Turn a websocket away before accepting it, so that the client can tell why.
+
+    Through Ray's proxy (or uvicorn) the upgrade request gets a plain HTTP answer: 401 for a
+    missing or wrong key, 403 for a foreign origin, 503 with ``Retry-After`` at capacity, and a
+    JSON ``error`` body with a stable code. A close before accept (1008 / 1013) would reach the
+    client only as a bare HTTP 403, the same for every reason; it stays the fallback for servers
+    without the ASGI websocket denial-response extension.
+    """
+    logger.info("refused socket from %s: %s", websocket.client, refusal.message)
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if isinstance(refusal, errors.ServerAtCapacity) else None
+        body = {"error": {"type": refusal.type, "code": refusal.code, "message": refusal.message}}
+        await websocket.send_denial_response(JSONResponse(body, status_code=refusal.http_status, headers=headers))
+    else:
+        await websocket.close(code=refusal.close_code, reason=refusal.message)
 
 
 def origin_is_allowed(websocket: WebSocket, allowed: list[str]) -> bool:
@@ -165,18 +182,18 @@ class Ingress:
     async def pipeline(self, websocket: WebSocket) -> None:
         await self._serve_socket(websocket)
 
-    async def _refuse(self, websocket: WebSocket, code: int, reason: str) -> None:
-        logger.info("refused socket from %s: %s", websocket.client, reason)
-        await websocket.close(code=code, reason=reason)
-
     async def _serve_socket(self, websocket: WebSocket) -> None:
         # Every check happens before the socket is accepted.
         if self.api_keys and not key_is_valid(presented_key(websocket), self.api_keys):
-            return await self._refuse(websocket, CLOSE_POLICY, "invalid or missing API key")
+            return await refuse(websocket, errors.InvalidApiKey(
+                "invalid or missing API key: send it as 'Authorization: Bearer <key>' or as the "
+                f"websocket subprotocol '{KEY_SUBPROTOCOL}<key>'"))
         if not origin_is_allowed(websocket, self.config.server.allowed_origins):
-            return await self._refuse(websocket, CLOSE_POLICY, "origin not allowed")
+            return await refuse(websocket, errors.OriginNotAllowed(
+                "this page's origin may not open sessions (server.allowed_origins)"))
         if self.open_sockets >= self.config.server.max_sessions_per_replica:
-            return await self._refuse(websocket, CLOSE_TRY_LATER, "server at capacity; try again later")
+            return await refuse(websocket, errors.ServerAtCapacity(
+                f"server at capacity; try again in {RETRY_AFTER_S} s"))
         self.open_sockets += 1  # before any await: concurrent handshakes can't overshoot
         session: RealtimeSession | None = None
         try:
@@ -261,6 +278,7 @@ class Ingress:
                 return {"status": "unhealthy", "error": f"{type(exc).__name__}: {exc}"[:300]}
             return {"status": "healthy", "latency_ms": round((time.perf_counter() - start) * 1000, 1)}
 
+        self.metrics.refresh()  # probes come every few seconds: keeps the sessions gauge alive
         names = list(self.handles)
         results = await asyncio.gather(*(probe(self.handles[name]) for name in names))
         deployments = {"Ingress": {"status": "healthy", "sessions": len(self.sessions)},

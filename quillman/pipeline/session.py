@@ -537,7 +537,8 @@ class RealtimeSession:
         self._spawn(self._finish_user_item(turn, duration_s), "user-item")
         if not self.create_response:
             return
-        response = turn.speculation or self._start_voice_response(turn, speculative=True)
+        # Started at the last pause (speculative) or, e.g. in the sequential baseline, only now.
+        response = turn.speculation or self._start_voice_response(turn, speculative=False)
         turn.speculation = None
         self._show(response, turn_detected=now)
 
@@ -652,12 +653,14 @@ class RealtimeSession:
         if options.audio and options.audio.output and isinstance(options.audio.output.voice, str):
             voice = options.audio.output.voice if options.audio.output.voice in self.voices else voice
         max_tokens = options.max_output_tokens if options.max_output_tokens not in (None, "inf") else self.max_output_tokens
+        ceiling = int(self._llm_defaults.get("max_tokens", 96))
         settings = ResponseSettings(
             instructions=options.instructions or self.instructions,
             output_audio="audio" in modalities,
             voice=voice,
             output_rate_hz=self.output_rate,
-            max_output_tokens=int(max_tokens or self._llm_defaults.get("max_tokens", 96)),
+            # The server's llm.max_tokens is a ceiling: a client may ask for less, never more.
+            max_output_tokens=min(int(max_tokens or ceiling), ceiling),
             temperature=float(self._llm_defaults.get("temperature", 0.2)),
             top_p=float(self._llm_defaults.get("top_p", 0.9)),
             tts_concurrency=self.config.tts_concurrency,
@@ -682,6 +685,8 @@ class RealtimeSession:
         self.response = response
         if not response.visible:
             response.open_gate(turn_detected or time.perf_counter())
+        else:
+            response.timings.turn_detected = turn_detected
 
     def _response_finished(self, response: Response, status: str, text: str) -> None:
         if self.response is response:
