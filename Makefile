@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: run test install install-test system-deps unit e2e web-unit browser bench benchmarks clean
+.PHONY: run test install install-test system-deps unit e2e web-unit browser soak bench benchmarks clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,12 @@ browser: install-test
 
 CONCURRENCY ?= 1,2,4
 # Against URL=ws://... if given, else starts its own server. Writes bench.json and bench.png.
+# The long soak: N sessions for M minutes with barge-ins and disconnects; own server.
+SOAK_SESSIONS ?= 4
+SOAK_MINUTES ?= 10
+soak: install-test
+	$(BIN)/python benchmarks/soak.py --start --sessions $(SOAK_SESSIONS) --minutes $(SOAK_MINUTES) --json soak.json
+
 bench: install-test
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/quillman bench $(if $(URL),--url $(URL),--start) --concurrency $(CONCURRENCY) --turns 10 --baseline --markdown --json bench.json --plot bench.png

@@ -1,0 +1,373 @@
+"""Who may connect, and the per-session limits: API keys, origins, rate limit, idle timeout, history.
+
+The ingress's checks are plain functions of the handshake (a Starlette ``WebSocket`` built from
+an ASGI scope, no server); the limits run on a RealtimeSession with the fake models of
+conftest.py and tiny limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from starlette.websockets import WebSocket
+
+from quillman import errors
+from quillman.config import ServerConfig, SessionConfig
+from quillman.deployments.ingress import (
+    KEY_SUBPROTOCOL,
+    RETRY_AFTER_S,
+    configured_keys,
+    key_is_valid,
+    origin_is_allowed,
+    presented_key,
+    refuse,
+)
+from quillman.pipeline import session as session_module
+from quillman.pipeline.session import TokenBucket
+
+pytestmark = pytest.mark.usefixtures("hang_guard")
+
+
+def handshake(headers: dict[str, str] | None = None, subprotocols: list[str] | None = None,
+              host: str = "127.0.0.1:8000", sent: list[dict] | None = None,
+              denial_extension: bool = True) -> WebSocket:
+    """The websocket as the ingress sees it before ``accept``; what it sends lands in ``sent``."""
+    raw = {"host": host, **(headers or {})}
+    scope = {
+        "type": "websocket", "path": "/v1/realtime", "query_string": b"",
+        "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in raw.items()],
+        "subprotocols": subprotocols or [],
+        "extensions": {"websocket.http.response": {}} if denial_extension else {},
+    }
+
+    async def receive():  # never called: the checks read the handshake only
+        raise AssertionError("receive() during the handshake checks")
+
+    async def send(message):
+        if sent is None:
+            raise AssertionError("send() during the handshake checks")
+        sent.append(message)
+
+    return WebSocket(scope, receive, send)
+
+
+# --- API keys ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("headers", "subprotocols", "expected"), [
+    ({}, [], None),
+    ({"Authorization": "Bearer sk-123"}, [], "sk-123"),
+    ({"Authorization": "bearer  sk-123 "}, [], "sk-123"),  # scheme is case-insensitive, spaces trimmed
+    ({"Authorization": "Basic dXNlcjpwdw=="}, [], None),  # not a bearer token
+    ({"Authorization": "Bearer"}, [], None),
+    ({}, ["realtime", KEY_SUBPROTOCOL + "sk-456"], "sk-456"),  # what browsers and OpenAI's JS SDK send
+    ({}, ["realtime"], None),
+    ({}, ["openai-insecure-api-key"], None),  # the prefix without a key
+    # Both present: the header wins.
+    ({"Authorization": "Bearer from-header"}, [KEY_SUBPROTOCOL + "from-protocol"], "from-header"),
+])
+def test_presented_key(headers, subprotocols, expected):
+    assert presented_key(handshake(headers, subprotocols)) == expected
+
+
+def test_key_is_valid():
+    keys = ["alpha-key", "beta-key"]
+    assert key_is_valid("alpha-key", keys)
+    assert key_is_valid("beta-key", keys)
+    for wrong in [None, "", "alpha", "alpha-key ", "ALPHA-KEY", "beta-keyX", "alpha-key\x00"]:
+        assert not key_is_valid(wrong, keys), wrong
+    assert not key_is_valid("anything", [])
+    # Non-ASCII keys compare as bytes (hmac.compare_digest refuses non-ASCII str).
+    assert key_is_valid("clé-ü", ["clé-ü"])
+    assert not key_is_valid("clé-u", ["clé-ü"])
+
+
+def test_key_is_valid_checks_every_key(monkeypatch):
+    """No early exit: the time taken does not tell which key (or how much of one) matched."""
+    import hmac
+
+    from quillman.deployments import ingress
+
+    calls = []
+    real = hmac.compare_digest
+
+    def counting(a, b):
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(ingress.hmac, "compare_digest", counting)
+    assert key_is_valid("k1", ["k1", "k2", "k3"])
+    assert len(calls) == 3
+    calls.clear()
+    assert not key_is_valid("nope", ["k1", "k2", "k3"])
+    assert len(calls) == 3
+
+
+def test_configured_keys_from_config_and_env(monkeypatch):
+    monkeypatch.delenv("QUILLMAN_API_KEYS", raising=False)
+    assert configured_keys(ServerConfig()) == []
+    assert configured_keys(ServerConfig(api_keys=["a"])) == ["a"]
+    monkeypatch.setenv("QUILLMAN_API_KEYS", " b , c,,")
+    assert configured_keys(ServerConfig(api_keys=["a"])) == ["a", "b", "c"]
+    assert configured_keys(ServerConfig()) == ["b", "c"]
+    monkeypatch.setenv("QUILLMAN_API_KEYS", " , ")  # blanks are not keys: auth stays off
+    assert configured_keys(ServerConfig()) == []
+    monkeypatch.setenv("OTHER_KEYS", "d")
+    assert configured_keys(ServerConfig(api_keys_env="OTHER_KEYS")) == ["d"]
+
+
+# --- refusals -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("refusal", "status", "close_code"), [
+    (errors.InvalidApiKey("invalid or missing API key"), 401, 1008),
+    (errors.OriginNotAllowed("origin not allowed"), 403, 1008),
+    (errors.ServerAtCapacity("server at capacity"), 503, 1013),
+])
+async def test_refusal_is_an_http_answer_with_a_stable_code(refusal, status, close_code):
+    """Before accept, the client gets a status it can act on and a JSON error: no session."""
+    import json
+
+    sent: list[dict] = []
+    await refuse(handshake(sent=sent), refusal)
+    start, body = sent
+    assert start["type"] == "websocket.http.response.start"
+    assert start["status"] == status
+    headers = {k.decode().lower(): v.decode() for k, v in start["headers"]}
+    assert headers["content-type"] == "application/json"
+    assert ("retry-after" in headers) == (status == 503)
+    if status == 503:
+        assert int(headers["retry-after"]) == RETRY_AFTER_S
+    error = json.loads(body["body"])["error"]
+    assert error == {"type": refusal.type, "code": refusal.code, "message": refusal.message}
+    assert not any(m["type"] == "websocket.accept" for m in sent)
+
+
+@pytest.mark.parametrize(("refusal", "close_code"), [
+    (errors.InvalidApiKey("no key"), 1008), (errors.OriginNotAllowed("no"), 1008),
+    (errors.ServerAtCapacity("full"), 1013),
+])
+async def test_refusal_without_the_denial_extension_closes_before_accept(refusal, close_code):
+    sent: list[dict] = []
+    await refuse(handshake(sent=sent, denial_extension=False), refusal)
+    assert sent == [{"type": "websocket.close", "code": close_code, "reason": refusal.message}]
+
+
+def test_refusal_codes_are_stable():
+    assert (errors.InvalidApiKey.code, errors.OriginNotAllowed.code, errors.ServerAtCapacity.code) == (
+        "invalid_api_key", "origin_not_allowed", "server_at_capacity")
+
+
+def test_the_default_config_listens_on_loopback_without_keys():
+    """Without keys configured, only this machine can reach the server (and it says so)."""
+    from pathlib import Path
+
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "serve_config.yaml").read_text())
+    assert config["http_options"]["host"] == "127.0.0.1"
+    server = config["applications"][0]["args"]["server"]
+    assert not server.get("api_keys")
+    # Each socket is one ongoing request of the Ingress: the session cap must refuse before
+    # Serve's own limit would queue a connection (a queue that hangs instead of a refusal).
+    ingress = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Ingress")
+    assert server["max_sessions_per_replica"] < ingress["max_ongoing_requests"]
+
+
+# --- origins -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("origin", "allowed", "expected"), [
+    (None, [], True),  # not a browser: the API key is the control
+    ("http://127.0.0.1:8000", [], True),  # the server's own web client
+    ("http://evil.example", [], False),
+    ("http://127.0.0.1:8001", [], False),  # another port is another origin
+    ("http://127.0.0.1:8000.evil.example", [], False),
+    ("null", [], False),  # sandboxed iframes, file:// pages
+    ("https://app.example.com", ["https://app.example.com"], True),
+    ("https://app.example.com.evil.example", ["https://app.example.com"], False),
+    ("http://app.example.com", ["https://app.example.com"], False),  # scheme matters
+    ("https://anything.example", ["*"], True),
+])
+def test_origin_is_allowed(origin, allowed, expected):
+    headers = {} if origin is None else {"Origin": origin}
+    assert origin_is_allowed(handshake(headers), allowed) is expected
+
+
+# --- rate limit ----------------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_token_bucket(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(session_module.time, "monotonic", clock)
+    bucket = TokenBucket(rate_per_s=10, burst=3)
+    assert [bucket.take() for _ in range(4)] == [True, True, True, False]  # the burst, then empty
+    clock.now += 0.05  # half a token
+    assert not bucket.take()
+    clock.now += 0.06  # now a whole one
+    assert bucket.take()
+    assert not bucket.take()
+    clock.now += 3600  # refills up to the burst, never beyond
+    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
+
+
+def text_item(text: str) -> dict:
+    return {"type": "conversation.item.create",
+            "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}}
+
+
+def tiny_limits(**overrides) -> SessionConfig:
+    values = {"max_audio_ahead_s": 3600.0, "model_timeout_s": 10.0, "max_events_per_s": 1e9,
+              "event_burst": 10**9, "idle_timeout_s": 3600.0}
+    values.update(overrides)
+    return SessionConfig(**values)
+
+
+async def test_rate_limit_drops_events_with_an_error(make_driver, backends):
+    d = await make_driver(tiny_limits(max_events_per_s=0.001, event_burst=3))
+    for i in range(5):
+        await d.send({**text_item(f"message {i}"), "event_id": f"ev{i}"})
+    await d.settle(0.02)
+    errors = d.errors()
+    assert [e["code"] for e in errors] == ["rate_limit_exceeded"] * 2
+    assert all(e["type"] == "invalid_request_error" for e in errors)
+    # The dropped events did nothing: three items were added, not five.
+    assert len([e for e in d.of_type("conversation.item.added") if e["item"]["role"] == "user"]) == 3
+    assert not d.task.done()  # the session goes on
+
+
+async def test_rate_limit_refills(make_driver, backends):
+    d = await make_driver(tiny_limits(max_events_per_s=50, event_burst=2))
+    for _ in range(3):
+        await d.send(text_item("hi"))
+    await d.settle(0.01)
+    assert [e["code"] for e in d.errors()] == ["rate_limit_exceeded"]
+    await asyncio.sleep(0.1)  # 5 tokens' worth, capped at the burst of 2
+    await d.send({"type": "response.create"})
+    done = await d.wait_for("response.done")
+    assert done["response"]["status"] == "completed"
+    assert len(d.errors()) == 1
+
+
+async def test_idle_timeout_closes_the_session(make_driver, backends):
+    d = await make_driver(tiny_limits(idle_timeout_s=0.3))
+    await asyncio.wait_for(d.task, 5)  # run() returns: the ingress then closes the socket
+    errors = d.errors()
+    assert [e["code"] for e in errors] == ["idle_timeout"]
+    assert d.events[-1]["type"] == "error"  # it is the last thing the client hears
+
+
+async def test_activity_keeps_the_session_open(make_driver, backends):
+    d = await make_driver(tiny_limits(idle_timeout_s=0.5))
+    # Events every 0.2 s for 1.2 s: longer than the timeout in total, never idle that long.
+    for _ in range(6):
+        d._inbox.put_nowait('{"type": "input_audio_buffer.clear"}')
+        await asyncio.sleep(0.2)
+    assert not d.task.done()
+    assert d.errors() == []
+    await asyncio.wait_for(d.task, 5)
+    assert [e["code"] for e in d.errors()] == ["idle_timeout"]
+
+
+async def test_idle_timeout_cancels_running_work(make_driver, backends):
+    d = await make_driver(tiny_limits(idle_timeout_s=0.3))
+    backends.llm_hang_calls = {0: 1}  # the reply stalls after one token
+    await d.send(text_item("hello"))
+    await d.send({"type": "response.create"})
+    await asyncio.wait_for(d.task, 5)
+    call = backends.llm_calls[0]
+    assert call.cancelled and call.finalized
+    assert [e["code"] for e in d.errors()] == ["idle_timeout"]
+
+
+# --- turn length ---------------------------------------------------------------------------------
+
+
+async def test_uncommitted_audio_is_capped_without_vad(make_driver, backends):
+    import base64
+
+    d = await make_driver(tiny_limits(max_turn_s=2.0))
+    await d.send({"type": "session.update", "session": {"audio": {"input": {"turn_detection": None}}}})
+    await d.wait_for("session.updated")
+    second = base64.b64encode(b"\x00\x00" * 24000).decode()
+    for i in range(4):
+        await d.send({"type": "input_audio_buffer.append", "event_id": f"a{i}", "audio": second})
+    await d.settle(0.01)
+    errors = d.errors()
+    assert [e["code"] for e in errors] == ["input_audio_buffer_full"]
+    assert errors[0]["event_id"] == "a3"
+    # Committing empties the buffer; appending works again.
+    await d.send({"type": "input_audio_buffer.commit"})
+    await d.wait_for("response.done")
+    await d.send({"type": "input_audio_buffer.append", "audio": second})
+    await d.settle(0.01)
+    assert len(d.errors()) == 1
+
+
+# --- history -------------------------------------------------------------------------------------
+
+
+async def test_history_is_halved_and_the_system_prompt_kept(make_driver, backends):
+    d = await make_driver(tiny_limits(max_history_messages=4, instructions="SYSTEM PROMPT"))
+    for i in range(6):
+        backends.replies[i] = f"answer {i}."
+        done = await d.text_turn(f"question {i}")
+        assert done["response"]["status"] == "completed"
+    for i, call in enumerate(backends.llm_calls):
+        messages = call.args["messages"]
+        assert messages[0] == {"role": "system", "content": "SYSTEM PROMPT"}
+        assert messages[-1] == {"role": "user", "content": f"question {i}"}
+        assert len(messages) - 1 <= 4  # the system prompt is not counted
+        assert all(m["role"] != "system" for m in messages[1:])
+    last = [m["content"] for m in backends.llm_calls[-1].args["messages"][1:]]
+    # The oldest turns went first; the newest survived.
+    assert "question 0" not in last and "answer 0." not in last
+    assert "question 5" in last and "answer 4." in last
+    assert len(d.session.history) <= 4
+
+
+# --- reply length --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["session", "response"])
+@pytest.mark.parametrize("value", [0, -1, -100])
+async def test_output_tokens_below_one_are_invalid(make_driver, backends, where, value):
+    """llama.cpp reads max_tokens <= 0 as 'until the context is full': never pass it on."""
+    d = await make_driver(tiny_limits())
+    if where == "session":
+        await d.send({"type": "session.update", "event_id": "ev_t", "session": {"max_output_tokens": value}})
+    else:
+        await d.send(text_item("hi"))
+        await d.send({"type": "response.create", "event_id": "ev_t", "response": {"max_output_tokens": value}})
+    await d.settle(0.01)
+    assert [(e["code"], e.get("event_id")) for e in d.errors()] == [("invalid_event", "ev_t")]
+    assert "max_output_tokens" in d.errors()[0]["param"]
+    assert backends.llm_calls == []
+
+
+@pytest.mark.parametrize(("session_value", "response_value", "expected"), [
+    (None, None, 96),  # the server's llm.max_tokens (the driver's default)
+    ("inf", None, 96),
+    (10, None, 10),  # a client may ask for less ...
+    (None, 5, 5),
+    (100000, None, 96),  # ... never for more
+    (None, 4096, 96),
+    (10, "inf", 10),
+])
+async def test_server_max_tokens_is_a_ceiling(make_driver, backends, session_value, response_value, expected):
+    d = await make_driver(tiny_limits())
+    if session_value is not None:
+        await d.send({"type": "session.update", "session": {"max_output_tokens": session_value}})
+        await d.wait_for("session.updated")
+    response = {} if response_value is None else {"max_output_tokens": response_value}
+    await d.text_turn("hello", **response)
+    assert backends.llm_calls[-1].args["params"].max_tokens == expected
