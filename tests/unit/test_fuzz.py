@@ -9,7 +9,8 @@
   every other frame at most one, with a known code; afterwards the same session still answers
   a normal text turn.
 
-Run with ``-s`` to see how many inputs of each kind were tried.
+Run with ``-s`` to see how many inputs of each kind were tried; ``QUILLMAN_FUZZ_SCALE=20`` for a
+deeper run than CI's.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import base64
 import importlib.util
 import json
 import math
+import os
 import struct
 import sys
 from collections import Counter
@@ -32,12 +34,15 @@ from hypothesis import strategies as st
 
 from quillman import errors, protocol
 
-# No example database: nothing is written into the checkout; a failure prints its reproduce blob.
-SETTINGS = settings(max_examples=200, deadline=None, database=None, print_blob=True,
+# CI-sized by default (the file runs in ~15 s); QUILLMAN_FUZZ_SCALE=20 runs 20 times as many examples.
+SCALE = float(os.environ.get("QUILLMAN_FUZZ_SCALE", "1"))
+# No example database (a failure prints its reproduce blob). Hypothesis still caches constants in
+# .hypothesis/, which .gitignore should list.
+SETTINGS = settings(max_examples=int(200 * SCALE), deadline=None, database=None, print_blob=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 # A fresh session per example costs tens of ms: fewer examples where each runs one.
-SETTINGS_SESSION = settings(SETTINGS, max_examples=150)
-SETTINGS_TARGETED = settings(SETTINGS, max_examples=120)
+SETTINGS_SESSION = settings(SETTINGS, max_examples=int(150 * SCALE))
+SETTINGS_TARGETED = settings(SETTINGS, max_examples=int(120 * SCALE))
 MAX_FRAME_BYTES = 64 * 1024  # small, so huge frames hit the limit without costing much
 
 
