@@ -33,7 +33,7 @@ class AsrConfig(_Strict):
     # cost is the same for any clip). "fit": the window is cut to the clip (+1 s, at least
     # min_window_s), which makes short segments several times cheaper to transcribe at some
     # cost in accuracy; docs/benchmarks.md has both measured.
-    encoder_window: Literal["full", "fit"] = "full"
+    encoder_window: Literal["full", "fit"] = "fit"
     min_window_s: float = Field(5.0, ge=1, le=30)
     # transformers backend only
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"

@@ -19,7 +19,7 @@ from quillman.speech import word_error_rate, word_recall
 pytestmark = pytest.mark.e2e
 
 QUESTIONS = [
-    ("What is the capital of France?", 20),
+    ("Where do penguins live?", 20),
     ("How many legs does a spider have?", 50),
     ("Why is the sea salty?", 100),
 ]
@@ -143,7 +143,7 @@ async def test_bad_input_gets_errors_and_session_goes_on(ws_url, transcribe_repl
         event = await client.next_event(timeout=30)
         assert event["error"]["code"] == "input_audio_buffer_overflow"
         # The same socket still holds a normal spoken turn.
-        question = "What is the capital of France?"
+        question = "Why do cats like to sleep so much?"
         result = await client.talk(spoken(question), 24000)
     assert_spoken_reply(result, question, transcribe_reply)
 
@@ -163,7 +163,7 @@ def test_prewarm_healthz_and_page(server_url):
 
 
 def test_cli_talk_saves_reply(server_url, tmp_path: Path, transcribe_reply):
-    question = "How many days are in a week?"
+    question = "How do I make a cup of tea?"
     wav = tmp_path / "question.wav"
     reply = tmp_path / "reply.wav"
     sf.write(wav, spoken(question), 24000, subtype="PCM_16")

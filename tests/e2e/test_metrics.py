@@ -24,7 +24,7 @@ from quillman.speech import spoken_question
 pytestmark = pytest.mark.e2e
 
 POLL_TIMEOUT_S = 90.0  # Ray's metrics report interval is 10 s by default
-QUESTION = "What is the capital of France?"
+QUESTION = "Where do penguins live?"
 SPOKEN_STAGES = ("turn_detected_ms", "transcript_ms", "first_token_ms", "first_sentence_ms",
                  "first_audio_ms", "total_ms")
 
