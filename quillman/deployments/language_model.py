@@ -10,6 +10,7 @@ from ray import serve
 
 from quillman.config import LlmConfig
 from quillman.engines.llm.base import GenerationParams, Message
+from quillman.deployments.common import ModelDeployment
 from quillman.engines.loader import load_language_model, load_timed
 
 logger = logging.getLogger(__name__)
@@ -18,7 +19,7 @@ _WARM_MESSAGES = [{"role": "user", "content": "Say hi."}]
 
 
 @serve.deployment(name="LanguageModel", max_ongoing_requests=8)
-class LanguageModel:
+class LanguageModel(ModelDeployment):
     async def __init__(self, config: LlmConfig):  # Serve allows an async constructor
         self.config = LlmConfig.model_validate(config)
         self.engine, self.load_s = load_timed(load_language_model, self.config)
@@ -42,10 +43,3 @@ class LanguageModel:
             pass
         self.warm_ms = round((time.perf_counter() - start) * 1000, 1)
         return {"load_s": self.load_s, "warm_ms": self.warm_ms, "model": self.config.model}
-
-    async def ping(self) -> str:
-        return "ok"
-
-    def check_health(self) -> None:
-        if self.engine is None:
-            raise RuntimeError("LLM engine not loaded")

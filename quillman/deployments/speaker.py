@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import AsyncIterator
@@ -13,13 +12,14 @@ from ray import serve
 from quillman.aio import iterate_in_thread
 from quillman.audio import resample
 from quillman.config import TtsConfig
+from quillman.deployments.common import ModelDeployment
 from quillman.engines.loader import load_synthesizer, load_timed
 
 logger = logging.getLogger(__name__)
 
 
 @serve.deployment(name="Speaker", max_ongoing_requests=4)
-class Speaker:
+class Speaker(ModelDeployment):
     def __init__(self, config: TtsConfig):
         self.config = TtsConfig.model_validate(config)
         self.engine, self.load_s = load_timed(load_synthesizer, self.config)
@@ -46,15 +46,3 @@ class Speaker:
 
     async def voices(self) -> list[str]:
         return list(self.engine.voices)
-
-    async def warmup(self) -> dict:
-        warm_ms = await asyncio.to_thread(self._warm)
-        return {"load_s": self.load_s, "warm_ms": warm_ms, "model": self.config.model}
-
-    async def ping(self) -> str:
-        return "ok"
-
-    def check_health(self) -> None:
-        if self.engine is None:
-            raise RuntimeError("TTS engine not loaded")
-

@@ -17,13 +17,14 @@ from ray import serve
 
 from quillman.config import AsrConfig
 from quillman.engines.asr.base import ASR_SAMPLE_RATE_HZ, Transcript
+from quillman.deployments.common import ModelDeployment
 from quillman.engines.loader import load_recognizer, load_timed
 
 logger = logging.getLogger(__name__)
 
 
 @serve.deployment(name="Transcriber", max_ongoing_requests=4)
-class Transcriber:
+class Transcriber(ModelDeployment):
     def __init__(self, config: AsrConfig):
         self.config = AsrConfig.model_validate(config)
         self.engine, self.load_s = load_timed(load_recognizer, self.config)
@@ -61,14 +62,3 @@ class Transcriber:
             for i, transcript in zip(indices, transcripts):
                 results[i] = transcript
         return results  # type: ignore[return-value]
-
-    async def warmup(self) -> dict:
-        warm_ms = await asyncio.to_thread(self._warm)
-        return {"load_s": self.load_s, "warm_ms": warm_ms, "model": self.config.model}
-
-    async def ping(self) -> str:
-        return "ok"
-
-    def check_health(self) -> None:
-        if self.engine is None:
-            raise RuntimeError("ASR engine not loaded")
