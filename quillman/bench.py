@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from quillman.client import DEFAULT_URL, RealtimeClient
-from quillman.speech import QUESTIONS, espeak, with_silence
+from quillman.speech import QUESTIONS, espeak, with_silence, word_error_rate
 
 logger = logging.getLogger(__name__)
 
@@ -344,16 +344,6 @@ class Progress:
             sys.stderr.write("\n")
 
 
-def _wer_function():
-    try:
-        from quillman.speech import word_error_rate
-        import jiwer  # noqa: F401 - test extra; WER is left out without it
-    except ImportError:
-        logger.warning("jiwer is not installed: no WER (pip install jiwer)")
-        return None
-    return word_error_rate
-
-
 async def _connect(url: str, mode: str) -> RealtimeClient:
     client = RealtimeClient(url)
     await client.connect(session={"quillman": {"pipeline": mode}})
@@ -366,7 +356,7 @@ async def _connect(url: str, mode: str) -> RealtimeClient:
 
 async def _caller(url: str, caller: int, turns: int, clips: list[tuple[str, np.ndarray]],
                   pause_s: float, records: list[TurnRecord], deadline: float, progress: Progress,
-                  mode: str = "streaming", wer=None, stagger_s: float = 0.0, first_turn: int = 0) -> None:
+                  mode: str = "streaming", stagger_s: float = 0.0, first_turn: int = 0) -> None:
     rng = random.Random(caller * 1000 + first_turn)
     await asyncio.sleep(stagger_s * rng.random())  # callers don't all start speaking at once
     client: RealtimeClient | None = None
@@ -393,8 +383,8 @@ async def _caller(url: str, caller: int, turns: int, clips: list[tuple[str, np.n
             continue
         records.append(TurnRecord(
             caller, turn, question, result.status, result.latency_ms,
-            None if wer is None or result.user_transcript is None
-            else round(wer(question, result.user_transcript), 3),
+            None if result.user_transcript is None
+            else round(word_error_rate(question, result.user_transcript), 3),
             result.reply_text.strip(), round(result.reply_audio_s, 2),
             reply_rtf(result.timings, result.reply_audio_s), result.timings,
             error=result.errors[0].get("code") if result.errors else None, mode=mode,
@@ -425,14 +415,14 @@ class Block:
 
 
 async def run_block(url: str, concurrency: int, turns: int, duration_s: float | None, pause_s: float,
-                    progress: Progress, mode: str, clips: list[tuple[str, np.ndarray]], wer=None,
+                    progress: Progress, mode: str, clips: list[tuple[str, np.ndarray]],
                     first_turn: int = 0) -> Block:
     records: list[TurnRecord] = []
     deadline = time.perf_counter() + (duration_s or 1e9)
     sampler = CpuSampler()
     sampler.start()
     start = time.perf_counter()
-    await asyncio.gather(*(_caller(url, c, turns, clips, pause_s, records, deadline, progress, mode, wer,
+    await asyncio.gather(*(_caller(url, c, turns, clips, pause_s, records, deadline, progress, mode,
                                    stagger_s=pause_s if concurrency > 1 else 0.0, first_turn=first_turn)
                            for c in range(concurrency)))
     wall = time.perf_counter() - start
@@ -461,7 +451,6 @@ async def run_levels(url: str, concurrency: int, turns: int, duration_s: float |
     so slow drift of a shared machine's background load hits both modes alike, while callers of
     different modes never overlap. Returns one summary per mode."""
     clips = clips or spoken_questions()
-    wer = _wer_function()
     shares = split_turns(turns, rounds)
     label = "/".join(m[:3] for m in modes)
     progress = Progress(concurrency * turns * len(modes), show_progress, label=f"{label:>7} x{concurrency:<3} ")
@@ -470,7 +459,7 @@ async def run_levels(url: str, concurrency: int, turns: int, duration_s: float |
     for share in shares:
         for mode in modes:
             blocks.append(await run_block(url, concurrency, share, duration_s and duration_s * share / turns,
-                                          pause_s, progress, mode, clips, wer, first_turn))
+                                          pause_s, progress, mode, clips, first_turn))
         first_turn += share
     progress.close()
     return [_level_summary([b for b in blocks if b.mode == mode], concurrency, mode) for mode in modes]

@@ -150,9 +150,14 @@ class ServeProcess:
 
 @contextlib.contextmanager
 def serve_run(config: str | Path = "serve_config.yaml", port: int | None = None,
-              log_path: str | Path | None = None) -> Iterator[ServeProcess]:
-    """Run the server for the duration of a ``with`` block; ``server.url`` is its http url."""
+              log_path: str | Path | None = None,
+              env: dict[str, str] | None = None) -> Iterator[ServeProcess]:
+    """Run the server for the duration of a ``with`` block; ``server.url`` is its http url.
+
+    ``env``: extra environment for the server only (e.g. ``QUILLMAN_API_KEYS``).
+    """
     server = ServeProcess(config, port, log_path)
+    server.env.update(env or {})
     try:
         server.start()
         yield server

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from quillman.server_process import DEFAULT_HTTP_URL, ServeProcess, ServerStartError, healthy
+from quillman.server_process import DEFAULT_HTTP_URL, healthy, serve_run
 
 SERVER_URL = DEFAULT_HTTP_URL
 
@@ -24,16 +24,11 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
         return
     if healthy(SERVER_URL):
         pytest.fail(f"something already serves {SERVER_URL}; stop it or set QUILLMAN_TEST_URL")
-    server = ServeProcess("serve_config.yaml", log_path=tmp_path_factory.mktemp("server") / "serve.log")
-    try:
-        try:
-            server.start()
-        except ServerStartError as exc:
-            pytest.fail(str(exc))
+    log_path = tmp_path_factory.mktemp("server") / "serve.log"
+    # A start failure (ServerStartError) ends with the server's log.
+    with serve_run("serve_config.yaml", log_path=log_path) as server:
         yield server.url
-    finally:
-        server.stop()
-        print(f"\nserver log: {server.log_path}")
+    print(f"\nserver log: {log_path}")
 
 
 @pytest.fixture(scope="session")

@@ -155,7 +155,6 @@ class Ingress:
         self.config = AppConfig.model_validate(config)
         self.handles = {"Transcriber": transcriber, "LanguageModel": language_model, "Speaker": speaker}
         self.backends = HandleBackends(transcriber, language_model, speaker)
-        self._speaker = speaker
         self._voices: list[str] | None = None
         self.sessions: dict[str, RealtimeSession] = {}
         self.open_sockets = 0
@@ -171,7 +170,7 @@ class Ingress:
 
     async def _get_voices(self) -> list[str]:
         if self._voices is None:
-            self._voices = await self._speaker.voices.remote()
+            self._voices = await self.handles["Speaker"].voices.remote()
         return self._voices
 
     @app.websocket("/v1/realtime")

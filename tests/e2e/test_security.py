@@ -31,19 +31,12 @@ KEYED_PORT = 8001
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The real graph (serve run serve_config.yaml) with API keys required."""
-    from quillman.server_process import ServeProcess, ServerStartError
+    from quillman.server_process import serve_run
 
-    server = ServeProcess("serve_config.yaml", port=KEYED_PORT,
-                          log_path=tmp_path_factory.mktemp("keyed-server") / "serve.log")
-    server.env["QUILLMAN_API_KEYS"] = API_KEY
-    try:
-        try:
-            server.start()
-        except ServerStartError as exc:
-            pytest.fail(str(exc))
+    with serve_run("serve_config.yaml", port=KEYED_PORT,
+                   log_path=tmp_path_factory.mktemp("keyed-server") / "serve.log",
+                   env={"QUILLMAN_API_KEYS": API_KEY}) as server:
         yield server.url
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
