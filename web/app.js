@@ -557,8 +557,14 @@ async function prewarm() {
   }, 1000);
   try {
     const res = await fetch(endpoint("prewarm"), { headers: { Accept: "application/json" } });
+    const body = await res.json().catch(() => null);
+    const failures = Object.values(body?.deployments ?? {}).filter((d) => d.status === "failed");
+    if (failures.length) {
+      testHook.prewarm = { ok: false, ms: Math.round(performance.now() - started), failures };
+      dispatch({ type: "SERVER_FAILED", failures });
+      return;
+    }
     if (!res.ok) throw new Error(`HTTP ${res.status}`);
-    await res.json();
     testHook.prewarm = { ok: true, ms: Math.round(performance.now() - started) };
     dispatch({ type: "PREWARM_OK" });
   } catch (err) {
@@ -594,7 +600,7 @@ function statusText() {
   return STATUS[state];
 }
 
-const WARM_TEXT = { pending: null, ready: "Models ready", failed: "Warm-up failed" };
+const WARM_TEXT = { pending: null, ready: "Models ready", failed: "Warm-up failed", broken: "A model failed to start" };
 
 function render() {
   const { state, ctx } = machine;

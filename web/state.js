@@ -43,7 +43,7 @@ export const initialContext = Object.freeze({
   responseOpen: false, // current reply still streaming (no response.done yet)
   playing: false, // audio queued or sounding
   notice: null, // {level: "info"|"warn"|"error", text} shown to the user
-  warm: "pending", // GET /prewarm: "pending" | "ready" | "failed" (outlives calls)
+  warm: "pending", // GET /prewarm: "pending" | "ready" | "failed" | "broken" (a model did not start)
   micProblem: false, // the last error was the microphone's: offer typing instead
 });
 
@@ -130,6 +130,7 @@ export const TABLE = Object.freeze({
   [S.WARMING]: {
     PREWARM_OK: { target: S.IDLE, assign: () => ({ warm: "ready" }) },
     PREWARM_FAILED: { target: S.IDLE, assign: prewarmFailed },
+    SERVER_FAILED: { target: S.ERROR, assign: serverFailed },
     // Starting before warm-up ends is allowed: the server just answers later.
     START: { target: S.CONNECTING, assign: (ctx, ev) => ({ mode: ev.mode ?? "voice" }), effects: [FX.CONNECT] },
   },
@@ -256,7 +257,22 @@ const ANY = {
   // Warm-up may finish after the user already started a call.
   PREWARM_OK: { assign: () => ({ warm: "ready" }) },
   PREWARM_FAILED: { assign: prewarmFailed },
+  // A model deployment failed to start (GET /prewarm or /healthz said which): waiting is pointless.
+  SERVER_FAILED: { assign: serverFailed },
 };
+
+/** ev.failures: [{role, reason}] from the server, e.g. {role: "the language model", reason: "..."} */
+export function serverFailedText(failures) {
+  const roles = failures.map((f) => f.role || "a model");
+  const what = roles.length > 1 ? `${roles.slice(0, -1).join(", ")} and ${roles.at(-1)}` : roles[0];
+  const reasons = failures.map((f) => f.reason).filter(Boolean).join(" / ");
+  const text = `${what.charAt(0).toUpperCase()}${what.slice(1)} failed to start. Run \`quillman doctor\` on the server to see why.`;
+  return reasons ? `${text} (${reasons})` : text;
+}
+
+function serverFailed(ctx, ev) {
+  return { warm: "broken", ...notice("error", serverFailedText(ev.failures)) };
+}
 
 function prewarmFailed(ctx, ev) {
   return { warm: "failed", ...notice("warn", `Couldn't warm up the models (${ev.message}). The first reply may be slow.`) };

@@ -29,6 +29,7 @@ from quillman.config import AppConfig, ServerConfig
 from quillman.engines.asr.base import Transcript
 from quillman.engines.llm.base import GenerationParams, Message
 from quillman.engines.vad import SileroVad
+from quillman.deployments.health import WHAT_TO_RUN, DeploymentWatch, read_serve_states
 from quillman.metrics import ServeMetrics
 from quillman.pipeline.session import RealtimeSession
 
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 WEB_DIR = Path(os.environ.get("QUILLMAN_WEB_DIR", Path(__file__).resolve().parents[2] / "web"))
 HEALTH_TIMEOUT_S = 5.0
+PREWARM_POLL_S = 1.0  # how often a waiting /prewarm looks for a deployment that failed to start
 KEY_SUBPROTOCOL = "openai-insecure-api-key."
 RETRY_AFTER_S = 5  # told to clients refused at capacity
 
@@ -159,6 +161,8 @@ class Ingress:
         self.sessions: dict[str, RealtimeSession] = {}
         self.open_sockets = 0
         self.metrics = ServeMetrics()
+        app_name = serve.get_replica_context().app_name
+        self.deployment_watch = DeploymentWatch(lambda: read_serve_states(app_name))
         self.api_keys = configured_keys(self.config.server)
         if self.api_keys:
             logger.info("API keys required (%d configured)", len(self.api_keys))
@@ -244,46 +248,86 @@ class Ingress:
 
         return receive
 
+    async def check_health(self) -> None:
+        # Serve calls this every few seconds: reading its record here logs a model deployment
+        # that failed to start (once, with what to run) even when nobody asks /healthz.
+        await self.deployment_watch.states()
+
     @app.get("/prewarm")
     async def prewarm(self) -> JSONResponse:
-        """Load and warm every model; returns per-deployment load and warm-up times."""
+        """Load and warm every model; returns per-deployment load and warm-up times.
+
+        A deployment that failed to start is answered at once (503, with Serve's reason) instead
+        of waited on: requests to a deployment with no replica would queue forever.
+        """
         start = time.perf_counter()
         names = list(self.handles)
-        results = await asyncio.gather(
-            *(self.handles[name].warmup.remote() for name in names), return_exceptions=True
-        )
+        responses = {name: self.handles[name].warmup.remote() for name in names}
+        tasks = {name: asyncio.ensure_future(responses[name]) for name in names}
         body: dict[str, Any] = {}
-        ok = True
-        for name, result in zip(names, results):
-            if isinstance(result, BaseException):
-                ok = False
-                body[name] = {"status": "error", "error": f"{type(result).__name__}: {result}"[:300]}
-            else:
-                body[name] = {"status": "ready", **result}
-        await self._get_voices()
+        try:
+            while pending := [name for name in names if name not in body]:
+                await asyncio.wait([tasks[name] for name in pending], timeout=PREWARM_POLL_S)
+                failures = await self.deployment_watch.failures()
+                for name in pending:
+                    if name in failures:  # Serve's reason beats the handle's "unavailable"
+                        body[name] = failures[name]
+                    elif tasks[name].done():
+                        body[name] = self._warmup_result(tasks[name])
+        finally:
+            for name, task in tasks.items():
+                if not task.done():
+                    task.cancel()
+                    responses[name].cancel()
+        ok = all(entry["status"] == "ready" for entry in body.values())
+        if ok:
+            await self._get_voices()
         return JSONResponse(
             {"status": "ready" if ok else "error", "total_ms": round((time.perf_counter() - start) * 1000, 1),
              "deployments": body},
             status_code=200 if ok else 503,
         )
 
+    @staticmethod
+    def _warmup_result(task: asyncio.Future) -> dict[str, Any]:
+        if task.cancelled() or task.exception() is not None:
+            logger.warning("warm-up failed", exc_info=None if task.cancelled() else task.exception())
+            return {"status": "error", "error": f"warm-up failed; {WHAT_TO_RUN}"}
+        return {"status": "ready", **task.result()}
+
     @app.get("/healthz")
     async def healthz(self) -> JSONResponse:
-        async def probe(handle: DeploymentHandle) -> dict[str, Any]:
+        states = await self.deployment_watch.states()
+        failures = await self.deployment_watch.failures()
+
+        async def probe(name: str) -> dict[str, Any]:
+            if name in failures:
+                return failures[name]
             start = time.perf_counter()
             try:
-                await asyncio.wait_for(handle.ping.remote(), HEALTH_TIMEOUT_S)
+                await asyncio.wait_for(self.handles[name].ping.remote(), HEALTH_TIMEOUT_S)
             except Exception as exc:  # noqa: BLE001 - reported, not raised
-                return {"status": "unhealthy", "error": f"{type(exc).__name__}: {exc}"[:300]}
+                state = states.get(name)
+                if state is not None and state.starting:
+                    return {"status": "starting", "serve_status": state.status}
+                logger.warning("health probe of %s failed: %r", name, exc)
+                return {"status": "unhealthy", "error": f"no answer within {HEALTH_TIMEOUT_S:.0f} s"
+                        if isinstance(exc, asyncio.TimeoutError) else "the health probe failed"}
             return {"status": "healthy", "latency_ms": round((time.perf_counter() - start) * 1000, 1)}
 
         self.metrics.refresh()  # probes come every few seconds: keeps the sessions gauge alive
         names = list(self.handles)
-        results = await asyncio.gather(*(probe(self.handles[name]) for name in names))
+        results = await asyncio.gather(*(probe(name) for name in names))
         deployments = {"Ingress": {"status": "healthy", "sessions": len(self.sessions)},
                        **dict(zip(names, results))}
         healthy = all(d["status"] == "healthy" for d in deployments.values())
-        return JSONResponse({"status": "healthy" if healthy else "unhealthy", "deployments": deployments},
+        if failures:
+            overall = "failed"
+        elif any(d["status"] == "starting" for d in deployments.values()):
+            overall = "starting"
+        else:
+            overall = "healthy" if healthy else "unhealthy"
+        return JSONResponse({"status": overall, "deployments": deployments},
                             status_code=200 if healthy else 503)
 
     @app.get("/voices")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import AsyncIterator
 
 from ray import serve
@@ -12,11 +11,9 @@ from quillman.config import LlmConfig
 from quillman.engines.llm.base import GenerationParams, Message
 from quillman.deployments.common import ModelDeployment
 from quillman.engines.loader import load_language_model, load_timed
+from quillman.engines.warmup import warm_language_model
 
 logger = logging.getLogger(__name__)
-
-_WARM_MESSAGES = [{"role": "user", "content": "Say hi."}]
-
 
 @serve.deployment(name="LanguageModel", max_ongoing_requests=8)
 class LanguageModel(ModelDeployment):
@@ -36,10 +33,5 @@ class LanguageModel(ModelDeployment):
             await stream.aclose()
 
     async def warmup(self) -> dict:
-        start = time.perf_counter()
-        params = GenerationParams(max_tokens=4, temperature=0.0)
-        stream = self.engine.stream(_WARM_MESSAGES, params)
-        async for _ in stream:
-            pass
-        self.warm_ms = round((time.perf_counter() - start) * 1000, 1)
+        self.warm_ms = await warm_language_model(self.engine)
         return {"load_s": self.load_s, "warm_ms": self.warm_ms, "model": self.config.model}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import AsyncIterator
 
 import numpy as np
@@ -14,6 +13,7 @@ from quillman.audio import resample
 from quillman.config import TtsConfig
 from quillman.deployments.common import ModelDeployment
 from quillman.engines.loader import load_synthesizer, load_timed
+from quillman.engines.warmup import warm_synthesizer
 
 logger = logging.getLogger(__name__)
 
@@ -27,10 +27,7 @@ class Speaker(ModelDeployment):
         logger.info("Speaker ready: load %.2f s, warm-up %.0f ms", self.load_s, self.warm_ms)
 
     def _warm(self) -> float:
-        start = time.perf_counter()
-        for _ in self.engine.synthesize("Hello there."):
-            pass
-        return round((time.perf_counter() - start) * 1000, 1)
+        return warm_synthesizer(self.engine)
 
     async def synthesize(self, text: str, voice: str, sample_rate_hz: int) -> AsyncIterator[np.ndarray]:
         def chunks():

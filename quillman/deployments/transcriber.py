@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import numpy as np
 from ray import serve
 
 from quillman.config import AsrConfig
-from quillman.engines.asr.base import ASR_SAMPLE_RATE_HZ, Transcript
+from quillman.engines.asr.base import Transcript
 from quillman.deployments.common import ModelDeployment
 from quillman.engines.loader import load_recognizer, load_timed
+from quillman.engines.warmup import warm_recognizer
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +37,7 @@ class Transcriber(ModelDeployment):
                     f", batches of up to {self.config.max_batch_size}" if self.batched else "")
 
     def _warm(self) -> float:
-        start = time.perf_counter()
-        self.engine.transcribe(np.zeros(ASR_SAMPLE_RATE_HZ // 2, dtype=np.float32), self.config.language)
-        return round((time.perf_counter() - start) * 1000, 1)
+        return warm_recognizer(self.engine, self.config.language)
 
     async def transcribe(self, pcm: np.ndarray, language: str | None = None) -> Transcript:
         language = language or self.config.language

@@ -17,12 +17,17 @@ from quillman.pipeline.vad import VAD_WINDOW_SAMPLES
 _CONTEXT_SAMPLES = 64
 
 
+def model_path() -> Path:
+    import faster_whisper
+
+    return Path(faster_whisper.__file__).parent / "assets" / "silero_vad_v6.onnx"
+
+
 @functools.lru_cache(maxsize=1)
 def _session():
-    import faster_whisper
     import onnxruntime
 
-    path = Path(faster_whisper.__file__).parent / "assets" / "silero_vad_v6.onnx"
+    path = model_path()
     options = onnxruntime.SessionOptions()
     options.inter_op_num_threads = 1
     options.intra_op_num_threads = 1
@@ -35,6 +40,8 @@ def _session():
 
 class SileroVad:
     """Speech probability per 512-sample window of 16 kHz float32 audio."""
+
+    window_samples = VAD_WINDOW_SAMPLES
 
     def __init__(self) -> None:
         self._session = _session()

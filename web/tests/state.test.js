@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { FX, MAX_RECONNECT_ATTEMPTS, S, TABLE, backoffDelay, initialState, isConnected, transition } from "../state.js";
+import { FX, MAX_RECONNECT_ATTEMPTS, S, TABLE, backoffDelay, initialState, isConnected, serverFailedText, transition } from "../state.js";
 
 /** Run events in order; returns the final machine and every effect emitted, in order. */
 function run(events, start = initialState()) {
@@ -261,4 +261,25 @@ test("isConnected", () => {
     Object.values(S).filter(isConnected),
     [S.LISTENING, S.USER_SPEAKING, S.THINKING, S.ASSISTANT_SPEAKING],
   );
+});
+
+test("a model that failed to start ends warming with an error naming it, not 'warming up' forever", () => {
+  const failures = [{ role: "the language model", reason: "The actor died unexpectedly" }];
+  const m = run([{ type: "SERVER_FAILED", failures }]);
+  assert.equal(m.state, S.ERROR);
+  assert.equal(m.ctx.warm, "broken");
+  assert.equal(m.ctx.notice.level, "error");
+  assert.match(m.ctx.notice.text, /^The language model failed to start\. Run `quillman doctor`/);
+  assert.match(m.ctx.notice.text, /actor died/);
+  // During a call it is shown too, and the call goes on (the other models may still answer).
+  const inCall = run([{ type: "SERVER_FAILED", failures }], listening());
+  assert.equal(inCall.state, S.LISTENING);
+  assert.match(inCall.ctx.notice.text, /language model failed/);
+  // Try again still works from the error state.
+  assert.equal(run(["START"], { state: m.state, ctx: m.ctx }).state, S.CONNECTING);
+});
+
+test("several failed models are named together", () => {
+  const text = serverFailedText([{ role: "the language model" }, { role: "speech synthesis (TTS)", reason: "x" }]);
+  assert.equal(text, "The language model and speech synthesis (TTS) failed to start. Run `quillman doctor` on the server to see why. (x)");
 });
