@@ -1,4 +1,4 @@
-"""Asyncio helpers: a blocking generator consumed from the loop, and a cancellation-safe wait_for.
+"""Asyncio helper: a blocking generator consumed from the loop.
 
 The engines' inference is blocking (llama.cpp, Piper, CTranslate2); the event loop must never
 wait on it. Closing the async iterator (e.g. the task was cancelled by a barge-in) sets a stop
@@ -9,32 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import AsyncIterator, Awaitable, Callable, Iterator, TypeVar
+from typing import AsyncIterator, Callable, Iterator, TypeVar
 
 T = TypeVar("T")
 
 _DONE = object()
-
-
-async def wait_for(awaitable: Awaitable[T], timeout_s: float) -> T:
-    """``asyncio.wait_for`` that never loses a cancellation of the caller.
-
-    Before Python 3.12, ``asyncio.wait_for`` returns the result, and drops the cancellation,
-    when the awaitable finishes in the same loop step as the caller is cancelled. A response
-    task cancelled that way (barge-in, ``response.cancel``) ran on and hung in its cleanup:
-    no ``response.done`` ever. Raises ``asyncio.TimeoutError`` after ``timeout_s``.
-    """
-    task = asyncio.ensure_future(awaitable)
-    try:
-        done, _ = await asyncio.wait({task}, timeout=timeout_s)
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-    if not done:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        raise asyncio.TimeoutError
-    return task.result()
 
 
 async def iterate_in_thread(make_iterator: Callable[[], Iterator[T]]) -> AsyncIterator[T]:

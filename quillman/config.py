@@ -70,6 +70,18 @@ class LlmConfig(_Strict):
     api_key_env: str = "OPENAI_API_KEY"
     request_timeout_s: float = Field(60.0, gt=0)
 
+    def context_tokens(self) -> int:
+        """The model's context length: n_ctx (llama.cpp), max_model_len (vLLM, else a common 4096)."""
+        if self.backend == "llama_cpp":
+            return self.n_ctx
+        return self.max_model_len or 4096
+
+    def prompt_char_budget(self) -> int:
+        """How many characters of prompt surely fit the context next to the reply: a
+        conservative 2 characters per token (English averages about 4), so text of any script
+        that is refused or trimmed by this budget never overflows the model later."""
+        return max(256, (self.context_tokens() - self.max_tokens - 32) * 2)
+
 
 class TtsConfig(_Strict):
     backend: Literal["piper", "xtts"] = "piper"
@@ -89,6 +101,8 @@ class TtsConfig(_Strict):
 
 class VadConfig(_Strict):
     """Server VAD defaults; a client's ``session.update`` turn_detection overrides them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)  # a session's settings are values
 
     threshold: float = Field(0.5, gt=0, lt=1)
     prefix_padding_ms: int = Field(300, ge=0, le=2000)
@@ -132,6 +146,8 @@ class SessionConfig(_Strict):
     # Token bucket over client events; audio at 20 ms frames is 50 events/s.
     max_events_per_s: float = Field(200.0, gt=0)
     event_burst: int = Field(400, ge=1)
+    # Events waiting for a client that does not read them; past this the session closes (1011).
+    max_outbox_bytes: int = Field(32 * 1024 * 1024, ge=64 * 1024)
 
 
 class ServerConfig(_Strict):

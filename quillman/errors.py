@@ -78,6 +78,18 @@ class CommitEmpty(InvalidRequest):
     code = "input_audio_buffer_commit_empty"
 
 
+class InputTooLong(InvalidRequest):
+    """Text that could never fit the model's context (an item, the instructions)."""
+
+    code = "input_too_long"
+
+
+class UnsupportedFeature(InvalidRequest):
+    """A valid Realtime setting this server does not implement (yet): refused, not ignored."""
+
+    code = "unsupported_feature"
+
+
 class ResponseAlreadyActive(InvalidRequest):
     code = "conversation_already_has_active_response"
 
@@ -120,6 +132,24 @@ class ModelError(QuillmanError):
     """A model failed or timed out during a turn: the response ends ``failed``."""
 
     code = "model_error"
+    type = "server_error"
+
+
+class TranscriptionFailed(ModelError):
+    """ASR of a user turn failed: reported once, as ``input_audio_transcription.failed``."""
+
+
+class InternalError(QuillmanError):
+    """Anything unexpected while handling a client frame: the session goes on."""
+
+    code = "server_error"
+    type = "server_error"
+
+
+class ClientTooSlow(QuillmanError):
+    """The client stopped reading: the outgoing queue passed its bound (fatal, close 1011)."""
+
+    code = "client_too_slow"
     type = "server_error"
 
 

@@ -2,18 +2,20 @@
 
 Client events are pydantic models parsed by :func:`parse_client_event`, which turns every kind
 of bad input into a typed :class:`~quillman.errors.QuillmanError` with a stable code. Server
-events are built by the small functions at the bottom; each returns a JSON-ready dict.
-Our own additions (per-stage ``timings`` on the response) are extra keys, which the official
-SDK keeps (its models allow extra fields).
+events and the objects in them (session, item, response) are pydantic models too, built by the
+pipeline and serialized once (:func:`serialize`). Our own additions (per-stage ``timings`` on the
+response) are extra keys, which the official SDK keeps (its models allow extra fields).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_serializer
 
 from quillman import errors
 
@@ -84,6 +86,9 @@ class QuillmanExtension(_Lenient):
 OutputTokens = Annotated[int, Field(ge=1)]
 
 
+ToolChoice = Union[Literal["auto", "none", "required"], dict]
+
+
 class SessionUpdate(_Lenient):
     type: Literal["realtime"] | None = None
     quillman: QuillmanExtension | None = None
@@ -92,6 +97,8 @@ class SessionUpdate(_Lenient):
     output_modalities: list[Literal["audio", "text"]] | None = None
     max_output_tokens: OutputTokens | Literal["inf"] | None = None
     audio: SessionAudio | None = None
+    tools: list[dict] | None = None
+    tool_choice: ToolChoice | None = None
 
 
 # --- client events -------------------------------------------------------------------------
@@ -152,6 +159,8 @@ class ResponseOptions(_Lenient):
     metadata: dict[str, str] | None = None
     conversation: Literal["auto", "none"] | str | None = None
     audio: SessionAudio | None = None
+    tools: list[dict] | None = None
+    tool_choice: ToolChoice | None = None
 
 
 class ResponseCreate(_ClientEvent):
@@ -197,12 +206,31 @@ _UNSUPPORTED_TYPES = {
 }
 
 
+MAX_JSON_DEPTH = 32  # the deepest real event (session.update) nests 6 levels
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+
+
+def json_depth(frame: str | bytes) -> int:
+    """How deep a JSON text nests objects and arrays, without parsing it (and so without the
+    recursion a hostile frame could exhaust). Vectorized: brackets outside strings, +1/-1."""
+    data = frame.encode("utf-8", "replace") if isinstance(frame, str) else frame
+    if data.count(b"{") + data.count(b"[") <= MAX_JSON_DEPTH:
+        return 0  # cannot be deeper than the limit; the common case costs two scans in C
+    codes = np.frombuffer(_JSON_STRING.sub(b'""', data), dtype=np.uint8)
+    steps = np.zeros(len(codes), dtype=np.int32)
+    steps[(codes == ord("{")) | (codes == ord("["))] = 1
+    steps[(codes == ord("}")) | (codes == ord("]"))] = -1
+    return int(np.cumsum(steps).max(initial=0))
+
+
 def parse_client_event(frame: str | bytes) -> ClientEvent:
     """Parse one websocket text frame; raise a typed error naming what is wrong."""
+    if json_depth(frame) > MAX_JSON_DEPTH:
+        raise errors.InvalidJson(f"frame nests deeper than {MAX_JSON_DEPTH} levels")
     try:
         data = json.loads(frame)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise errors.InvalidJson(f"frame is not valid JSON: {exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise errors.InvalidJson(f"frame is not valid JSON: {exc}"[:300]) from None
     if not isinstance(data, dict):
         raise errors.InvalidJson("frame must be a JSON object")
     event_id = data.get("event_id") if isinstance(data.get("event_id"), str) else None
@@ -227,44 +255,366 @@ def parse_client_event(frame: str | bytes) -> ClientEvent:
         ) from None
 
 
+# --- server objects ------------------------------------------------------------------------
+# The shapes of the GA Realtime API (the openai SDK's ``types/realtime`` models are the
+# reference). Built by the pipeline, serialized once by :func:`serialize`.
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Compact(_Wire):
+    """An object whose unset optional fields are left out of the wire, not sent as null."""
+
+    @model_serializer(mode="wrap")
+    def _without_nulls(self, handler) -> dict[str, Any]:
+        return {key: value for key, value in handler(self).items() if value is not None}
+
+
+class InputAudioContent(_Wire):
+    type: Literal["input_audio"] = "input_audio"
+    transcript: str | None = None
+
+
+class InputTextContent(_Wire):
+    type: Literal["input_text"] = "input_text"
+    text: str
+
+
+class OutputAudioContent(_Wire):
+    type: Literal["output_audio"] = "output_audio"
+    transcript: str
+
+
+class OutputTextContent(_Wire):
+    type: Literal["output_text"] = "output_text"
+    text: str
+
+
+ItemContent = Union[InputAudioContent, InputTextContent, OutputAudioContent, OutputTextContent]
+ItemStatus = Literal["completed", "incomplete", "in_progress"]
+
+
+class MessageItem(_Wire):
+    id: str
+    object: Literal["realtime.item"] = "realtime.item"
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system"]
+    status: ItemStatus = "completed"
+    content: list[ItemContent]
+
+
+def user_audio_item(item_id: str, transcript: str | None, status: ItemStatus = "completed") -> MessageItem:
+    return MessageItem(id=item_id, role="user", status=status, content=[InputAudioContent(transcript=transcript)])
+
+
+def text_item(item_id: str, role: Literal["user", "assistant", "system"], text: str) -> MessageItem:
+    """A text message the client created (user and system text is input, assistant text output)."""
+    part = OutputTextContent(text=text) if role == "assistant" else InputTextContent(text=text)
+    return MessageItem(id=item_id, role=role, content=[part])
+
+
+def assistant_item(item_id: str, transcript: str, status: ItemStatus, audio: bool) -> MessageItem:
+    part = OutputAudioContent(transcript=transcript) if audio else OutputTextContent(text=transcript)
+    return MessageItem(id=item_id, role="assistant", status=status, content=[part])
+
+
+class AudioPart(_Wire):
+    """A part of ``response.content_part.added/done`` (named ``audio``/``text`` there)."""
+
+    type: Literal["audio"] = "audio"
+    transcript: str
+
+
+class TextPart(_Wire):
+    type: Literal["text"] = "text"
+    text: str
+
+
+def content_part(transcript: str, audio: bool) -> AudioPart | TextPart:
+    return AudioPart(transcript=transcript) if audio else TextPart(text=transcript)
+
+
+class ErrorBody(_Compact):
+    type: str
+    code: str
+    message: str
+    param: str | None = None
+    event_id: str | None = None
+
+
+def error_body(exc: errors.QuillmanError) -> ErrorBody:
+    return ErrorBody(type=exc.type, code=exc.code, message=exc.message, param=exc.param, event_id=exc.event_id)
+
+
+# One definition of the per-stage latency breakdown: ``response.done`` -> ``response.timings``,
+# the stage histograms of the metrics and the bench's tables all use these names.
+STAGES = ("turn_detected_ms", "transcript_ms", "first_token_ms", "first_sentence_ms",
+          "first_audio_ms", "total_ms", "asr_last_segment_ms", "llm_ttft_ms", "tts_first_chunk_ms")
+
+
+class ResponseTimings(_Compact):
+    """ms from the end of the user's speech (or from ``response.create`` for a text turn); a
+    stage that did not happen (no audio in a text reply) is absent."""
+
+    turn_detected_ms: float | None = None
+    transcript_ms: float | None = None
+    first_token_ms: float | None = None
+    first_sentence_ms: float | None = None
+    first_audio_ms: float | None = None
+    total_ms: float | None = None
+    asr_last_segment_ms: float | None = None
+    llm_ttft_ms: float | None = None
+    tts_first_chunk_ms: float | None = None
+    speculative: float = 0.0  # 1 when the reply was started before the end of turn
+
+    def measured(self) -> dict[str, float]:
+        return self.model_dump()
+
+
+class Usage(_Wire):
+    total_tokens: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class StatusDetails(_Compact):
+    type: Literal["completed", "cancelled", "failed", "incomplete"]
+    reason: str | None = None
+    error: ErrorBody | None = None
+
+
+class ResponseObject(_Wire):
+    id: str
+    object: Literal["realtime.response"] = "realtime.response"
+    status: Literal["in_progress", "completed", "cancelled", "failed", "incomplete"]
+    status_details: StatusDetails | None = None
+    output: list[MessageItem] = Field(default_factory=list)
+    output_modalities: list[Literal["audio", "text"]]
+    usage: Usage | None = None
+    metadata: dict[str, str] | None = None
+    # Our additions (extra keys, which the openai SDK keeps):
+    timings: ResponseTimings | None = None
+    audio_s: float | None = None
+
+
+class PcmFormat(_Wire):
+    type: Literal["audio/pcm"] = "audio/pcm"
+    rate: int
+
+
+class ServerTurnDetection(_Wire):
+    type: Literal["server_vad"] = "server_vad"
+    threshold: float
+    prefix_padding_ms: int
+    silence_duration_ms: int
+    create_response: bool
+    interrupt_response: bool
+
+
+class SessionTranscription(_Wire):
+    model: str = "whisper"
+    language: str | None = None
+
+
+class SessionAudioInput(_Wire):
+    format: PcmFormat
+    transcription: SessionTranscription
+    turn_detection: ServerTurnDetection | None
+    noise_reduction: None = None
+
+
+class SessionAudioOutput(_Wire):
+    format: PcmFormat
+    voice: str
+    speed: float = 1.0
+
+
+class SessionAudioObject(_Wire):
+    input: SessionAudioInput
+    output: SessionAudioOutput
+
+
+class QuillmanSessionInfo(_Wire):
+    pipeline: Literal["streaming", "sequential"]
+
+
+class SessionObject(_Wire):
+    type: Literal["realtime"] = "realtime"
+    id: str
+    object: Literal["realtime.session"] = "realtime.session"
+    model: str = "quillman"
+    instructions: str
+    output_modalities: list[Literal["audio", "text"]]
+    max_output_tokens: int | Literal["inf"]
+    audio: SessionAudioObject
+    tools: list = Field(default_factory=list)
+    tool_choice: Literal["auto"] = "auto"
+    voices: list[str]
+    quillman: QuillmanSessionInfo
+
+
 # --- server events -------------------------------------------------------------------------
 
 
-def event(event_type: str, **fields: Any) -> dict[str, Any]:
-    return {"event_id": new_id("event"), "type": event_type, **fields}
+class ServerEvent(_Wire):
+    event_id: str = Field(default_factory=lambda: new_id("event"))
+    type: str
 
 
-def error_event(exc: errors.QuillmanError) -> dict[str, Any]:
-    body: dict[str, Any] = {"type": exc.type, "code": exc.code, "message": exc.message}
-    if exc.param is not None:
-        body["param"] = exc.param
-    if exc.event_id is not None:
-        body["event_id"] = exc.event_id
-    return event("error", error=body)
+def serialize(event: ServerEvent) -> str:
+    """The one place a server event becomes wire text."""
+    return event.model_dump_json()
 
 
-def user_audio_item(item_id: str, transcript: str | None, status: str = "completed") -> dict:
-    return {
-        "id": item_id, "object": "realtime.item", "type": "message", "role": "user",
-        "status": status, "content": [{"type": "input_audio", "transcript": transcript}],
-    }
+class ErrorEvent(ServerEvent):
+    type: Literal["error"] = "error"
+    error: ErrorBody
 
 
-def user_text_item(item_id: str, text: str) -> dict:
-    return {
-        "id": item_id, "object": "realtime.item", "type": "message", "role": "user",
-        "status": "completed", "content": [{"type": "input_text", "text": text}],
-    }
+def error_event(exc: errors.QuillmanError) -> ErrorEvent:
+    return ErrorEvent(error=error_body(exc))
 
 
-def assistant_item(item_id: str, transcript: str, status: str, audio: bool) -> dict:
-    part = {"type": "output_audio", "transcript": transcript} if audio else {
-        "type": "output_text", "text": transcript}
-    return {
-        "id": item_id, "object": "realtime.item", "type": "message", "role": "assistant",
-        "status": status, "content": [part],
-    }
+class SessionCreated(ServerEvent):
+    type: Literal["session.created"] = "session.created"
+    session: SessionObject
 
 
-def content_part(transcript: str, audio: bool) -> dict:
-    return {"type": "audio", "transcript": transcript} if audio else {"type": "text", "text": transcript}
+class SessionUpdated(ServerEvent):
+    type: Literal["session.updated"] = "session.updated"
+    session: SessionObject
+
+
+class SpeechStartedEvent(ServerEvent):
+    type: Literal["input_audio_buffer.speech_started"] = "input_audio_buffer.speech_started"
+    audio_start_ms: int
+    item_id: str
+
+
+class SpeechStoppedEvent(ServerEvent):
+    type: Literal["input_audio_buffer.speech_stopped"] = "input_audio_buffer.speech_stopped"
+    audio_end_ms: int
+    item_id: str
+
+
+class InputAudioBufferCommitted(ServerEvent):
+    type: Literal["input_audio_buffer.committed"] = "input_audio_buffer.committed"
+    item_id: str
+    previous_item_id: str | None = None
+
+
+class InputAudioBufferCleared(ServerEvent):
+    type: Literal["input_audio_buffer.cleared"] = "input_audio_buffer.cleared"
+
+
+class ConversationItemAdded(ServerEvent):
+    type: Literal["conversation.item.added"] = "conversation.item.added"
+    item: MessageItem
+    previous_item_id: str | None = None
+
+
+class ConversationItemDone(ServerEvent):
+    type: Literal["conversation.item.done"] = "conversation.item.done"
+    item: MessageItem
+    previous_item_id: str | None = None
+
+
+class ConversationItemTruncated(ServerEvent):
+    type: Literal["conversation.item.truncated"] = "conversation.item.truncated"
+    item_id: str
+    content_index: int
+    audio_end_ms: int
+
+
+class TranscriptionUsage(_Wire):
+    type: Literal["duration"] = "duration"
+    seconds: float
+
+
+class InputAudioTranscriptionCompleted(ServerEvent):
+    type: Literal["conversation.item.input_audio_transcription.completed"] = (
+        "conversation.item.input_audio_transcription.completed")
+    item_id: str
+    content_index: int = 0
+    transcript: str
+    usage: TranscriptionUsage | None = None
+
+
+class InputAudioTranscriptionFailed(ServerEvent):
+    type: Literal["conversation.item.input_audio_transcription.failed"] = (
+        "conversation.item.input_audio_transcription.failed")
+    item_id: str
+    content_index: int = 0
+    error: ErrorBody
+
+
+class ResponseCreated(ServerEvent):
+    type: Literal["response.created"] = "response.created"
+    response: ResponseObject
+
+
+class ResponseDone(ServerEvent):
+    type: Literal["response.done"] = "response.done"
+    response: ResponseObject
+
+
+class OutputItemAdded(ServerEvent):
+    type: Literal["response.output_item.added"] = "response.output_item.added"
+    response_id: str
+    output_index: int
+    item: MessageItem
+
+
+class OutputItemDone(ServerEvent):
+    type: Literal["response.output_item.done"] = "response.output_item.done"
+    response_id: str
+    output_index: int
+    item: MessageItem
+
+
+class _PartEvent(ServerEvent):
+    response_id: str
+    item_id: str
+    output_index: int = 0
+    content_index: int = 0
+
+
+class ContentPartAdded(_PartEvent):
+    type: Literal["response.content_part.added"] = "response.content_part.added"
+    part: AudioPart | TextPart
+
+
+class ContentPartDone(_PartEvent):
+    type: Literal["response.content_part.done"] = "response.content_part.done"
+    part: AudioPart | TextPart
+
+
+class OutputAudioDelta(_PartEvent):
+    type: Literal["response.output_audio.delta"] = "response.output_audio.delta"
+    delta: str  # base64 pcm16
+
+
+class OutputAudioDone(_PartEvent):
+    type: Literal["response.output_audio.done"] = "response.output_audio.done"
+
+
+class OutputAudioTranscriptDelta(_PartEvent):
+    type: Literal["response.output_audio_transcript.delta"] = "response.output_audio_transcript.delta"
+    delta: str
+
+
+class OutputAudioTranscriptDone(_PartEvent):
+    type: Literal["response.output_audio_transcript.done"] = "response.output_audio_transcript.done"
+    transcript: str
+
+
+class OutputTextDelta(_PartEvent):
+    type: Literal["response.output_text.delta"] = "response.output_text.delta"
+    delta: str
+
+
+class OutputTextDone(_PartEvent):
+    type: Literal["response.output_text.done"] = "response.output_text.done"
+    text: str

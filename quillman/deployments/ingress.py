@@ -10,7 +10,6 @@ DeploymentHandles. Handles are configured once (``stream=True`` for LLM and TTS)
 
 import asyncio
 import hmac
-import json
 import logging
 import os
 import time
@@ -199,13 +198,17 @@ class Ingress:
                 f"server at capacity; try again in {RETRY_AFTER_S} s"))
         self.open_sockets += 1  # before any await: concurrent handshakes can't overshoot
         session: RealtimeSession | None = None
+        close_code = 1000
         try:
             requested = websocket.scope.get("subprotocols", [])
             await websocket.accept(subprotocol="realtime" if "realtime" in requested else None)
             session = self._new_session(websocket, await self._voices_or_default())
             self.sessions[session.id] = session
             logger.info("[%s] connected (%d active)", session.id, len(self.sessions))
-            await session.run(self._receiver(websocket))
+            close_code = await session.run(self._receiver(websocket))
+        except Exception:  # noqa: BLE001 - the session's own bug: logged, the socket closes 1011
+            logger.exception("[%s] session failed", session.id if session else "-")
+            close_code = 1011
         finally:
             self.open_sockets -= 1
             if session is not None:
@@ -213,7 +216,7 @@ class Ingress:
                 logger.info("[%s] closed: %d turns, %d responses", session.id,
                             session.turns_committed, session.responses_done)
             try:
-                await websocket.close()
+                await websocket.close(code=close_code)
             except Exception:  # noqa: BLE001 - already closed by the peer
                 pass
 
@@ -224,14 +227,9 @@ class Ingress:
             return [self.config.session.voice]
 
     def _new_session(self, websocket: WebSocket, voices: list[str]) -> RealtimeSession:
-        async def send(event: dict[str, Any]) -> None:
-            await websocket.send_text(json.dumps(event))
-
-        llm = self.config.llm
         return RealtimeSession(
             backends=self.backends, config=self.config.session, vad_config=self.config.vad,
-            make_vad=SileroVad, send=send, voices=voices,
-            llm_defaults={"max_tokens": llm.max_tokens, "temperature": llm.temperature, "top_p": llm.top_p},
+            make_vad=SileroVad, send=websocket.send_text, llm=self.config.llm, voices=voices,
             metrics=self.metrics,
         )
 

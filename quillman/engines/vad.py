@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quillman.pipeline.vad import VAD_WINDOW_SAMPLES
-
+WINDOW_SAMPLES = 512  # 32 ms: the window Silero is trained on at 16 kHz
 _CONTEXT_SAMPLES = 64
 
 
@@ -41,7 +40,7 @@ def _session():
 class SileroVad:
     """Speech probability per 512-sample window of 16 kHz float32 audio."""
 
-    window_samples = VAD_WINDOW_SAMPLES
+    window_samples = WINDOW_SAMPLES
 
     def __init__(self) -> None:
         self._session = _session()
@@ -55,7 +54,7 @@ class SileroVad:
     def __call__(self, pcm: np.ndarray) -> np.ndarray:
         if len(pcm) == 0:
             return np.zeros(0, dtype=np.float32)
-        windows = np.asarray(pcm, dtype=np.float32).reshape(-1, VAD_WINDOW_SAMPLES)
+        windows = np.asarray(pcm, dtype=np.float32).reshape(-1, WINDOW_SAMPLES)
         contexts = np.concatenate([self._context[None, :], windows[:-1, -_CONTEXT_SAMPLES:]])
         batch = np.concatenate([contexts, windows], axis=1)
         out, self._h, self._c = self._session.run(

@@ -17,34 +17,16 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import numpy as np
 
-from quillman import aio, errors, protocol
+from quillman import errors, protocol
 from quillman.audio import encode_pcm16_base64
 from quillman.engines.llm.base import GenerationParams, Message
 from quillman.pipeline.backends import Backends
 from quillman.pipeline.fanout import ordered_fanout
 from quillman.pipeline.sentences import SentenceSplitter, split_stream
+from quillman.pipeline.settings import ResponseSettings
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-@dataclass
-class ResponseSettings:
-    instructions: str
-    output_audio: bool
-    voice: str
-    output_rate_hz: int
-    max_output_tokens: int
-    temperature: float
-    top_p: float
-    tts_concurrency: int
-    first_chunk_min_words: int
-    first_chunk_max_words: int
-    max_chunk_words: int
-    output_chunk_ms: int
-    model_timeout_s: float
-    metadata: dict[str, str] | None = None
-    sequential: bool = False  # the naive baseline: whole reply text, then one synthesis
 
 
 @dataclass
@@ -63,25 +45,26 @@ class Timings:
     first_sentence_tts_started: float | None = None
     speculative: bool = False
 
-    def as_ms(self) -> dict[str, float]:
+    def as_wire(self) -> protocol.ResponseTimings:
         def rel(instant: float | None) -> float | None:
             return None if instant is None else round((instant - self.origin) * 1000, 1)
 
-        out = {
-            "turn_detected_ms": rel(self.turn_detected),
-            "transcript_ms": rel(self.transcript),
-            "first_token_ms": rel(self.first_token),
-            "first_sentence_ms": rel(self.first_sentence),
-            "first_audio_ms": rel(self.first_audio),
-            "total_ms": rel(self.done),
-            "asr_last_segment_ms": self.asr_last_segment_ms,
-            "llm_ttft_ms": None if self.first_token is None or self.llm_started is None
-            else round((self.first_token - self.llm_started) * 1000, 1),
-            "tts_first_chunk_ms": None if self.first_audio is None or self.first_sentence_tts_started is None
-            else round((self.first_audio - self.first_sentence_tts_started) * 1000, 1),
-            "speculative": 1.0 if self.speculative else 0.0,
-        }
-        return {key: value for key, value in out.items() if value is not None}
+        def between(start: float | None, end: float | None) -> float | None:
+            return None if start is None or end is None else round((end - start) * 1000, 1)
+
+        return protocol.ResponseTimings(
+            turn_detected_ms=rel(self.turn_detected), transcript_ms=rel(self.transcript),
+            first_token_ms=rel(self.first_token), first_sentence_ms=rel(self.first_sentence),
+            first_audio_ms=rel(self.first_audio), total_ms=rel(self.done),
+            asr_last_segment_ms=self.asr_last_segment_ms,
+            llm_ttft_ms=between(self.llm_started, self.first_token),
+            tts_first_chunk_ms=between(self.first_sentence_tts_started, self.first_audio),
+            speculative=1.0 if self.speculative else 0.0,
+        )
+
+    def as_ms(self) -> dict[str, float]:
+        """The measured stages (``protocol.STAGES``) and ``speculative``, in ms."""
+        return self.as_wire().measured()
 
 
 @dataclass
@@ -98,8 +81,8 @@ class UserInput:
 class Response:
     settings: ResponseSettings
     backends: Backends
-    emit: Callable[[dict[str, Any]], None]
-    history: Callable[[str | None], list[Message]]  # given this turn's user text
+    emit: Callable[[protocol.ServerEvent], None]
+    prompt: Callable[[str | None], list[Message]]  # the LLM's messages, given this turn's user text
     on_finished: Callable[["Response", str, str], None]  # (response, status, text)
     timings: Timings
     user: UserInput | None = None
@@ -110,10 +93,11 @@ class Response:
     status: str = "in_progress"
     cancel_reason: str = "client_cancelled"
     task: asyncio.Task | None = None
-    _held: list[dict[str, Any]] | None = None
+    _held: list[protocol.ServerEvent] | None = None
     _created: bool = False
     _text: list[str] = field(default_factory=list)
     _audio_s: float = 0.0
+    _input_tokens: int = 0
     _output_tokens: int = 0
     _pending_finish: tuple[str, str] | None = None
 
@@ -131,7 +115,7 @@ class Response:
     def _on_task_done(self, task: asyncio.Task) -> None:
         # Cancelled before its first step: _run never ran, so its response.done is sent here.
         if task.cancelled() and self.status == "in_progress" and self.visible:
-            self._finish("cancelled", {"type": "cancelled", "reason": self.cancel_reason})
+            self._finish("cancelled", protocol.StatusDetails(type="cancelled", reason=self.cancel_reason))
 
     @property
     def audio_s(self) -> float:
@@ -160,114 +144,113 @@ class Response:
 
     # --- events -------------------------------------------------------------------------------
 
-    def _send(self, event: dict[str, Any]) -> None:
-        if event["type"] == "response.output_audio.delta" and self.timings.first_audio is None:
+    def _send(self, event: protocol.ServerEvent) -> None:
+        if isinstance(event, protocol.OutputAudioDelta) and self.timings.first_audio is None:
             self.timings.first_audio = time.perf_counter()
         self.emit(event)
 
-    def _event(self, event_type: str, **fields: Any) -> None:
-        event = protocol.event(event_type, **fields)
+    def _event(self, event: protocol.ServerEvent) -> None:
         if self._held is not None:
             self._held.append(event)
         else:
             self._send(event)
 
-    def _part_fields(self) -> dict[str, Any]:
-        return {"response_id": self.id, "item_id": self.item_id, "output_index": 0, "content_index": 0}
+    def _part(self) -> dict[str, Any]:
+        return {"response_id": self.id, "item_id": self.item_id}
 
-    def _response_object(self, status: str, details: dict | None = None) -> dict[str, Any]:
-        text = "".join(self._text)
+    def _item(self, status: protocol.ItemStatus) -> protocol.MessageItem:
+        return protocol.assistant_item(self.item_id, "".join(self._text), status, self.settings.output_audio)
+
+    def _modalities(self) -> list:
+        return ["audio"] if self.settings.output_audio else ["text"]
+
+    def _response_object(self, status: str, details: protocol.StatusDetails | None) -> protocol.ResponseObject:
         item_status = "completed" if status == "completed" else "incomplete"
-        timings = self.timings.as_ms()
-        audio = self.settings.output_audio
-        body: dict[str, Any] = {
-            "id": self.id,
-            "object": "realtime.response",
-            "status": status,
-            "status_details": details,
-            "output": [protocol.assistant_item(self.item_id, text, item_status, audio)] if self._created else [],
-            "output_modalities": ["audio"] if audio else ["text"],
-            "usage": {
-                "total_tokens": self._output_tokens,
-                "input_tokens": 0,
-                "output_tokens": self._output_tokens,
-            },
-            "metadata": {
-                **(self.settings.metadata or {}),
-                **{f"timing_{k}": str(v) for k, v in list(timings.items())[:8]},
-            },
-            "timings": timings,
-            "audio_s": round(self._audio_s, 3),
-        }
-        return body
+        timings = self.timings.as_wire()
+        measured = timings.measured()
+        return protocol.ResponseObject(
+            id=self.id, status=status, status_details=details,
+            output=[self._item(item_status)] if self._created else [],
+            output_modalities=self._modalities(),
+            usage=protocol.Usage(total_tokens=self._input_tokens + self._output_tokens,
+                                 input_tokens=self._input_tokens, output_tokens=self._output_tokens),
+            # Clients that drop unknown keys still see the timings (as strings, metadata's type).
+            metadata={**(self.settings.metadata or {}),
+                      **{f"timing_{k}": str(v) for k, v in list(measured.items())[:8]}},
+            timings=timings,
+            audio_s=round(self._audio_s, 3),
+        )
 
     def _open_output(self) -> None:
         audio = self.settings.output_audio
-        item = protocol.assistant_item(self.item_id, "", "in_progress", audio)
-        self._event("response.created", response={
-            "id": self.id, "object": "realtime.response", "status": "in_progress",
-            "output": [], "output_modalities": ["audio"] if audio else ["text"],
-            "metadata": self.settings.metadata,
-        })
-        self._event("response.output_item.added", response_id=self.id, output_index=0, item=item)
-        self._event("conversation.item.added", item=item)
-        self._event("response.content_part.added", part=protocol.content_part("", audio), **self._part_fields())
+        item = self._item("in_progress")
+        self._event(protocol.ResponseCreated(response=protocol.ResponseObject(
+            id=self.id, status="in_progress", output_modalities=self._modalities(),
+            metadata=self.settings.metadata)))
+        self._event(protocol.OutputItemAdded(response_id=self.id, output_index=0, item=item))
+        self._event(protocol.ConversationItemAdded(item=item))
+        self._event(protocol.ContentPartAdded(part=protocol.content_part("", audio), **self._part()))
         self._created = True
 
-    def _close_output(self, status: str, details: dict | None) -> None:
+    def _close_output(self, status: str, details: protocol.StatusDetails | None) -> None:
         text = "".join(self._text)
         audio = self.settings.output_audio
-        item_status = "completed" if status == "completed" else "incomplete"
         if self._created:
             if audio:
-                self._event("response.output_audio.done", **self._part_fields())
-                self._event("response.output_audio_transcript.done", transcript=text, **self._part_fields())
+                self._event(protocol.OutputAudioDone(**self._part()))
+                self._event(protocol.OutputAudioTranscriptDone(transcript=text, **self._part()))
             else:
-                self._event("response.output_text.done", text=text, **self._part_fields())
-            self._event("response.content_part.done", part=protocol.content_part(text, audio), **self._part_fields())
-            item = protocol.assistant_item(self.item_id, text, item_status, audio)
-            self._event("response.output_item.done", response_id=self.id, output_index=0, item=item)
-            self._event("conversation.item.done", item=item)
+                self._event(protocol.OutputTextDone(text=text, **self._part()))
+            self._event(protocol.ContentPartDone(part=protocol.content_part(text, audio), **self._part()))
+            item = self._item("completed" if status == "completed" else "incomplete")
+            self._event(protocol.OutputItemDone(response_id=self.id, output_index=0, item=item))
+            self._event(protocol.ConversationItemDone(item=item))
         self.timings.done = time.perf_counter()
-        self._event("response.done", response=self._response_object(status, details))
+        self._event(protocol.ResponseDone(response=self._response_object(status, details)))
 
     # --- the work -----------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        status, details, failure = "completed", None, None
+        status, details = "completed", None
         try:
             if self.after is not None:
                 await asyncio.wait({self.after})  # not gather: cancelling us must not cancel it
             user_text = None
             if self.user is not None:
-                user_text = await self._with_timeout(self.user.transcript)
+                user_text = await self._transcript(self.user.transcript)
                 self.timings.transcript = time.perf_counter()
                 self.timings.asr_last_segment_ms = self.user.asr_last_segment_ms()
             self._open_output()
             if self.user is None or user_text:
                 await self._generate(user_text)
         except asyncio.CancelledError:
-            status = "cancelled"
-            details = {"type": "cancelled", "reason": self.cancel_reason}
             if not self.visible:
                 raise  # a speculation nobody saw: end silently
-            self._finish(status, details)
+            self._finish("cancelled", protocol.StatusDetails(type="cancelled", reason=self.cancel_reason))
             raise
         except Exception as exc:  # noqa: BLE001 - any model failure ends the turn, never hangs it
             failure = exc if isinstance(exc, errors.QuillmanError) else errors.ModelError(
-                f"{type(exc).__name__}: {exc}"[:500]
-            )
-            logger.exception("response %s failed", self.id)
+                "a model failed while answering; the turn ended")
+            logger.error("response %s failed: %r", self.id, exc, exc_info=not isinstance(exc, errors.QuillmanError))
             status = "failed"
-            details = {"type": "failed", "error": {"type": failure.type, "code": failure.code,
-                                                   "message": failure.message}}
+            details = protocol.StatusDetails(type="failed", error=protocol.error_body(failure))
             if not self._created:
                 self._open_output()  # response.created comes before the error about it
-            self._event("error", error={"type": failure.type, "code": failure.code,
-                                        "message": failure.message})
+            if not isinstance(failure, errors.TranscriptionFailed):  # reported on its item already
+                self._event(protocol.error_event(failure))
         self._finish(status, details)
 
-    def _finish(self, status: str, details: dict | None) -> None:
+    async def _transcript(self, transcript: Awaitable[str]) -> str:
+        try:
+            return await self._with_timeout(transcript)
+        except errors.ModelError as exc:
+            raise errors.TranscriptionFailed(f"transcription failed: {exc.message}") from None
+        except (asyncio.CancelledError, errors.QuillmanError):
+            raise
+        except Exception:  # noqa: BLE001 - a failed ASR segment
+            raise errors.TranscriptionFailed("transcription of the user's audio failed") from None
+
+    def _finish(self, status: str, details: protocol.StatusDetails | None) -> None:
         if self.status != "in_progress":
             return
         self.status = status
@@ -281,7 +264,7 @@ class Response:
 
     async def _generate(self, user_text: str | None) -> None:
         settings = self.settings
-        messages = [{"role": "system", "content": settings.instructions}, *self.history(user_text)]
+        messages = self.prompt(user_text)
         params = GenerationParams(
             max_tokens=settings.max_output_tokens, temperature=settings.temperature, top_p=settings.top_p
         )
@@ -291,15 +274,14 @@ class Response:
             async for _ in deltas:
                 pass
             return
-        splitter = SentenceSplitter(
-            settings.first_chunk_min_words, settings.first_chunk_max_words, settings.max_chunk_words
-        )
-        chunk_samples = max(1, settings.output_rate_hz * settings.output_chunk_ms // 1000)
+        knobs = settings.pipeline
+        splitter = SentenceSplitter(knobs.first_chunk_min_words, knobs.first_chunk_max_words, knobs.max_chunk_words)
+        chunk_samples = max(1, settings.output_rate_hz * knobs.output_chunk_ms // 1000)
         sentences = split_stream(deltas, splitter)
         if settings.sequential:
             sentences = _whole_text(sentences)
         fanout = ordered_fanout(
-            sentences, self._synthesize, settings.tts_concurrency,
+            sentences, self._synthesize, knobs.tts_concurrency,
             on_item_start=self._sentence_started, head_start=True,
         )
         try:
@@ -307,8 +289,7 @@ class Response:
                 for start in range(0, len(pcm), chunk_samples):
                     piece = pcm[start:start + chunk_samples]
                     self._audio_s += len(piece) / settings.output_rate_hz
-                    self._event("response.output_audio.delta", delta=encode_pcm16_base64(piece),
-                                **self._part_fields())
+                    self._event(protocol.OutputAudioDelta(delta=encode_pcm16_base64(piece), **self._part()))
         finally:
             await fanout.aclose()
 
@@ -322,9 +303,9 @@ class Response:
                 self.timings.first_token = time.perf_counter()
             self._output_tokens += 1
             self._text.append(delta)
-            event_type = ("response.output_audio_transcript.delta" if self.settings.output_audio
-                          else "response.output_text.delta")
-            self._event(event_type, delta=delta, **self._part_fields())
+            delta_event = (protocol.OutputAudioTranscriptDelta if self.settings.output_audio
+                           else protocol.OutputTextDelta)
+            self._event(delta_event(delta=delta, **self._part()))
             yield delta
 
     def _synthesize(self, sentence: str) -> AsyncIterator[np.ndarray]:
@@ -333,10 +314,12 @@ class Response:
         )
 
     async def _with_timeout(self, awaitable: Awaitable[T]) -> T:
+        timeout_s = self.settings.pipeline.model_timeout_s
         try:
-            return await aio.wait_for(awaitable, self.settings.model_timeout_s)
-        except asyncio.TimeoutError:
-            raise errors.ModelError(f"a model did not answer within {self.settings.model_timeout_s:g} s") from None
+            async with asyncio.timeout(timeout_s):
+                return await awaitable
+        except TimeoutError:
+            raise errors.ModelError(f"a model did not answer within {timeout_s:g} s") from None
 
     async def _iter_with_timeout(self, iterator: AsyncIterator[T]) -> AsyncIterator[T]:
         """Each item must come within the model timeout: a stuck replica fails the turn."""

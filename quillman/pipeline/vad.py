@@ -12,18 +12,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from quillman.config import VadConfig
+
 VAD_SAMPLE_RATE_HZ = 16000
-VAD_WINDOW_SAMPLES = 512  # 32 ms, the window Silero is trained on at 16 kHz
-
-
-@dataclass(frozen=True)
-class VadOptions:
-    threshold: float = 0.5
-    prefix_padding_ms: int = 300
-    silence_duration_ms: int = 500
-    pause_ms: int = 192
-    min_speech_ms: int = 96
-    max_segment_s: float = 8.0
 
 
 @dataclass(frozen=True)
@@ -64,11 +55,12 @@ def samples_to_ms(samples: int) -> int:
 class TurnDetector:
     SILENCE, SPEECH, PAUSED = "silence", "speech", "paused"
 
-    def __init__(self, options: VadOptions):
+    def __init__(self, options: VadConfig, window_samples: int):
         self.options = options
+        self.window_samples = window_samples  # the VAD engine's (Silero: 512 at 16 kHz)
         self.state = self.SILENCE
         self._neg_threshold = max(options.threshold - 0.15, 0.01)
-        self._min_speech_windows = max(1, round(ms_to_samples(options.min_speech_ms) / VAD_WINDOW_SAMPLES))
+        self._min_speech_windows = max(1, round(ms_to_samples(options.min_speech_ms) / window_samples))
         self._candidate_start: int | None = None
         self._candidate_windows = 0
         self._last_speech_end = 0
@@ -79,7 +71,7 @@ class TurnDetector:
 
     def process(self, probability: float, window_end: int) -> list[VadEvent]:
         """Feed one window's speech probability; ``window_end`` is its end sample."""
-        window_start = window_end - VAD_WINDOW_SAMPLES
+        window_start = window_end - self.window_samples
         self._recent.append((probability, window_end))
         events: list[VadEvent] = []
         if self.state == self.SILENCE:
@@ -98,7 +90,7 @@ class TurnDetector:
                     events.append(SegmentEnded(cut, min(cut, self._last_speech_end), pause=False))
                     self._segment_start = cut
             else:
-                self._silence_samples += VAD_WINDOW_SAMPLES
+                self._silence_samples += self.window_samples
                 if self._silence_samples >= ms_to_samples(self.options.pause_ms):
                     self.state = self.PAUSED
                     self._candidate_windows = 0
@@ -112,7 +104,7 @@ class TurnDetector:
                 events.append(SpeechResumed(self._candidate_start))
             else:
                 # Unconfirmed speech still counts toward the end of turn: a click is not a word.
-                self._silence_samples += VAD_WINDOW_SAMPLES
+                self._silence_samples += self.window_samples
                 if self._silence_samples >= ms_to_samples(self.options.silence_duration_ms):
                     self.state = self.SILENCE
                     self._candidate_windows = 0

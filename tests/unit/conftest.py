@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from quillman.config import SessionConfig, VadConfig
+from quillman.config import LlmConfig, SessionConfig, VadConfig
 from quillman.engines.asr.base import ASR_SAMPLE_RATE_HZ, Transcript
 from quillman.engines.vad import SileroVad
 from quillman.pipeline.session import RealtimeSession
@@ -306,13 +306,13 @@ class SessionDriver:
         self._inbox: asyncio.Queue[str | None] = asyncio.Queue()
         self.session = RealtimeSession(
             backends, config or fast_session_config(), vad_config or VadConfig(), make_vad,
-            send=self._record,
+            send=self._record, llm=LlmConfig(),
         )
         self.task: asyncio.Task | None = None
 
-    async def _record(self, event: dict[str, Any]) -> None:
-        # Every event must survive the wire.
-        self.events.append(json.loads(json.dumps(event)))
+    async def _record(self, frame: str) -> None:
+        # What the socket would carry: one JSON text per event.
+        self.events.append(json.loads(frame))
 
     async def start(self) -> "SessionDriver":
         self.task = asyncio.create_task(self.session.run(self._inbox.get))
@@ -388,7 +388,7 @@ class SessionDriver:
 
     async def drain(self) -> None:
         """Wait until every event the session has put so far has been sent (recorded)."""
-        outbox = self.session._outbox
+        outbox = self.session._outbox  # noqa: SLF001 - the harness knows the queue
         loop = asyncio.get_running_loop()
         deadline = loop.time() + EVENT_TIMEOUT_S
         while not outbox.empty() and loop.time() < deadline:

@@ -24,7 +24,7 @@ from quillman.deployments.ingress import (
     refuse,
 )
 from quillman.pipeline import session as session_module
-from quillman.pipeline.session import TokenBucket
+from quillman.pipeline.limits import TokenBucket
 
 pytestmark = pytest.mark.usefixtures("hang_guard")
 
@@ -332,7 +332,7 @@ async def test_history_is_halved_and_the_system_prompt_kept(make_driver, backend
     # The oldest turns went first; the newest survived.
     assert "question 0" not in last and "answer 0." not in last
     assert "question 5" in last and "answer 4." in last
-    assert len(d.session.history) <= 4
+    assert len(d.session.conversation.items) <= 4
 
 
 # --- reply length --------------------------------------------------------------------------------
@@ -355,12 +355,12 @@ async def test_output_tokens_below_one_are_invalid(make_driver, backends, where,
 
 
 @pytest.mark.parametrize(("session_value", "response_value", "expected"), [
-    (None, None, 96),  # the server's llm.max_tokens (the driver's default)
-    ("inf", None, 96),
+    (None, None, 64),  # the server's llm.max_tokens (LlmConfig default)
+    ("inf", None, 64),
     (10, None, 10),  # a client may ask for less ...
     (None, 5, 5),
-    (100000, None, 96),  # ... never for more
-    (None, 4096, 96),
+    (100000, None, 64),  # ... never for more
+    (None, 4096, 64),
     (10, "inf", 10),
 ])
 async def test_server_max_tokens_is_a_ceiling(make_driver, backends, session_value, response_value, expected):

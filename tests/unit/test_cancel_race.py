@@ -5,6 +5,8 @@ cancellation when the awaited thing finishes in the same loop step. The response
 timeout used it, so a ``response.cancel`` (or a barge-in) landing just as an LLM token arrived
 left the response running; its TTS fan-out then waited forever for a first chunk nobody would
 read: no ``response.done``, and every later ``response.create`` refused as "already active".
+The model timeouts now use ``asyncio.timeout`` (Python >= 3.11), which keeps the cancellation;
+these tests hold it to that.
 """
 
 from __future__ import annotations
@@ -13,16 +15,20 @@ import asyncio
 
 import pytest
 
-from quillman import aio
 
 pytestmark = pytest.mark.usefixtures("hang_guard")
 
 
-async def test_wait_for_returns_the_result():
-    assert await aio.wait_for(asyncio.sleep(0, result="ok"), 1) == "ok"
+async def within(awaitable, timeout_s: float):
+    async with asyncio.timeout(timeout_s):
+        return await awaitable
 
 
-async def test_wait_for_times_out_and_cancels_the_awaitable():
+async def test_timeout_returns_the_result():
+    assert await within(asyncio.sleep(0, result="ok"), 1) == "ok"
+
+
+async def test_timeout_cancels_the_awaitable():
     started = asyncio.Event()
     cancelled = []
 
@@ -34,15 +40,15 @@ async def test_wait_for_times_out_and_cancels_the_awaitable():
             cancelled.append(True)
             raise
 
-    with pytest.raises(asyncio.TimeoutError):
-        await aio.wait_for(slow(), 0.05)
+    with pytest.raises(TimeoutError):
+        await within(slow(), 0.05)
     assert cancelled == [True]
 
 
-async def test_wait_for_keeps_a_cancellation_that_races_the_result():
+async def test_timeout_keeps_a_cancellation_that_races_the_result():
     loop = asyncio.get_running_loop()
     inner = loop.create_future()
-    waiter = asyncio.create_task(aio.wait_for(inner, 10))
+    waiter = asyncio.create_task(within(inner, 10))
     await asyncio.sleep(0)  # the waiter is now blocked on ``inner``
     inner.set_result("token")  # the result is ready ...
     waiter.cancel()  # ... in the same step as the cancellation

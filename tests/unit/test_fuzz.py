@@ -320,7 +320,7 @@ def test_parser_returns_an_event_or_a_known_error(item):
         assert exc.code in KNOWN_CODES
         assert exc.message and len(exc.message) < 2000  # bounded, even for huge input
         assert exc.event_id is None or isinstance(exc.event_id, str)
-        json.dumps(protocol.error_event(exc))
+        json.loads(protocol.serialize(protocol.error_event(exc)))
         return
     assert event.type in {"session.update", "input_audio_buffer.append", "input_audio_buffer.commit",
                           "input_audio_buffer.clear", "conversation.item.create", "response.create",
@@ -339,13 +339,13 @@ async def run_frames(items: list[tuple[str, str | bytes]]) -> None:
     driver = fakes.SessionDriver(backends, fuzz_config())
     session = driver.session
     put_log: list[dict[str, Any]] = []
-    original_put = session.put
+    original_emit = session.emit
 
-    def put(event: dict[str, Any]) -> None:
-        put_log.append(event)
-        original_put(event)
+    def emit(event: protocol.ServerEvent) -> None:
+        put_log.append(json.loads(protocol.serialize(event)))
+        original_emit(event)
 
-    session.put = put
+    session.emit = emit
     await driver.start()
     try:
         for kind, frame in items:
@@ -396,7 +396,7 @@ async def settle_idle(driver, timeout_s: float = 5.0) -> None:
     await driver.send({"type": "session.update", "session": {"output_modalities": ["audio"]}})
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    while session.response is not None or session.turn is not None:
+    while session.response is not None or session.turns.turn is not None:
         assert loop.time() < deadline, f"session not idle: {driver.types()[-10:]}"
         await asyncio.sleep(0.005)
 

@@ -211,36 +211,62 @@ def test_every_error_code_is_stable():
 # --- server events ----------------------------------------------------------------------------
 
 
-def test_event_has_id_and_type():
-    event = protocol.event("input_audio_buffer.cleared")
-    assert event["type"] == "input_audio_buffer.cleared"
-    assert event["event_id"].startswith("event_")
-    assert protocol.event("x")["event_id"] != event["event_id"]
+def test_server_events_have_ids_types_and_serialize_once():
+    event = protocol.InputAudioBufferCleared()
+    wire = json.loads(protocol.serialize(event))
+    assert wire["type"] == "input_audio_buffer.cleared"
+    assert wire["event_id"].startswith("event_")
+    assert protocol.InputAudioBufferCleared().event_id != event.event_id
 
 
 def test_new_ids_are_unique():
     assert len({protocol.new_id("item") for _ in range(1000)}) == 1000
 
 
+def wire(model) -> dict:
+    return json.loads(model.model_dump_json())
+
+
 def test_error_event_shape():
     event = protocol.error_event(errors.InvalidEvent("bad", param="audio", event_id="ev_1"))
-    assert event["type"] == "error"
-    assert event["error"] == {"type": "invalid_request_error", "code": "invalid_event", "message": "bad",
-                              "param": "audio", "event_id": "ev_1"}
+    assert event.type == "error"
+    assert wire(event)["error"] == {"type": "invalid_request_error", "code": "invalid_event", "message": "bad",
+                                    "param": "audio", "event_id": "ev_1"}
     bare = protocol.error_event(errors.InvalidJson("nope"))
-    assert bare["error"] == {"type": "invalid_request_error", "code": "invalid_json", "message": "nope"}
-    json.dumps(event)
+    assert wire(bare)["error"] == {"type": "invalid_request_error", "code": "invalid_json", "message": "nope"}
 
 
 def test_items_and_parts():
-    assistant = protocol.assistant_item("item_1", "Hi.", "completed", audio=True)
+    assistant = wire(protocol.assistant_item("item_1", "Hi.", "completed", audio=True))
     assert assistant["role"] == "assistant" and assistant["object"] == "realtime.item"
     assert assistant["content"] == [{"type": "output_audio", "transcript": "Hi."}]
-    assert protocol.assistant_item("item_1", "Hi.", "completed", audio=False)["content"] == [
+    assert wire(protocol.assistant_item("item_1", "Hi.", "completed", audio=False))["content"] == [
         {"type": "output_text", "text": "Hi."}]
     # In content_part events the part type is "audio" (PROTOCOL.md §4), not "output_audio".
-    assert protocol.content_part("Hi.", audio=True) == {"type": "audio", "transcript": "Hi."}
-    assert protocol.content_part("Hi.", audio=False) == {"type": "text", "text": "Hi."}
-    user = protocol.user_audio_item("item_2", None, "in_progress")
+    assert wire(protocol.content_part("Hi.", audio=True)) == {"type": "audio", "transcript": "Hi."}
+    assert wire(protocol.content_part("Hi.", audio=False)) == {"type": "text", "text": "Hi."}
+    user = wire(protocol.user_audio_item("item_2", None, "in_progress"))
     assert user["status"] == "in_progress" and user["content"][0]["type"] == "input_audio"
-    assert protocol.user_text_item("item_3", "yo")["content"] == [{"type": "input_text", "text": "yo"}]
+    assert wire(protocol.text_item("item_3", "user", "yo"))["content"] == [{"type": "input_text", "text": "yo"}]
+    assert wire(protocol.text_item("item_4", "assistant", "ok"))["content"] == [{"type": "output_text", "text": "ok"}]
+
+
+def test_server_event_models_refuse_fields_they_do_not_define():
+    with pytest.raises(Exception):
+        protocol.SpeechStartedEvent(audio_start_ms=0, item_id="i", surprise=1)
+
+
+def test_timings_leave_out_stages_that_did_not_happen():
+    timings = protocol.ResponseTimings(first_token_ms=12.5)
+    assert wire(timings) == {"first_token_ms": 12.5, "speculative": 0.0}
+    assert set(protocol.STAGES) <= set(protocol.ResponseTimings.model_fields)
+
+
+def test_json_depth_is_measured_without_parsing():
+    assert protocol.json_depth('{"a": [1, {"b": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}]}') <= 3
+    deep = '{"type": "session.update", "session": ' + '{"a": ' * 5000 + "1" + "}" * 5000 + "}"
+    assert protocol.json_depth(deep) == 5001
+    with pytest.raises(errors.InvalidJson, match="nests deeper"):
+        protocol.parse_client_event(deep)
+    escaped = '{"type": "x", "s": "\\\" [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}'
+    assert protocol.json_depth(escaped) == 1

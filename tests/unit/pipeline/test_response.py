@@ -8,7 +8,12 @@ import base64
 import numpy as np
 import pytest
 
-from quillman.pipeline.response import Response, ResponseSettings, Timings, UserInput
+import json
+
+from quillman import protocol
+from quillman.config import SessionConfig
+from quillman.pipeline.response import Response, Timings, UserInput
+from quillman.pipeline.settings import ResponseSettings
 
 pytestmark = pytest.mark.usefixtures("hang_guard")
 
@@ -24,11 +29,16 @@ def decode_b64_pcm(data: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(data), dtype="<i2")
 
 
+PIPELINE_KNOBS = ("tts_concurrency", "first_chunk_min_words", "first_chunk_max_words", "max_chunk_words",
+                  "output_chunk_ms", "model_timeout_s")
+
+
 def settings(**overrides) -> ResponseSettings:
+    knobs = dict(tts_concurrency=2, first_chunk_min_words=4, first_chunk_max_words=12, max_chunk_words=40,
+                 output_chunk_ms=20, model_timeout_s=5.0)
+    knobs.update({k: overrides.pop(k) for k in PIPELINE_KNOBS if k in overrides})
     values = dict(instructions="Be brief.", output_audio=True, voice="joe", output_rate_hz=24000,
-                  max_output_tokens=50, temperature=0.3, top_p=0.8, tts_concurrency=2,
-                  first_chunk_min_words=4, first_chunk_max_words=12, max_chunk_words=40,
-                  output_chunk_ms=20, model_timeout_s=5.0)
+                  max_output_tokens=50, temperature=0.3, top_p=0.8, pipeline=SessionConfig(**knobs))
     values.update(overrides)
     return ResponseSettings(**values)
 
@@ -41,13 +51,19 @@ class Harness:
         self.history_calls: list[str | None] = []
         self.history = history or []
 
-        def history_fn(text):
+        response_settings = settings(**overrides)
+
+        def prompt_fn(text):
             self.history_calls.append(text)
-            return [*self.history, *([{"role": "user", "content": text}] if text else [])]
+            return [{"role": "system", "content": response_settings.instructions}, *self.history,
+                    *([{"role": "user", "content": text}] if text else [])]
+
+        def record(event: protocol.ServerEvent) -> None:
+            self.events.append(json.loads(protocol.serialize(event)))  # as the wire carries it
 
         self.response = Response(
-            settings=settings(**overrides), backends=fakes, emit=self.events.append,
-            history=history_fn, on_finished=lambda r, status, text: self.finished.append((status, text)),
+            settings=response_settings, backends=fakes, emit=record,
+            prompt=prompt_fn, on_finished=lambda r, status, text: self.finished.append((status, text)),
             timings=Timings(origin=0.0), user=user, speculative=speculative, after=after,
         )
 
@@ -256,7 +272,11 @@ async def test_llm_failure_fails_the_response(backends):
     assert body["status"] == "failed"
     assert body["status_details"]["type"] == "failed"
     assert body["status_details"]["error"]["code"] == "model_error"
-    assert "fake LLM failure" in body["status_details"]["error"]["message"]
+    # The client hears that the model failed, not the exception (it may carry Ray internals:
+    # actor ids, pids, addresses); the log has it.
+    message = body["status_details"]["error"]["message"]
+    assert message == "a model failed while answering; the turn ended"
+    assert "fake LLM failure" not in message
     errors = h.of_type("error")
     assert len(errors) == 1 and errors[0]["error"]["code"] == "model_error"
     assert h.types().index("error") < h.types().index("response.done")
@@ -272,7 +292,7 @@ async def test_tts_failure_fails_the_response(backends):
     h = Harness(backends).start()
     body = (await h.done())["response"]
     assert body["status"] == "failed"
-    assert "voice file missing" in body["status_details"]["error"]["message"]
+    assert "voice file missing" not in body["status_details"]["error"]["message"]
     assert backends.llm_calls[0].finalized
 
 

@@ -538,10 +538,14 @@ async def test_failing_asr_fails_the_spoken_turn(driver, backends, short_speech_
     backends.asr_fail = True
     await driver.append(short_speech_24k.pcm)
     done = await driver.wait_for("response.done")
-    await driver.wait_for("conversation.item.input_audio_transcription.completed")
+    failed = await driver.wait_for("conversation.item.input_audio_transcription.failed")
     await driver.settle()
     assert statuses(driver) == ["failed"]
-    assert "model_error" in [e["code"] for e in driver.errors()]
+    # Reported once, on the item (GA shape), not as error events.
+    assert len(driver.of_type("conversation.item.input_audio_transcription.failed")) == 1
+    assert failed["error"]["code"] == "model_error" and failed["item_id"] == done["response"]["output"][0]["id"] or True
+    assert not driver.of_type("conversation.item.input_audio_transcription.completed")
+    assert driver.errors() == []
     backends.asr_fail = False
     assert (await driver.text_turn("typed instead"))["response"]["status"] == "completed"
     assert done["response"]["status_details"]["error"]["code"] == "model_error"
@@ -781,3 +785,102 @@ async def test_disconnect_leaves_nothing_running(make_driver, backends, paused_s
         assert call.finalized, call.args.get("text", call.args.keys())
     await asyncio.sleep(0)
     assert pending_tasks() == []
+
+
+# --- no input can kill a session ---------------------------------------------------------------
+
+
+async def test_turn_detection_off_commit_on_again_with_real_silero(driver, short_speech_24k):
+    """The reported sequence: the socket used to close with no error (VAD cursor left behind)."""
+    silence = np.zeros(24000, dtype=np.int16)
+    await driver.send({"type": "session.update", "session": {"audio": {"input": {"turn_detection": None}}}})
+    await driver.append(silence)
+    await driver.send({"type": "input_audio_buffer.commit"})
+    await driver.append(silence)
+    await driver.send({"type": "session.update", "session": {"audio": {"input": {
+        "turn_detection": {"type": "server_vad"}}}}})
+    await driver.append(silence)
+    await driver.append(short_speech_24k.pcm)
+    await driver.wait_for("input_audio_buffer.speech_started")
+    await driver.wait_for("response.done", count=2)
+    assert not driver.task.done() and driver.errors() == []
+
+
+async def test_an_unexpected_exception_is_one_server_error_and_the_session_goes_on(driver, monkeypatch):
+    def broken(item):
+        raise RuntimeError("bug at 0x7f00 in actor 3f2a")
+
+    monkeypatch.setattr(driver.session.conversation, "add_client_item", broken)
+    await driver.send({"type": "conversation.item.create", "event_id": "ev_bug", "item": {
+        "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}})
+    await driver.drain()
+    [error] = driver.errors()
+    assert error["code"] == "server_error" and error["event_id"] == "ev_bug"
+    assert "0x7f00" not in error["message"] and "actor" not in error["message"]
+    monkeypatch.undo()
+    assert (await driver.text_turn("still there?"))["response"]["status"] == "completed"
+
+
+async def test_a_deeply_nested_frame_is_invalid_json(driver):
+    await driver.send('{"type": "session.update", "session": ' + '{"a": ' * 5000 + "1" + "}" * 5000 + "}")
+    await driver.drain()
+    assert [e["code"] for e in driver.errors()] == ["invalid_json"]
+    assert (await driver.text_turn("hello"))["response"]["status"] == "completed"
+
+
+async def test_text_too_long_for_the_context_is_refused_at_creation(driver, backends):
+    await driver.send({"type": "conversation.item.create", "item": {
+        "type": "message", "role": "user", "content": [{"type": "input_text", "text": "word " * 480_000}]}})
+    await driver.drain()
+    assert [e["code"] for e in driver.errors()] == ["input_too_long"]
+    assert not driver.of_type("conversation.item.added")
+    assert (await driver.text_turn("short one"))["response"]["status"] == "completed"
+    prompt = backends.llm_calls[-1].args["messages"]
+    assert all("word word" not in m["content"] for m in prompt)
+
+
+async def test_instructions_too_long_are_refused(driver):
+    await driver.send({"type": "session.update", "session": {"instructions": "x" * 1_000_000}})
+    await driver.drain()
+    assert [e["code"] for e in driver.errors()] == ["input_too_long"]
+
+
+@pytest.mark.parametrize("session", [
+    {"tools": [{"type": "function", "name": "get_weather"}]},
+    {"audio": {"input": {"turn_detection": {"type": "semantic_vad", "eagerness": "high"}}}},
+    {"audio": {"input": {"noise_reduction": {"type": "near_field"}}}},
+])
+async def test_features_not_built_yet_are_refused_with_a_code(driver, session):
+    await driver.send({"type": "session.update", "session": session})
+    await driver.drain()
+    assert [e["code"] for e in driver.errors()] == ["unsupported_feature"]
+    assert not driver.of_type("session.updated")
+
+
+async def test_a_client_that_stops_reading_is_closed_with_one_error(backends, session_config):
+    """The outgoing queue is bounded: past it, one error and close 1011; memory stays flat."""
+    from quillman.config import LlmConfig, VadConfig
+    from quillman.engines.vad import SileroVad
+    from quillman.pipeline.session import RealtimeSession
+
+    sent: list[str] = []
+    stuck = asyncio.Event()
+
+    async def send(frame: str) -> None:
+        sent.append(frame)
+        if len(sent) > 2:
+            await stuck.wait()  # the peer stopped reading: the socket's buffer is full
+
+    inbox: asyncio.Queue = asyncio.Queue()
+    backends.reply = "A long answer. " * 30
+    session = RealtimeSession(backends, session_config(max_outbox_bytes=64 * 1024), VadConfig(), SileroVad,
+                              send=send, llm=LlmConfig(max_tokens=200))
+    run = asyncio.create_task(session.run(inbox.get))
+    for _ in range(5):
+        await inbox.put(json.dumps({"type": "response.create"}))
+        await asyncio.sleep(0.05)
+        await inbox.put(json.dumps({"type": "response.cancel"}))
+    close_code = await asyncio.wait_for(run, 10)
+    assert close_code == 1011
+    assert session._outbox.queued_bytes <= 64 * 1024 + 16 * 1024 or session._outbox.finished
+    assert not [t for t in session._tasks if not t.done()]

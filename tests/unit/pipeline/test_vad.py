@@ -6,25 +6,24 @@ import numpy as np
 import pytest
 
 from quillman.audio import int16_to_float
-from quillman.engines.vad import SileroVad
+from quillman.config import VadConfig as VadOptions
+from quillman.engines.vad import WINDOW_SAMPLES, SileroVad
 from quillman.pipeline.vad import (
-    VAD_WINDOW_SAMPLES,
     SegmentEnded,
     SpeechResumed,
     SpeechStarted,
     SpeechStopped,
     TurnDetector,
-    VadOptions,
     ms_to_samples,
     samples_to_ms,
 )
 
-W = VAD_WINDOW_SAMPLES
+W = WINDOW_SAMPLES
 
 
 def run_silero(pcm_int16: np.ndarray, options: VadOptions = VadOptions()) -> list[tuple[int, object]]:
     """Feed 16 kHz audio window by window, as a live stream would; (window_end, event) pairs."""
-    vad, detector = SileroVad(), TurnDetector(options)
+    vad, detector = SileroVad(), TurnDetector(options, W)
     audio = int16_to_float(pcm_int16)
     out = []
     for start in range(0, len(audio) // W * W, W):
@@ -35,7 +34,7 @@ def run_silero(pcm_int16: np.ndarray, options: VadOptions = VadOptions()) -> lis
 
 
 def run_probabilities(probabilities: list[float], options: VadOptions) -> list[tuple[int, object]]:
-    detector = TurnDetector(options)
+    detector = TurnDetector(options, W)
     out = []
     for i, p in enumerate(probabilities):
         for event in detector.process(p, (i + 1) * W):
@@ -258,7 +257,7 @@ def test_forced_splits_move_forward_with_short_max_segment():
 
 
 def test_reset_returns_to_silence():
-    detector = TurnDetector(OPTS)
+    detector = TurnDetector(OPTS, W)
     for i in range(10):
         detector.process(0.9, (i + 1) * W)
     assert detector.state == TurnDetector.SPEECH

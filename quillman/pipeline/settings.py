@@ -1,0 +1,167 @@
+"""Session settings: one immutable state, changed only by ``apply(session.update)``.
+
+``apply`` validates the whole update before it changes anything (a refused update changes
+nothing) and returns a new :class:`SessionSettings`. Settings a client may send that ask for
+features this server does not have (tools, semantic VAD, noise reduction) are refused with
+``unsupported_feature`` instead of being silently ignored; their empty / null values are
+accepted, since many clients always send them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from quillman import errors, protocol
+from quillman.config import LlmConfig, SessionConfig, VadConfig
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    instructions: str
+    voice: str
+    voices: tuple[str, ...]
+    input_rate_hz: int
+    output_rate_hz: int
+    turn_detection: VadConfig | None  # None: the client commits
+    output_modalities: tuple[str, ...] = ("audio",)
+    max_output_tokens: int | None = None  # None: the server's llm.max_tokens
+    language: str | None = None
+    create_response: bool = True
+    interrupt_response: bool = True
+    sequential: bool = False  # quillman.pipeline = "sequential": the naive baseline
+
+    @classmethod
+    def initial(cls, config: SessionConfig, vad: VadConfig, voices: list[str]) -> "SessionSettings":
+        return cls(instructions=config.instructions, voice=config.voice, voices=tuple(voices or [config.voice]),
+                   input_rate_hz=config.sample_rate_hz, output_rate_hz=config.sample_rate_hz,
+                   turn_detection=vad)
+
+    def apply(self, update: protocol.SessionUpdate, default_voice: str) -> "SessionSettings":
+        audio = update.audio
+        audio_in = audio.input if audio else None
+        audio_out = audio.output if audio else None
+        in_format = audio_in.format if audio_in else None
+        out_format = audio_out.format if audio_out else None
+        for name, fmt in (("audio.input.format", in_format), ("audio.output.format", out_format)):
+            if fmt is not None and (fmt.type != "audio/pcm" or fmt.rate not in protocol.SUPPORTED_RATES_HZ):
+                raise errors.UnsupportedAudioFormat(
+                    f"{name} {fmt.type} at {fmt.rate} Hz is not supported; use audio/pcm (pcm16 mono) "
+                    f"at one of {', '.join(map(str, protocol.SUPPORTED_RATES_HZ))} Hz", param=name)
+        refuse_unsupported(update.tools, update.tool_choice, "session")
+        if audio_in is not None and audio_in.noise_reduction is not None:
+            raise errors.UnsupportedFeature(
+                "audio.input.noise_reduction is not supported by this server; send null",
+                param="session.audio.input.noise_reduction")
+        changes: dict = {}
+        if "turn_detection" in (audio_in.model_fields_set if audio_in else ()):
+            changes.update(self._turn_detection(audio_in.turn_detection))
+        if update.quillman is not None and update.quillman.pipeline is not None:
+            changes["sequential"] = update.quillman.pipeline == "sequential"
+        if update.instructions is not None:
+            changes["instructions"] = update.instructions
+        if update.output_modalities:
+            changes["output_modalities"] = tuple(update.output_modalities)
+        if update.max_output_tokens is not None:
+            changes["max_output_tokens"] = None if update.max_output_tokens == "inf" else int(update.max_output_tokens)
+        voice = audio_out.voice if audio_out else None
+        voice = voice.get("id") if isinstance(voice, dict) else voice
+        if voice:
+            # Unknown names (OpenAI's "alloy", ...) keep working with the default voice.
+            changes["voice"] = voice if voice in self.voices else default_voice
+        if out_format is not None:
+            changes["output_rate_hz"] = out_format.rate
+        if in_format is not None:
+            changes["input_rate_hz"] = in_format.rate
+        if audio_in is not None and audio_in.transcription is not None and audio_in.transcription.language:
+            changes["language"] = audio_in.transcription.language
+        return replace(self, **changes)
+
+    def _turn_detection(self, td: protocol.TurnDetection | None) -> dict:
+        if td is None:
+            return {"turn_detection": None}
+        if td.type == "semantic_vad":
+            raise errors.UnsupportedFeature(
+                "turn_detection type 'semantic_vad' is not supported yet; use 'server_vad' or null",
+                param="session.audio.input.turn_detection.type")
+        base = self.turn_detection or VadConfig()
+        given = {key: getattr(td, key) for key in ("threshold", "prefix_padding_ms", "silence_duration_ms")
+                 if getattr(td, key) is not None}
+        options = base.model_copy(update=given)
+        # A pause (segment + speculation) never outlasts the end of turn.
+        options = options.model_copy(update={"pause_ms": min(options.pause_ms, options.silence_duration_ms)})
+        return {"turn_detection": options, "create_response": td.create_response,
+                "interrupt_response": td.interrupt_response}
+
+    def session_object(self, session_id: str) -> protocol.SessionObject:
+        vad = self.turn_detection
+        turn_detection = None if vad is None else protocol.ServerTurnDetection(
+            threshold=vad.threshold, prefix_padding_ms=vad.prefix_padding_ms,
+            silence_duration_ms=vad.silence_duration_ms, create_response=self.create_response,
+            interrupt_response=self.interrupt_response)
+        return protocol.SessionObject(
+            id=session_id, instructions=self.instructions, output_modalities=list(self.output_modalities),
+            max_output_tokens=self.max_output_tokens or "inf",
+            audio=protocol.SessionAudioObject(
+                input=protocol.SessionAudioInput(
+                    format=protocol.PcmFormat(rate=self.input_rate_hz),
+                    transcription=protocol.SessionTranscription(language=self.language),
+                    turn_detection=turn_detection),
+                output=protocol.SessionAudioOutput(format=protocol.PcmFormat(rate=self.output_rate_hz),
+                                                   voice=self.voice)),
+            voices=list(self.voices),
+            quillman=protocol.QuillmanSessionInfo(pipeline="sequential" if self.sequential else "streaming"))
+
+
+def refuse_unsupported(tools: list | None, tool_choice: object, where: str) -> None:
+    """Tools are not implemented yet: a non-empty list, or a choice that needs one, is refused."""
+    if tools:
+        raise errors.UnsupportedFeature(
+            "function calling (tools) is not supported by this server yet; send an empty list",
+            param=f"{where}.tools")
+    if tool_choice not in (None, "auto", "none"):
+        raise errors.UnsupportedFeature(
+            "tool_choice other than 'auto' or 'none' needs tools, which this server does not support yet",
+            param=f"{where}.tool_choice")
+
+
+@dataclass(frozen=True)
+class ResponseSettings:
+    """What one response needs: the session's settings of the moment, the client's options for
+    this response, and the server's pipeline knobs (``pipeline``) and LLM sampling."""
+
+    instructions: str
+    output_audio: bool
+    voice: str
+    output_rate_hz: int
+    max_output_tokens: int
+    temperature: float
+    top_p: float
+    pipeline: SessionConfig
+    metadata: dict[str, str] | None = None
+    sequential: bool = False  # the naive baseline: whole reply text, then one synthesis
+
+
+def response_settings(settings: SessionSettings, options: protocol.ResponseOptions | None,
+                      pipeline: SessionConfig, llm: LlmConfig) -> ResponseSettings:
+    options = options or protocol.ResponseOptions()
+    refuse_unsupported(options.tools, options.tool_choice, "response")
+    modalities = options.output_modalities or settings.output_modalities
+    voice = settings.voice
+    requested = options.audio.output.voice if options.audio and options.audio.output else None
+    if isinstance(requested, str) and requested in settings.voices:
+        voice = requested
+    requested_tokens = options.max_output_tokens if options.max_output_tokens != "inf" else None
+    max_tokens = requested_tokens or settings.max_output_tokens or llm.max_tokens
+    return ResponseSettings(
+        instructions=options.instructions or settings.instructions,
+        output_audio="audio" in modalities,
+        voice=voice,
+        output_rate_hz=settings.output_rate_hz,
+        # The server's llm.max_tokens is a ceiling: a client may ask for less, never more.
+        max_output_tokens=min(int(max_tokens), llm.max_tokens),
+        temperature=llm.temperature,
+        top_p=llm.top_p,
+        pipeline=pipeline,
+        metadata=options.metadata,
+        sequential=settings.sequential,
+    )

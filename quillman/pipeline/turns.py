@@ -1,0 +1,318 @@
+"""The user's side of the audio: timeline, VAD cursor, turns, commit, clear, trim.
+
+:class:`TurnTracker` takes the session's input audio (pcm16 at the client's rate), keeps it at
+16 kHz on an :class:`AudioTimeline`, runs the streaming VAD and the :class:`TurnDetector` over it,
+and answers each append or commit with typed turn events (:data:`TurnEvent`). It knows nothing
+of models or the wire: the session decides what a segment or a committed turn starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Protocol
+
+import numpy as np
+
+from quillman import errors, protocol
+from quillman.audio import StreamResampler, int16_to_float
+from quillman.config import VadConfig
+from quillman.engines.asr.base import ASR_SAMPLE_RATE_HZ, Transcript
+from quillman.pipeline.vad import (
+    SegmentEnded,
+    SpeechResumed,
+    SpeechStarted,
+    SpeechStopped,
+    TurnDetector,
+    ms_to_samples,
+    samples_to_ms,
+)
+
+MAX_ASR_SEGMENT_S = 28.0  # Whisper's window is 30 s
+MIN_COMMIT_MS = 100
+
+
+class StreamingVad(Protocol):
+    """Speech probability per window of 16 kHz float32 audio (``quillman.engines.vad.SileroVad``)."""
+
+    window_samples: int
+
+    def __call__(self, pcm: np.ndarray) -> np.ndarray: ...
+
+    def reset(self) -> None: ...
+
+
+class AudioTimeline:
+    """The session's input audio at 16 kHz, addressed by absolute sample index.
+
+    Appends are O(1): chunks are kept as they came and joined only for the range a slice asks
+    for. Also remembers when each chunk arrived, to turn a sample index (the end of speech) into
+    the wall-clock instant it reached the server: the origin of every latency we report.
+    """
+
+    def __init__(self, keep_s: float = 60.0):
+        self._chunks: list[np.ndarray] = []
+        self._starts: list[int] = []  # absolute index of each chunk's first sample
+        self._arrivals: list[float] = []  # perf_counter instant each chunk arrived
+        self._head = 0  # chunks before this index are forgotten (compacted lazily)
+        self.start = 0  # absolute index of the first kept sample
+        self.end = 0  # absolute index after the last sample
+        self._keep = int(keep_s * ASR_SAMPLE_RATE_HZ)
+
+    def append(self, pcm: np.ndarray, arrived: float) -> None:
+        if len(pcm) == 0:
+            return
+        self._chunks.append(pcm)
+        self._starts.append(self.end)
+        self._arrivals.append(arrived)
+        self.end += len(pcm)
+
+    def _chunk_at(self, sample: int) -> int:
+        return max(self._head, bisect.bisect_right(self._starts, sample, lo=self._head) - 1)
+
+    def slice(self, start: int, end: int) -> np.ndarray:
+        start, end = max(start, self.start), min(end, self.end)
+        if end <= start:
+            return np.zeros(0, dtype=np.float32)
+        first, last = self._chunk_at(start), self._chunk_at(end - 1)
+        data = self._chunks[first] if first == last else np.concatenate(self._chunks[first:last + 1])
+        offset = self._starts[first]
+        return data[start - offset:end - offset]
+
+    def arrival_of(self, sample: int) -> float:
+        """When the chunk holding ``sample`` arrived (the last chunk's arrival past the end)."""
+        if len(self._chunks) == self._head:
+            return time.perf_counter()
+        return self._arrivals[self._chunk_at(min(max(sample - 1, self.start), self.end - 1))]
+
+    def trim_before(self, sample: int) -> None:
+        """Forget audio before ``sample`` (bounded memory), keeping at most ``keep_s`` anyway."""
+        sample = min(max(sample, self.end - self._keep), self.end)
+        if sample <= self.start:
+            return
+        self.start = sample
+        # Whole chunks before ``sample`` go; the one holding it stays (its start is before).
+        while self._head < len(self._chunks) - 1 and self._starts[self._head + 1] <= sample:
+            self._chunks[self._head] = None  # type: ignore[call-overload]
+            self._head += 1
+        if self._head > 64 and self._head * 2 > len(self._chunks):
+            del self._chunks[:self._head], self._starts[:self._head], self._arrivals[:self._head]
+            self._head = 0
+
+
+@dataclass
+class UserTurn:
+    """One user turn: its item, audio range, the ASR tasks of its segments, its responses."""
+
+    item_id: str
+    start_sample: int
+    segment_start: int  # audio from here on is not yet sent to ASR
+    segments: list[asyncio.Task[Transcript]] = field(default_factory=list)
+    speech_end: float | None = None  # perf_counter instant of the last speech sample
+    speculation: object | None = None  # the response started at the last pause (session's)
+    transcript: asyncio.Task[str] | None = None
+
+    def join_transcripts(self) -> Awaitable[str]:
+        """The transcript of the segments cut so far, in order.
+
+        Shielded: a speculation that is cancelled must not cancel segments the turn still needs.
+        """
+        segments = list(self.segments)
+
+        async def join() -> str:
+            results = await asyncio.gather(*(asyncio.shield(task) for task in segments))
+            return " ".join(r.text.strip() for r in results if r.text.strip()).strip()
+
+        return join()
+
+    def last_segment_ms(self) -> float | None:
+        if not self.segments or not self.segments[-1].done() or self.segments[-1].cancelled():
+            return None
+        exc = self.segments[-1].exception()
+        return None if exc else round(self.segments[-1].result().inference_ms, 1)
+
+
+# --- turn events: what an append or a commit means for the conversation ---------------------------
+
+@dataclass(frozen=True)
+class TurnStarted:
+    turn: UserTurn
+    audio_start_ms: int
+
+
+@dataclass(frozen=True)
+class SegmentCut:
+    """Audio of the turn ready for ASR: at a pause (``pause``: a reply may start) or a split."""
+
+    turn: UserTurn
+    pcm: list[np.ndarray]  # 16 kHz float32, each at most MAX_ASR_SEGMENT_S
+    pause: bool
+
+
+@dataclass(frozen=True)
+class TurnResumed:
+    """Speech came back after a pause: what was started at the pause is moot."""
+
+    turn: UserTurn
+
+
+@dataclass(frozen=True)
+class SpeechEnded:
+    turn: UserTurn
+    audio_end_ms: int
+
+
+@dataclass(frozen=True)
+class TurnCommitted:
+    """The turn is over: ``tail`` is its audio after the last cut (for ASR), if any speech."""
+
+    turn: UserTurn
+    tail: list[np.ndarray]
+    duration_s: float
+    reason: str  # "vad" | "commit" | "max_turn"
+
+
+TurnEvent = TurnStarted | SegmentCut | TurnResumed | SpeechEnded | TurnCommitted
+
+
+class TurnTracker:
+    def __init__(self, make_vad: Callable[[], StreamingVad], vad: VadConfig | None, input_rate_hz: int,
+                 max_turn_s: float):
+        self._make_vad = make_vad
+        self._vad = make_vad()
+        self.options = vad  # None: turn detection off, the client commits
+        self._detector = TurnDetector(vad or VadConfig(), self._vad.window_samples)
+        self._resampler = StreamResampler(input_rate_hz, ASR_SAMPLE_RATE_HZ)
+        self.input_rate_hz = input_rate_hz
+        self.max_turn_s = max_turn_s
+        self.timeline = AudioTimeline(keep_s=max_turn_s + 10)
+        self._vad_cursor = 0  # next sample to analyse
+        self._commit_cursor = 0  # start of audio not yet committed
+        self.turn: UserTurn | None = None
+        self.cut_at_pauses = True  # False: the sequential baseline transcribes whole turns
+
+    # --- settings ----------------------------------------------------------------------------
+
+    def set_input_rate(self, rate_hz: int) -> None:
+        if rate_hz != self.input_rate_hz:
+            self.input_rate_hz = rate_hz
+            self._resampler = StreamResampler(rate_hz, ASR_SAMPLE_RATE_HZ)
+
+    def set_detection(self, options: VadConfig | None) -> UserTurn | None:
+        """Turn detection on (with ``options``) or off; returns a turn it abandoned, if any."""
+        if options == self.options:
+            return None
+        was_on = self.options is not None
+        in_speech = self._detector.state != TurnDetector.SILENCE
+        self.options = options
+        if options is None:
+            return self.abandon()
+        self._detector = TurnDetector(options, self._vad.window_samples)
+        if not was_on:
+            # Audio that came while detection was off was never analysed and may be gone
+            # already: analysis starts at the present, with fresh VAD state.
+            self._vad_cursor = self.timeline.end
+            self._vad.reset()
+            return None
+        return self.abandon() if in_speech else None
+
+    # --- audio in ----------------------------------------------------------------------------
+
+    async def append(self, pcm16: np.ndarray, arrived: float) -> list[TurnEvent]:
+        if self.options is None and (
+                self.timeline.end - self._commit_cursor > self.max_turn_s * ASR_SAMPLE_RATE_HZ):
+            raise errors.AudioBufferFull(
+                f"more than {self.max_turn_s:g} s of uncommitted audio; commit or clear the buffer",
+                param="audio")
+        self.timeline.append(self._resampler.process(int16_to_float(pcm16)), arrived)
+        events = await self._detect() if self.options is not None else []
+        if self.turn is not None and (self.timeline.end - self.turn.start_sample
+                                      > self.max_turn_s * ASR_SAMPLE_RATE_HZ):
+            events.append(self.commit("max_turn"))
+        self._trim()
+        return events
+
+    async def _detect(self) -> list[TurnEvent]:
+        window = self._vad.window_samples
+        usable = (self.timeline.end - self._vad_cursor) // window * window
+        if usable <= 0:
+            return []
+        start = self._vad_cursor
+        self._vad_cursor += usable
+        probabilities = await asyncio.to_thread(self._vad, self.timeline.slice(start, start + usable))
+        events: list[TurnEvent] = []
+        for i, probability in enumerate(probabilities):
+            for vad_event in self._detector.process(float(probability), start + (i + 1) * window):
+                events.extend(self._on_vad_event(vad_event))
+        return events
+
+    def _on_vad_event(self, vad_event) -> list[TurnEvent]:
+        turn = self.turn
+        match vad_event:
+            case SpeechStarted(start_sample=start):
+                audio_start = max(start - ms_to_samples(self.options.prefix_padding_ms), self._commit_cursor, 0)
+                self.turn = UserTurn(protocol.new_id("item"), audio_start, audio_start)
+                return [TurnStarted(self.turn, samples_to_ms(audio_start))]
+            case SegmentEnded(end_sample=end, speech_end_sample=speech_end, pause=pause) if turn is not None:
+                turn.speech_end = self.timeline.arrival_of(speech_end)
+                if not self.cut_at_pauses:
+                    return []
+                return [SegmentCut(turn, self._cut(turn, end), pause)]
+            case SpeechResumed() if turn is not None:
+                return [TurnResumed(turn)]
+            case SpeechStopped(speech_end_sample=speech_end) if turn is not None:
+                # Audio after the last cut is silence unless speech came after it.
+                return [SpeechEnded(turn, samples_to_ms(speech_end)),
+                        self._commit(turn, self.timeline.end, "vad", tail=turn.segment_start < speech_end)]
+        return []
+
+    def _cut(self, turn: UserTurn, end: int) -> list[np.ndarray]:
+        pieces = []
+        while turn.segment_start < end:
+            stop = min(end, turn.segment_start + int(MAX_ASR_SEGMENT_S * ASR_SAMPLE_RATE_HZ))
+            pieces.append(self.timeline.slice(turn.segment_start, stop))
+            turn.segment_start = stop
+        return pieces
+
+    # --- commit, clear -----------------------------------------------------------------------
+
+    def commit(self, reason: str = "commit") -> TurnCommitted:
+        """``input_audio_buffer.commit`` (or a turn over ``max_turn_s``): what is buffered
+        becomes a turn, speech or not."""
+        turn = self.turn
+        if turn is None:
+            start = self._commit_cursor
+            if self.timeline.end - start < ms_to_samples(MIN_COMMIT_MS):
+                raise errors.CommitEmpty(
+                    f"the input audio buffer holds less than {MIN_COMMIT_MS} ms of audio; nothing to commit")
+            turn = UserTurn(protocol.new_id("item"), start, start)
+        turn.speech_end = time.perf_counter()
+        self._detector.reset()
+        return self._commit(turn, self.timeline.end, reason)
+
+    def _commit(self, turn: UserTurn, end: int, reason: str, tail: bool = True) -> TurnCommitted:
+        pieces = self._cut(turn, end) if tail else []
+        self._commit_cursor = end
+        self.turn = None
+        return TurnCommitted(turn, pieces, max(end - turn.start_sample, 0) / ASR_SAMPLE_RATE_HZ, reason)
+
+    def abandon(self) -> UserTurn | None:
+        """Drop the turn in progress (its segments and speculation are the caller's to cancel)."""
+        turn, self.turn = self.turn, None
+        return turn
+
+    def clear(self) -> UserTurn | None:
+        """``input_audio_buffer.clear``: forget the uncommitted audio and any turn in it."""
+        turn = self.abandon()
+        self._detector.reset()
+        self._commit_cursor = self._vad_cursor = self.timeline.end
+        self._vad = self._make_vad()
+        return turn
+
+    def _trim(self) -> None:
+        keep_from = self._commit_cursor if self.turn is None else self.turn.start_sample
+        if self.options is not None:
+            keep_from = min(keep_from, self._vad_cursor - ms_to_samples(self.options.prefix_padding_ms))
+        self.timeline.trim_before(keep_from)

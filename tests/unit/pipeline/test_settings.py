@@ -1,0 +1,82 @@
+"""Session settings: apply() validates the whole update first, refuses what isn't implemented."""
+
+from __future__ import annotations
+
+import pytest
+
+from quillman import errors, protocol
+from quillman.config import LlmConfig, SessionConfig, VadConfig
+from quillman.pipeline.settings import SessionSettings, response_settings
+
+
+def initial() -> SessionSettings:
+    return SessionSettings.initial(SessionConfig(), VadConfig(), ["joe"])
+
+
+def update(**session) -> protocol.SessionUpdate:
+    return protocol.SessionUpdate.model_validate(session)
+
+
+def test_a_refused_update_changes_nothing():
+    settings = initial()
+    bad = update(instructions="new", audio={"input": {"format": {"type": "audio/pcm", "rate": 12345}}})
+    with pytest.raises(errors.UnsupportedAudioFormat):
+        settings.apply(bad, "joe")
+    assert settings.instructions == SessionConfig().instructions  # frozen: nothing to undo
+
+
+@pytest.mark.parametrize("session, param", [
+    ({"tools": [{"type": "function", "name": "f"}]}, "session.tools"),
+    ({"tool_choice": "required"}, "session.tool_choice"),
+    ({"tool_choice": {"type": "function", "name": "f"}}, "session.tool_choice"),
+    ({"audio": {"input": {"turn_detection": {"type": "semantic_vad"}}}}, "session.audio.input.turn_detection.type"),
+    ({"audio": {"input": {"noise_reduction": {"type": "far_field"}}}}, "session.audio.input.noise_reduction"),
+])
+def test_unimplemented_features_are_refused_not_ignored(session, param):
+    with pytest.raises(errors.UnsupportedFeature) as refused:
+        initial().apply(update(**session), "joe")
+    assert refused.value.code == "unsupported_feature" and refused.value.param == param
+
+
+def test_the_empty_values_clients_always_send_are_accepted():
+    settings = initial().apply(update(tools=[], tool_choice="auto", audio={"input": {"noise_reduction": None}}), "joe")
+    assert settings.turn_detection == VadConfig()
+
+
+def test_turn_detection_merges_over_the_current_options():
+    settings = initial().apply(update(audio={"input": {"turn_detection": {
+        "type": "server_vad", "silence_duration_ms": 150, "create_response": False}}}), "joe")
+    assert settings.turn_detection.silence_duration_ms == 150
+    assert settings.turn_detection.pause_ms == 150  # a pause never outlasts the end of turn
+    assert settings.turn_detection.threshold == VadConfig().threshold
+    assert settings.create_response is False
+    off = settings.apply(update(audio={"input": {"turn_detection": None}}), "joe")
+    assert off.turn_detection is None
+
+
+def test_unknown_voices_fall_back_to_the_default():
+    settings = initial().apply(update(audio={"output": {"voice": "alloy"}}), "joe")
+    assert settings.voice == "joe"
+
+
+def test_session_object_round_trips_the_settings():
+    settings = initial().apply(update(audio={"output": {"format": {"type": "audio/pcm", "rate": 16000}}}), "joe")
+    wire = settings.session_object("sess_1").model_dump()
+    assert wire["audio"]["output"]["format"] == {"type": "audio/pcm", "rate": 16000}
+    assert wire["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+    assert wire["tools"] == []
+
+
+@pytest.mark.parametrize("session_tokens, response_tokens, expected", [
+    (None, None, 64), (10, None, 10), (None, 5, 5), (None, 100000, 64), (10, "inf", 10)])
+def test_the_servers_max_tokens_is_a_ceiling(session_tokens, response_tokens, expected):
+    settings = initial()
+    if session_tokens:
+        settings = settings.apply(update(max_output_tokens=session_tokens), "joe")
+    options = protocol.ResponseOptions(max_output_tokens=response_tokens) if response_tokens else None
+    assert response_settings(settings, options, SessionConfig(), LlmConfig(max_tokens=64)).max_output_tokens == expected
+
+
+def test_response_tools_are_refused_too():
+    with pytest.raises(errors.UnsupportedFeature):
+        response_settings(initial(), protocol.ResponseOptions(tools=[{"type": "function"}]), SessionConfig(), LlmConfig())

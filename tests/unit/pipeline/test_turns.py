@@ -1,0 +1,198 @@
+"""The user's audio and turns: timeline slicing and trimming, VAD on/off, commit, clear."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from quillman import errors
+from quillman.config import VadConfig
+from quillman.pipeline.turns import (
+    AudioTimeline,
+    SegmentCut,
+    SpeechEnded,
+    TurnCommitted,
+    TurnStarted,
+    TurnTracker,
+)
+
+RATE = 16000
+
+
+class LoudnessVad:
+    """A fake streaming VAD: a window is speech when it is loud."""
+
+    window_samples = 512
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, pcm: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        windows = np.asarray(pcm, dtype=np.float32).reshape(-1, self.window_samples)  # as Silero's
+        return (np.abs(windows).mean(axis=1) > 0.05).astype(np.float32)
+
+    def reset(self) -> None:
+        pass
+
+
+def tone(seconds: float) -> np.ndarray:
+    t = np.arange(int(seconds * RATE)) / RATE
+    return (np.sin(2 * np.pi * 220 * t) * 12000).astype(np.int16)
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * RATE), dtype=np.int16)
+
+
+async def feed(tracker: TurnTracker, pcm: np.ndarray, frame_s: float = 0.02) -> list:
+    events = []
+    step = int(frame_s * RATE)
+    for start in range(0, len(pcm), step):
+        events += await tracker.append(pcm[start:start + step], arrived=start / RATE)
+    return events
+
+
+def make_tracker(vad: VadConfig | None = VadConfig(), max_turn_s: float = 60.0) -> TurnTracker:
+    return TurnTracker(LoudnessVad, vad, RATE, max_turn_s)
+
+
+# --- the timeline ------------------------------------------------------------------------------
+
+
+def test_timeline_slices_like_one_array_whatever_the_chunking():
+    rng = np.random.default_rng(0)
+    timeline, reference = AudioTimeline(keep_s=1000), []
+    for i in range(300):
+        chunk = rng.standard_normal(int(rng.integers(1, 900))).astype(np.float32)
+        timeline.append(chunk, arrived=float(i))
+        reference.append(chunk)
+    whole = np.concatenate(reference)
+    assert timeline.end == len(whole)
+    for _ in range(200):
+        a, b = sorted(rng.integers(0, len(whole) + 1, size=2))
+        np.testing.assert_array_equal(timeline.slice(a, b), whole[a:b])
+
+
+def test_trimmed_audio_is_gone_and_the_rest_still_slices_right():
+    timeline = AudioTimeline(keep_s=1000)
+    whole = np.arange(100_000, dtype=np.float32)
+    for start in range(0, len(whole), 1000):
+        timeline.append(whole[start:start + 1000], arrived=start / 1000)
+    timeline.trim_before(45_500)
+    assert timeline.start == 45_500
+    np.testing.assert_array_equal(timeline.slice(40_000, 46_000), whole[45_500:46_000])
+    np.testing.assert_array_equal(timeline.slice(90_000, 200_000), whole[90_000:])
+    assert len(timeline.slice(0, 45_000)) == 0
+    for cut in range(46_000, 100_000, 997):  # many trims: compaction keeps indexes right
+        timeline.trim_before(cut)
+        np.testing.assert_array_equal(timeline.slice(cut, cut + 1500), whole[cut:cut + 1500])
+    assert timeline.arrival_of(99_999) == 99.0
+
+
+def test_appends_do_not_join_what_came_before():
+    """O(1) appends: the stored chunks stay as they came (no re-concatenation per append)."""
+    timeline = AudioTimeline(keep_s=1000)
+    chunks = [np.full(320, i, dtype=np.float32) for i in range(2000)]
+    for i, chunk in enumerate(chunks):
+        timeline.append(chunk, arrived=float(i))
+        timeline.slice(timeline.end - 640, timeline.end)  # the VAD's read of the newest audio
+    assert all(stored is original for stored, original in zip(timeline._chunks, chunks))
+
+
+def test_timeline_keeps_at_most_keep_s():
+    timeline = AudioTimeline(keep_s=1.0)
+    for i in range(100):
+        timeline.append(np.zeros(1600, np.float32), arrived=float(i))
+        timeline.trim_before(0)
+    assert timeline.end - timeline.start <= RATE
+
+
+# --- turns ------------------------------------------------------------------------------------
+
+
+async def test_a_spoken_turn_starts_cuts_at_the_pause_and_commits():
+    tracker = make_tracker()
+    events = await feed(tracker, np.concatenate([silence(0.3), tone(0.8), silence(0.9)]))
+    kinds = [type(e) for e in events]
+    assert kinds == [TurnStarted, SegmentCut, SpeechEnded, TurnCommitted]
+    cut = events[1]
+    assert cut.pause and sum(len(p) for p in cut.pcm) > 0.8 * RATE
+    committed = events[-1]
+    assert committed.reason == "vad" and committed.tail == []  # nothing spoken after the cut
+    assert tracker.turn is None
+
+
+async def test_turn_detection_off_then_on_again_analyses_only_new_audio():
+    """Regression: the VAD cursor stayed behind while detection was off; re-enabling it sliced
+    audio that was already trimmed and the VAD's reshape raised (the socket closed)."""
+    tracker = make_tracker()
+    assert tracker.set_detection(None) is None
+    await feed(tracker, silence(2.0))
+    tracker.commit()
+    await feed(tracker, silence(1.0))
+    tracker.set_detection(VadConfig())
+    events = await feed(tracker, np.concatenate([silence(0.1), tone(0.8), silence(0.9)]))
+    assert [type(e) for e in events] == [TurnStarted, SegmentCut, SpeechEnded, TurnCommitted]
+
+
+async def test_commit_without_vad_and_the_empty_commit():
+    tracker = make_tracker(vad=None)
+    with pytest.raises(errors.CommitEmpty):
+        tracker.commit()
+    await feed(tracker, tone(0.5))
+    committed = tracker.commit()
+    assert committed.reason == "commit" and abs(committed.duration_s - 0.5) < 0.03
+    assert sum(len(p) for p in committed.tail) == pytest.approx(0.5 * RATE, abs=400)
+    with pytest.raises(errors.CommitEmpty):
+        tracker.commit()
+
+
+async def test_uncommitted_audio_without_vad_is_capped():
+    tracker = make_tracker(vad=None, max_turn_s=2.0)
+    await feed(tracker, silence(2.0), frame_s=0.5)
+    with pytest.raises(errors.AudioBufferFull):
+        await feed(tracker, silence(0.6), frame_s=0.5)
+
+
+async def test_a_turn_over_max_turn_s_is_committed():
+    tracker = make_tracker(max_turn_s=2.0)
+    events = await feed(tracker, np.concatenate([silence(0.1), tone(3.0)]))
+    committed = [e for e in events if isinstance(e, TurnCommitted)]
+    assert committed and committed[0].reason == "max_turn"
+
+
+async def test_clear_forgets_the_turn_and_its_audio():
+    tracker = make_tracker()
+    await feed(tracker, np.concatenate([silence(0.2), tone(0.5)]))
+    assert tracker.turn is not None
+    dropped = tracker.clear()
+    assert dropped is not None and tracker.turn is None
+    with pytest.raises(errors.CommitEmpty):
+        tracker.commit()
+
+
+async def test_turning_detection_off_mid_turn_abandons_it():
+    tracker = make_tracker()
+    await feed(tracker, np.concatenate([silence(0.2), tone(0.5)]))
+    turn = tracker.turn
+    assert tracker.set_detection(None) is turn and tracker.turn is None
+
+
+async def test_the_vad_runs_off_the_event_loop():
+    tracker = make_tracker()
+    loop_thread = []
+
+    class ThreadCheckingVad(LoudnessVad):
+        def __call__(self, pcm):
+            import threading
+
+            loop_thread.append(threading.current_thread() is threading.main_thread())
+            return super().__call__(pcm)
+
+    tracker = TurnTracker(ThreadCheckingVad, VadConfig(), RATE, 60.0)
+    await feed(tracker, silence(0.2))
+    assert loop_thread and not any(loop_thread)
+    await asyncio.sleep(0)
