@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: llama-wheel llama-builds-bench run doctor test install install-test system-deps unit e2e web-unit browser soak bench benchmarks clean distclean
+.PHONY: llama-wheel llama-builds-bench run doctor test install install-test install-bench system-deps unit e2e web-unit browser soak bench benchmarks clean distclean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -106,22 +106,28 @@ web-unit:
 browser: install-test
 	$(BIN)/python -m pytest -q -m browser tests/browser
 
-CONCURRENCY ?= 1,2,4
-# Against URL=ws://... if given, else starts its own server. Writes bench.json and bench.png.
+# The load tools (quillman/loadtest/: bench, soak, benchmarks/) need the bench extra (psutil,
+# jiwer, matplotlib) and espeak-ng; not the test extra.
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(BIN)/pip install -e '.[bench]'
+	touch $@
+
+install-bench: $(VENV)/.installed-bench system-deps
+
 # The long soak: N sessions for M minutes with barge-ins and disconnects; own server.
 SOAK_SESSIONS ?= 4
 SOAK_MINUTES ?= 10
-soak: install-test
-	$(BIN)/python benchmarks/soak.py --start --sessions $(SOAK_SESSIONS) --minutes $(SOAK_MINUTES) --json soak.json
+soak: install-bench
+	$(BIN)/python -m quillman.loadtest.soak --start --sessions $(SOAK_SESSIONS) --minutes $(SOAK_MINUTES) --json soak.json
 
-bench: install-test
-	$(BIN)/pip install -q -e '.[bench]'
+CONCURRENCY ?= 1,2,4
+# Against URL=ws://... if given, else starts its own server. Writes bench.json and bench.png.
+bench: install-bench
 	$(BIN)/quillman bench $(if $(URL),--url $(URL),--start) --concurrency $(CONCURRENCY) --turns 10 --baseline --markdown --json bench.json --plot bench.png
 
 # Every number in docs/benchmarks.md: bench sweep with the sequential baseline, engine
 # micro-benchmarks (plain vs. through Ray), the plot; rewrites the doc's generated blocks.
-benchmarks: install-test
-	$(BIN)/pip install -q -e '.[bench]'
+benchmarks: install-bench
 	benchmarks/run_all.sh
 
 # Keeps .wheels/ (built llama.cpp wheels, one folder per flag set); `make distclean` drops it too.

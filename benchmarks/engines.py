@@ -4,7 +4,7 @@ its Ray Serve deployment through a DeploymentHandle, same inputs, same run.
   python benchmarks/engines.py [--config serve_config.yaml] [--repeats 5] [--json out.json] [--markdown]
 
 Measured, each as the median over ``--repeats`` (the two sides alternate which goes first, so a
-noisy neighbour hurts both alike):
+noisy neighbour hurts both alike; medians and p95 by ``quillman.loadtest.report.percentile``):
 - ASR: latency and real-time factor (latency / audio length) per segment length;
 - LLM: time to first token and tokens/s of the streamed reply (temperature 0: same tokens both sides);
 - TTS: time to first chunk and real-time factor (synthesis time / audio length) per sentence;
@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,8 @@ from quillman.audio import int16_to_float  # noqa: E402
 from quillman.config import AppConfig  # noqa: E402
 from quillman.engines.asr.base import ASR_SAMPLE_RATE_HZ  # noqa: E402
 from quillman.engines.llm.base import GenerationParams  # noqa: E402
-from quillman.speech import QUESTIONS, espeak  # noqa: E402
+from quillman.loadtest.report import median, percentile  # noqa: E402
+from quillman.loadtest.speech import QUESTIONS, espeak  # noqa: E402
 
 SEGMENT_LENGTHS_S = (1.0, 2.0, 4.0, 8.0)
 LLM_PROMPTS = QUESTIONS[:4]
@@ -48,10 +48,6 @@ TTS_TEXTS = (
     "The sky looks blue on a clear day because air scatters blue light more than red light.",
 )
 LLM_MAX_TOKENS = 48
-
-
-def median(values: list[float]) -> float | None:
-    return round(statistics.median(values), 1) if values else None
 
 
 def ratio(ray_value: float | None, plain_value: float | None) -> float | None:
@@ -231,8 +227,8 @@ async def bench_round_trip(handles: dict[str, Any], repeats: int) -> list[dict[s
         plain = [(await timed(ping))[0] for _ in range(n)]
         ray = [(await timed(lambda: handle.ping.remote()))[0] for _ in range(n)]
         rows.append({"deployment": name, "calls": n,
-                     "plain_ms": round(statistics.median(plain), 4),
-                     "ray_p50_ms": median(ray), "ray_p95_ms": round(float(np.percentile(ray, 95)), 1)})
+                     "plain_ms": median(plain, 4),
+                     "ray_p50_ms": median(ray), "ray_p95_ms": percentile(ray, 95)})
         print(f"  handle round trip {name}: {rows[-1]['ray_p50_ms']} ms p50", file=sys.stderr)
     return rows
 
@@ -283,7 +279,7 @@ def stop_ray() -> None:
 
 
 def machine_info() -> dict[str, Any]:
-    from quillman.bench import machine_info as info
+    from quillman.loadtest.machine import machine_info as info  # psutil: the bench extra
 
     return info()
 
@@ -291,8 +287,7 @@ def machine_info() -> dict[str, Any]:
 def summary(report: dict[str, Any]) -> dict[str, Any]:
     """One overhead ratio per engine (median over its rows) and the handle round trip."""
     def med(values: list[float | None]) -> float | None:
-        values = [v for v in values if v is not None]
-        return round(statistics.median(values), 3) if values else None
+        return median([v for v in values if v is not None], 3)
 
     return {
         "asr_latency_ratio": med([r["ratio"] for r in report["asr"]]),

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,10 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # runnable from a checkout without installing
+
+from quillman.loadtest.report import median  # noqa: E402
+
 PROMPTS = ("What is the capital of France?", "Tell me a fun fact about the moon.",
            "How do I boil an egg?", "Why is the sky blue?")
 MAX_TOKENS = 48
@@ -105,10 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         if entry.get("error") and not entry["runs"]:
             print(f"| {entry['cpu']} | - | - | failed: {entry['error']} |")
             continue
-        ttft = statistics.median(r["ttft_ms"] for r in entry["runs"])
-        rates = [r["tokens_per_s"] for r in entry["runs"] if r["tokens_per_s"]]
-        entry["ttft_ms_p50"] = round(ttft, 1)
-        entry["tokens_per_s_p50"] = round(statistics.median(rates), 1) if rates else None
+        entry["ttft_ms_p50"] = median(r["ttft_ms"] for r in entry["runs"])
+        entry["tokens_per_s_p50"] = median(r["tokens_per_s"] for r in entry["runs"] if r["tokens_per_s"])
         features = " ".join(f.split(" = ")[0] for f in entry["system_info"].split(" | ")
                             if f.endswith(" = 1") and not f.startswith("CPU"))
         print(f"| {entry['cpu']} | {entry['ttft_ms_p50']} | {entry['tokens_per_s_p50']} | {features} |")

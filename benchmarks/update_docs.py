@@ -20,7 +20,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from quillman import bench as bench_mod  # noqa: E402
+from quillman.loadtest.report import markdown_report  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import engines as engines_mod  # noqa: E402
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     text = doc.read_text()
     text = replace_block(text, "machine", machine_block(bench, engines, args.note))
     text = replace_block(text, "headline", headline_block(bench, engines))
-    text = replace_block(text, "bench", bench_mod.markdown_report(bench))
+    text = replace_block(text, "bench", markdown_report(bench))
     if engines:
         text = replace_block(text, "engines", engines_mod.markdown(engines))
     doc.write_text(text)

@@ -12,7 +12,9 @@ import sys
 
 import pytest
 
-from quillman import bench
+from quillman.loadtest import bench
+from quillman.loadtest.report import SCHEMA_VERSION
+from quillman.metrics import STAGES
 
 pytestmark = pytest.mark.e2e
 
@@ -39,12 +41,12 @@ def check_level(level: dict, mode: str, concurrency: int, turns: int) -> None:
     lat = level["latency_ms"]
     assert lat["n"] == level["completed"]
     assert 0 < lat["min"] <= lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
-    assert set(level["server_stages_ms"]) == set(bench.STAGES)
+    assert set(level["server_stages_ms"]) == set(STAGES)
     assert level["server_stages_ms"]["first_audio_ms"]["p50"] is not None
     assert level["reply_rtf_mean"] > 0
     cpu = level["cpu"]
     assert cpu["cores"] >= 1
-    if cpu["mean_pct"] is not None:  # /proc/stat (Linux)
+    if cpu["mean_pct"] is not None:
         assert 0 <= cpu["mean_pct"] <= cpu["max_pct"] <= 100
 
 
@@ -55,7 +57,7 @@ def test_bench_cli_json_with_baseline(ws_url, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert report["schema"] == bench.SCHEMA_VERSION and report["url"] == ws_url
+    assert report["schema"] == SCHEMA_VERSION and report["url"] == ws_url
     assert {"cpu", "cores"} <= set(report["machine"])
     assert [(lvl["mode"], lvl["concurrency"]) for lvl in report["levels"]] == [("streaming", 1), ("sequential", 1)]
     check_level(report["levels"][0], "streaming", 1, 2)

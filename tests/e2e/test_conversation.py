@@ -13,8 +13,8 @@ import pytest
 import soundfile as sf
 
 from quillman.client import RealtimeClient
-from quillman.speech import spoken_question as spoken
-from quillman.speech import word_error_rate, word_recall
+from quillman.loadtest.speech import spoken_question as spoken
+from quillman.loadtest.speech import word_error_rate, word_recall
 
 pytestmark = pytest.mark.e2e
 

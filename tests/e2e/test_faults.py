@@ -10,31 +10,29 @@
   ``completed`` when the dead replica's part was already done), Serve starts a new replica, and
   the same session's next turn is answered.
 
-Replicas are found through /proc as the Ray processes behind the server's port (see
-benchmarks/soak.py), so only the server under test is touched; tests that need them skip when
+Replicas are found with psutil as the Ray processes behind the server's port (see
+quillman/loadtest/server.py), so only the server under test is touched; tests that need them skip when
 the server is not on this machine.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import signal
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from quillman.client import RealtimeClient
-from quillman.speech import QUESTIONS, spoken_question
+from quillman.loadtest.server import DEPLOYMENTS, ServerProcesses
+from quillman.loadtest.server import healthz as server_healthz
+from quillman.loadtest.speech import QUESTIONS, spoken_question
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
 CYCLES = 100
 PARALLEL = 4
 WARMUP_CYCLES = 12
@@ -49,28 +47,17 @@ RECOVERY_TIMEOUT_S = 150.0
 LONG_ANSWER = "Tell me a long story about a dragon and a knight."
 
 
-def _load_soak():
-    spec = importlib.util.spec_from_file_location("quillman_soak", ROOT / "benchmarks" / "soak.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-soak = _load_soak()
-
-
 @pytest.fixture(scope="module")
 def processes(server_url):
-    procs = soak.ServerProcesses(server_url)
+    procs = ServerProcesses(server_url)
     replicas = procs.replicas()
-    if not all(replicas.get(name) for name in soak.DEPLOYMENTS):
+    if not all(replicas.get(name) for name in DEPLOYMENTS):
         pytest.skip(f"the replicas of {server_url} are not on this machine: {replicas}")
     return procs
 
 
 async def healthz(server_url: str) -> tuple[int, dict]:
-    return await asyncio.to_thread(soak.healthz, server_url)
+    return await asyncio.to_thread(server_healthz, server_url)
 
 
 async def wait_until_idle(server_url: str, timeout_s: float = 30) -> dict:

@@ -19,7 +19,7 @@ import pytest
 
 from quillman.client import RealtimeClient
 from quillman.server_process import metrics_urls, parse_samples, scrape_quillman
-from quillman.speech import spoken_question
+from quillman.loadtest.speech import spoken_question
 
 pytestmark = pytest.mark.e2e
 

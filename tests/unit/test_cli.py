@@ -1,4 +1,8 @@
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from quillman.cli import main
 
@@ -17,3 +21,27 @@ def test_check_config_names_the_bad_setting(tmp_path, capsys):
     assert main(["check-config", str(bad)]) == 1
     out = capsys.readouterr().out
     assert "INVALID" in out and "no_such_knob" in out
+
+
+def test_bench_help_comes_from_the_loadtest_package(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: quillman bench") and "--concurrency" in out and "--baseline" in out
+
+
+def test_bench_without_its_extra_says_how_to_install(monkeypatch, capsys):
+    import quillman.loadtest
+
+    monkeypatch.setattr(quillman.loadtest, "missing_modules", lambda: ["psutil"])
+    assert main(["bench", "--url", "ws://127.0.0.1:1/v1/realtime"]) == 2
+    err = capsys.readouterr().err
+    assert "psutil" in err and "install the bench extra: pip install -e '.[bench]'" in err
+
+
+def test_the_runtime_cli_does_not_import_the_loadtest_tools():
+    # talk / say / doctor / check-config work without the bench extra installed.
+    code = ("import sys; from quillman.cli import main; from quillman import client, doctor; "
+            "assert not any(m.startswith('quillman.loadtest') for m in sys.modules), sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

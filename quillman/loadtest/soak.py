@@ -1,7 +1,7 @@
 """Soak test: N concurrent spoken sessions for M minutes, with barge-ins and disconnects mixed in.
 
-  python benchmarks/soak.py --sessions 4 --minutes 5 --json soak.json        # a running server
-  python benchmarks/soak.py --start --sessions 4 --minutes 10 --json soak.json  # serve run for the soak
+  python -m quillman.loadtest.soak --sessions 4 --minutes 5 --json soak.json        # a running server
+  python -m quillman.loadtest.soak --start --sessions 4 --minutes 10 --json soak.json  # serve run for the soak
 
 Each simulated user keeps a microphone open (20 ms frames at live pace: silence, then an
 espeak-ng question when it speaks) and holds a few turns per connection, then hangs up and
@@ -16,12 +16,13 @@ Checked, from the client side: every committed turn (``input_audio_buffer.commit
 connection that did not hang up gets exactly one ``response.done`` (responses of a session run
 in commit order, so the k-th ``response.done`` answers the k-th commit); no ``response.done``
 without a commit; no ``error`` events. From the server side (the Ray processes behind the port on
-this machine, found through /proc): replica PIDs unchanged (no crash or restart), ``/healthz``
-healthy throughout, and each deployment's resident memory before (after a warm-up) and after.
+this machine, found with psutil by :mod:`quillman.loadtest.server`): replica PIDs unchanged (no
+crash or restart), ``/healthz`` healthy throughout, and each deployment's resident memory (its
+replicas' process trees) before (after a warm-up) and after.
 
 Prints a summary; ``--json`` writes everything. Exit status 0 when nothing was lost, nothing
 crashed and memory grew less than ``--max-growth-mb`` per deployment.
-Also importable: the tests use :class:`ServerProcesses` to find (and kill) replicas.
+Latency percentiles: :func:`quillman.loadtest.report.percentile` (linear interpolation).
 """
 
 from __future__ import annotations
@@ -33,154 +34,27 @@ import json
 import os
 import random
 import signal
-import statistics
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 from websockets.protocol import State
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from quillman.client import DEFAULT_URL, RealtimeClient
+from quillman.loadtest.report import mean, percentile
+from quillman.loadtest.server import DEPLOYMENTS, ServerProcesses, healthz
+from quillman.loadtest.speech import QUESTIONS, spoken_question
+from quillman.server_process import http_url, serve_run
 
-from quillman.client import DEFAULT_URL, RealtimeClient  # noqa: E402
-from quillman.server_process import http_url, serve_run  # noqa: E402
-from quillman.speech import QUESTIONS, spoken_question  # noqa: E402
-
-DEPLOYMENTS = ("Ingress", "Transcriber", "LanguageModel", "Speaker")
 TURN_TIMEOUT_S = 120.0
 FRAME_MS = 20
 RATE_HZ = 24000
 LEAD_IN_SAMPLES = int(0.35 * RATE_HZ)  # an interruption starts at once: skip the clip's lead-in silence
-
-
-# --- the server's processes (this machine only, via /proc) -------------------------------------------
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", errors="replace")
-    except OSError:
-        return None
-
-
-def _ppid(pid: int) -> int | None:
-    stat = _read(f"/proc/{pid}/stat")
-    if stat is None:
-        return None
-    # The command may contain spaces and parentheses: the fields start after the last ')'.
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
-def _cmdline(pid: int) -> str:
-    return (_read(f"/proc/{pid}/cmdline") or "").replace("\x00", " ").strip()
-
-
-def _pids() -> list[int]:
-    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
-
-
-def listening_pid(port: int) -> int | None:
-    """The process with a TCP socket listening on ``port`` (Ray's HTTP proxy for a Serve port)."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in (_read(table) or "").splitlines()[1:]:
-            fields = line.split()
-            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(fields[9])
-    if not inodes:
-        return None
-    targets = {f"socket:[{inode}]" for inode in inodes}
-    for pid in _pids():
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                try:
-                    if os.readlink(f"/proc/{pid}/fd/{fd}") in targets:
-                        return pid
-                except OSError:
-                    continue
-        except OSError:
-            continue
-    return None
-
-
-def rss_mb(pid: int) -> float | None:
-    for line in (_read(f"/proc/{pid}/status") or "").splitlines():
-        if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return None
-
-
-def cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds the process has used so far."""
-    stat = _read(f"/proc/{pid}/stat")
-    if stat is None:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class ServerProcesses:
-    """The Serve replicas of the server behind ``url`` (a 127.0.0.1 port on this machine).
-
-    Ray's HTTP proxy listens on the port; the replicas are its siblings, children of the same
-    raylet, titled ``ray::ServeReplica:<app>:<Deployment>``. Another Ray instance on the machine
-    (another engineer's server on another port) has its own raylet and is never touched.
-    """
-
-    def __init__(self, url: str, app: str = "quillman"):
-        self.http = http_url(url)
-        self.port = int(self.http.rsplit(":", 1)[1]) if self.http.count(":") == 2 else 80
-        self.app = app
-
-    def raylet(self) -> int | None:
-        proxy = listening_pid(self.port)
-        return None if proxy is None else _ppid(proxy)
-
-    def replicas(self) -> dict[str, list[int]]:
-        """Deployment name -> PIDs of its live replicas (empty when the server isn't local)."""
-        raylet = self.raylet()
-        found: dict[str, list[int]] = {name: [] for name in DEPLOYMENTS}
-        if raylet is None:
-            return found
-        prefix = f"ray::ServeReplica:{self.app}:"
-        for pid in _pids():
-            if _ppid(pid) != raylet:
-                continue
-            title = _cmdline(pid)
-            if title.startswith(prefix):
-                name = title[len(prefix):].split(".", 1)[0].split()[0]
-                found.setdefault(name, []).append(pid)
-        return {name: sorted(pids) for name, pids in found.items()}
-
-    def memory_mb(self, replicas: dict[str, list[int]] | None = None) -> dict[str, float]:
-        """Resident memory per deployment (summed over its replicas), MB."""
-        replicas = replicas or self.replicas()
-        return {name: round(sum(rss_mb(pid) or 0.0 for pid in pids), 1) for name, pids in replicas.items() if pids}
-
-    def cpu_s(self, replicas: dict[str, list[int]] | None = None) -> dict[str, float]:
-        replicas = replicas or self.replicas()
-        return {name: round(sum(cpu_s(pid) or 0.0 for pid in pids), 2) for name, pids in replicas.items() if pids}
-
-
-def healthz(url: str, timeout_s: float = 10.0) -> tuple[int, dict[str, Any]]:
-    """(HTTP status, body) of ``/healthz``; status 0 when the server can't be reached."""
-    try:
-        with urllib.request.urlopen(f"{http_url(url)}/healthz", timeout=timeout_s) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            return exc.code, json.loads(exc.read())
-        except ValueError:
-            return exc.code, {}
-    except (urllib.error.URLError, OSError, ValueError):
-        return 0, {}
 
 
 # --- one simulated user -------------------------------------------------------------------------
@@ -449,7 +323,7 @@ async def soak(url: str, sessions: int, minutes: float, api_key: str | None = No
                 health["failures"] += 1
             elapsed = time.monotonic() - start
             sample = await asyncio.to_thread(server.memory_mb)
-            timeline.append({"t_s": round(elapsed, 1), "load1": round(os.getloadavg()[0], 2), **sample})
+            timeline.append({"t_s": round(elapsed, 1), "load1": round(psutil.getloadavg()[0], 2), **sample})
             if not memory_before and elapsed >= warmup_s and all(warmed):
                 memory_before = sample
                 timeline[-1]["before"] = True
@@ -511,7 +385,7 @@ async def soak(url: str, sessions: int, minutes: float, api_key: str | None = No
     for name, m in memory.items():
         if m["growth"] is not None and m["growth"] > max_growth_mb:
             problems.append(f"{name} grew {m['growth']} MB (limit {max_growth_mb:g})")
-    latencies = sorted(stats.first_audio_ms)
+    latencies = stats.first_audio_ms
     report = {
         "url": url, "sessions": sessions, "minutes": minutes, "wall_s": round(wall_s, 1), "seed": seed,
         "plan": plan, "max_growth_mb": max_growth_mb,
@@ -524,11 +398,9 @@ async def soak(url: str, sessions: int, minutes: float, api_key: str | None = No
         "actions": dict(stats.actions), "barge_ins_cancelled": stats.barge_ins_cancelled,
         "errors": dict(stats.errors),
         "machine": {"cpus": os.cpu_count(),
-                    "load1_mean": round(statistics.mean(s["load1"] for s in timeline), 2) if timeline else None},
-        "first_audio_ms": {"n": len(latencies),
-                           "p50": round(statistics.median(latencies), 1) if latencies else None,
-                           "p95": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 1)
-                           if latencies else None},
+                    "load1_mean": mean([s["load1"] for s in timeline], 2)},
+        "first_audio_ms": {"n": len(latencies), "p50": percentile(latencies, 50),
+                           "p95": percentile(latencies, 95), "p99": percentile(latencies, 99)},
         "replicas": {"start": replicas_start, "end": replicas_end, "restarted": restarted, "local": local},
         "memory_mb": memory, "memory_timeline": timeline,
         "healthz": health, "ingress_sessions_after": sessions_left,
@@ -559,7 +431,8 @@ def summary_line(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m quillman.loadtest.soak",
+                                     description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default=os.environ.get("QUILLMAN_URL", DEFAULT_URL))
     parser.add_argument("--sessions", type=int, default=4, help="concurrent users")

@@ -1,21 +1,19 @@
-"""The benchmark's arithmetic and reports, the metrics discovery and the Grafana dashboard.
+"""The load tests' statistics and the bench report (quillman.loadtest.report).
 
-Pure: synthetic turn records, a fake Ray temp dir, sample Prometheus text; no server.
+Pure: synthetic turn records; no server, no psutil.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from pathlib import Path
+import statistics
 
+import numpy as np
 import pytest
 
-from quillman import bench
-from quillman.bench import TurnRecord
-from quillman.server_process import http_url, metrics_urls, parse_samples
-
-ROOT = Path(__file__).resolve().parents[2]
+from quillman.loadtest import report as bench
+from quillman.loadtest.report import TurnRecord
+from quillman.metrics import STAGES
 
 TIMINGS = {"turn_detected_ms": 500.0, "transcript_ms": 700.0, "first_token_ms": 800.0,
            "first_sentence_ms": 950.0, "first_audio_ms": 1150.0, "total_ms": 2150.0,
@@ -34,6 +32,23 @@ def test_percentile_interpolates_and_handles_empty():
     assert bench.percentile([100.0], 99) == 100.0
     assert bench.percentile([100.0, 200.0, 300.0, 400.0], 50) == 250.0
     assert bench.percentile(list(range(1, 101)), 95) == pytest.approx(95.05, abs=0.1)
+
+
+def test_percentile_is_numpy_linear_interpolation():
+    values = [812.0, 1304.5, 990.0, 877.25, 2210.0, 905.0, 1010.0]
+    for q in (0, 25, 50, 90, 95, 99, 100):
+        assert bench.percentile(values, q, digits=None) == pytest.approx(float(np.percentile(values, q)))
+    # rank h = (n - 1) * q / 100 = 0.95 * 3 = 2.85: x[2] + 0.85 * (x[3] - x[2])
+    assert bench.percentile([10.0, 20.0, 30.0, 40.0], 95, digits=None) == pytest.approx(38.5)
+    assert bench.percentile([1.0, 2.0], 50, digits=None) == 1.5
+    assert bench.percentile(iter([3.0, 1.0, 2.0]), 100) == 3.0  # any iterable, unsorted
+
+
+def test_median_is_p50_and_agrees_with_statistics_median():
+    for values in ([5.0], [1.0, 9.0], [7.0, 1.0, 3.0], [4.0, 1.0, 3.0, 2.0]):
+        assert bench.median(values, digits=None) == statistics.median(values) == bench.percentile(values, 50, None)
+    assert bench.median([]) is None
+    assert bench.median([1.23456, 2.0], digits=3) == 1.617
 
 
 def test_distribution_fields():
@@ -58,7 +73,7 @@ def test_summarize_counts_every_status_and_only_completed_latencies():
     assert s["mode"] == "streaming" and s["concurrency"] == 2
     assert s["latency_ms"]["p50"] == 1200.0 and s["latency_ms"]["n"] == 2
     assert s["latency_ms"]["max"] == 1400.0
-    assert set(s["server_stages_ms"]) == set(bench.STAGES)
+    assert set(s["server_stages_ms"]) == set(STAGES)
     assert s["server_stages_ms"]["first_audio_ms"]["p50"] == 1150.0
     assert s["wer_mean"] == 0.0 and s["reply_rtf_mean"] == 0.5 and s["speculative_share"] == 1.0
     assert s["turns_per_min"] == 4.0
@@ -144,134 +159,3 @@ def test_report_shape_is_json_serializable():
     assert report["totals"] == {"turns": 12, "completed": 12, "failed": 0, "cancelled": 0, "lost": 0}
     assert report["slo"] == {"threshold_ms": 1500.0, "quantile": "p95", "max_concurrency": 2}
     json.dumps(report)
-
-
-def test_parse_concurrency():
-    assert bench.parse_concurrency("1,2,4,8") == [1, 2, 4, 8]
-    assert bench.parse_concurrency("3") == [3]
-    for bad in ("0", "", "1,-2"):
-        with pytest.raises(Exception):
-            bench.parse_concurrency(bad)
-
-
-def test_cli_parses_every_option():
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    bench.add_bench_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["bench", "--concurrency", "1,2", "--turns", "2", "--duration", "60", "--baseline",
-                              "--json", "o.json", "--markdown", "--plot", "o.png", "--start", "--port", "8011",
-                              "--warmup-turns", "0", "--slo-ms", "1000", "--rounds", "3", "--quiet"])
-    assert args.concurrency == [1, 2] and args.baseline and args.start and args.port == 8011
-    assert args.rounds == 3
-    assert args.run is bench.run
-
-
-def test_plot_writes_a_png(tmp_path):
-    pytest.importorskip("matplotlib")
-    report = bench.build_report("ws://x", levels_for_sweep(), {}, machine={"cpu": "test", "cores": 2})
-    out = tmp_path / "plot.png"
-    assert bench.plot(report, str(out))
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_split_turns_over_rounds():
-    assert bench.split_turns(10, 2) == [5, 5]
-    assert bench.split_turns(10, 3) == [4, 3, 3]
-    assert bench.split_turns(2, 5) == [1, 1]
-    assert bench.split_turns(3, 1) == [3]
-
-
-def test_cpu_summary_merges_stretches():
-    import os
-
-    parts = [{"samples": [10.0, 30.0], "wall_s": 2.0, "client_cpu_s": 0.2},
-             {"samples": [50.0], "wall_s": 2.0, "client_cpu_s": 0.2}]
-    cpu = bench.cpu_summary(parts)
-    assert cpu["mean_pct"] == 30.0 and cpu["max_pct"] == 50.0
-    assert cpu["bench_client_pct"] == round(100 * 0.4 / 4.0 / (os.cpu_count() or 1), 1)
-    assert bench.cpu_summary([{"samples": [], "wall_s": 0.0, "client_cpu_s": 0.0}])["mean_pct"] is None
-
-
-def test_cpu_sample_from_proc_stat():
-    sample = bench._proc_stat()
-    if sample is None:
-        pytest.skip("no /proc/stat")
-    busy, total = sample
-    assert 0 <= busy <= total
-
-
-# --- metrics discovery -------------------------------------------------------------------------
-
-
-def test_http_url():
-    assert http_url("ws://127.0.0.1:8000/v1/realtime") == "http://127.0.0.1:8000"
-    assert http_url("http://127.0.0.1:8000") == "http://127.0.0.1:8000"
-
-
-def test_metrics_urls_from_discovery_file_and_live_sessions(tmp_path, monkeypatch):
-    import os
-
-    monkeypatch.delenv("QUILLMAN_METRICS_URL", raising=False)
-    (tmp_path / "prom_metrics_service_discovery.json").write_text(
-        json.dumps([{"labels": {"job": "ray"}, "targets": ["192.0.2.2:37543", "192.0.2.2:44217"]}]))
-    live = tmp_path / f"session_2026-01-01_00-00-00_000000_{os.getpid()}"
-    dead = tmp_path / "session_2025-01-01_00-00-00_000000_999999999"
-    for session, port in ((live, "37543"), (dead, "5555")):
-        session.mkdir()
-        (session / "metrics_export_port_abc").write_text(port)
-    live_only = tmp_path / f"session_2026-01-02_00-00-00_000000_{os.getpid()}"
-    live_only.mkdir()
-    (live_only / "metrics_export_port_def").write_text("40000")
-    assert metrics_urls(tmp_path) == ["http://127.0.0.1:37543/metrics", "http://127.0.0.1:44217/metrics",
-                                      "http://127.0.0.1:40000/metrics"]
-    monkeypatch.setenv("QUILLMAN_METRICS_URL", "http://127.0.0.1:1/metrics")
-    assert metrics_urls(tmp_path) == ["http://127.0.0.1:1/metrics"]
-
-
-def test_metrics_urls_without_ray(tmp_path, monkeypatch):
-    monkeypatch.delenv("QUILLMAN_METRICS_URL", raising=False)
-    assert metrics_urls(tmp_path / "nothing") == []
-
-
-def test_parse_samples_keeps_quillman_series():
-    text = """# HELP ray_quillman_turns_total User turns committed.
-# TYPE ray_quillman_turns_total counter
-ray_quillman_turns_total{application="quillman",deployment="Ingress"} 4.0
-# TYPE ray_serve_num_http_requests_total counter
-ray_serve_num_http_requests_total{route="/"} 7.0
-"""
-    assert parse_samples(text) == [("ray_quillman_turns_total", {"application": "quillman", "deployment": "Ingress"}, 4.0)]
-
-
-# --- dashboard -----------------------------------------------------------------------------------
-
-
-def test_grafana_dashboard_uses_only_exported_metrics():
-    dashboard = json.loads((ROOT / "configs" / "grafana" / "quillman-dashboard.json").read_text())
-    source = (ROOT / "quillman" / "metrics.py").read_text()
-    ours = set(re.findall(r'"(quillman_\w+)"', source))
-    assert ours >= {"quillman_sessions_active", "quillman_turns_total", "quillman_voice_to_voice_ms",
-                    "quillman_stage_ms", "quillman_cancellations_total", "quillman_errors_total",
-                    "quillman_audio_in_seconds_total", "quillman_audio_out_seconds_total"}
-    exprs = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            if isinstance(node.get("expr"), str):
-                exprs.append(node["expr"])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(dashboard["panels"])
-    used = {re.sub(r"_(bucket|sum|count)$", "", m) for e in exprs for m in re.findall(r"ray_quillman_\w+", e)}
-    assert used, "no quillman series in the dashboard"
-    assert {name.removeprefix("ray_") for name in used} <= ours
-    assert {f"ray_{name}" for name in ours} <= used, "every metric has a panel"
-    for e in exprs:
-        assert e.count("(") == e.count(")") and e.count("{") == e.count("}"), e
-    ids = [p["id"] for p in dashboard["panels"]]
-    assert len(ids) == len(set(ids))
