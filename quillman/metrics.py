@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import time
 
+from quillman.protocol import STAGES  # one definition: response.done, metrics, bench
+
 # Voice-to-voice latencies and stages are hundreds of ms to seconds.
 GAUGE_REFRESH_S = 5.0
 LATENCY_BUCKETS_MS = [50, 100, 200, 300, 400, 500, 700, 1000, 1500, 2000, 3000, 5000, 10000, 30000]
-STAGES = ("turn_detected_ms", "transcript_ms", "first_token_ms", "first_sentence_ms",
-          "first_audio_ms", "total_ms", "asr_last_segment_ms", "llm_ttft_ms", "tts_first_chunk_ms")
 
 
 class SessionMetrics:

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from quillman.metrics import STAGES
+from quillman.protocol import STAGES
 
 SCHEMA_VERSION = 1
 MODES = ("streaming", "sequential")

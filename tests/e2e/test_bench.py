@@ -14,7 +14,7 @@ import pytest
 
 from quillman.loadtest import bench
 from quillman.loadtest.report import SCHEMA_VERSION
-from quillman.metrics import STAGES
+from quillman.protocol import STAGES
 
 pytestmark = pytest.mark.e2e
 

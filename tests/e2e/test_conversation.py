@@ -23,6 +23,7 @@ QUESTIONS = [
     ("How many legs does a spider have?", 50),
     ("Why is the sea salty?", 100),
 ]
+# Every spoken reply has these (asr/llm/tts splits may be missing when a stage was cached).
 STAGES = ("turn_detected_ms", "transcript_ms", "first_token_ms", "first_sentence_ms",
           "first_audio_ms", "total_ms")
 

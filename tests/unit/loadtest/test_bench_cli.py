@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from quillman.loadtest import bench
-from quillman.metrics import STAGES
+from quillman.protocol import STAGES
 
 
 def test_parse_concurrency():

@@ -13,7 +13,7 @@ import pytest
 
 from quillman.loadtest import report as bench
 from quillman.loadtest.report import TurnRecord
-from quillman.metrics import STAGES
+from quillman.protocol import STAGES
 
 TIMINGS = {"turn_detected_ms": 500.0, "transcript_ms": 700.0, "first_token_ms": 800.0,
            "first_sentence_ms": 950.0, "first_audio_ms": 1150.0, "total_ms": 2150.0,
