@@ -170,3 +170,18 @@ def test_layout_rejects_more_than_the_box_has():
 
 def test_layout_allows_cpu_engines_without_gpus():
     assert gpu_layout_problems(AppConfig(), _deployments(0, 0, 0), 1) == []
+
+
+# --- settings checked when the config is validated ----------------------------------------------
+
+
+def test_each_model_stage_has_a_startup_timeout_longer_than_its_delay():
+    from pydantic import ValidationError
+
+    config = AppConfig()
+    assert config.asr.startup_timeout_s == config.llm.startup_timeout_s == config.tts.startup_timeout_s == 600
+    AppConfig.model_validate({"llm": {"startup_delay_s": 45, "startup_timeout_s": 120}})
+    with pytest.raises(ValidationError, match="startup_timeout_s .* must be longer than startup_delay_s"):
+        AppConfig.model_validate({"llm": {"startup_delay_s": 60, "startup_timeout_s": 30}})
+    with pytest.raises(ValidationError):
+        AppConfig.model_validate({"asr": {"startup_timeout_s": 0}})
