@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from quillman.errors import ConfigError
 
@@ -162,6 +162,18 @@ class ServerConfig(_Strict):
     # Browser sessions (an Origin header) are accepted from the server's own origin and these.
     allowed_origins: list[str] = Field(default_factory=list)
     max_sessions_per_replica: int = Field(64, ge=1)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _no_empty_keys(cls, keys: list[str]) -> list[str]:
+        # An empty key would turn auth on yet accept a client that sends no key at all (the bare
+        # subprotocol prefix); a blank one is a templating mistake. Blanks in the env var are
+        # skipped instead (see quillman.security.configured_keys).
+        blank = [i for i, key in enumerate(keys) if not key.strip()]
+        if blank:
+            raise ValueError(f"server.api_keys has an empty or whitespace-only key (at index "
+                             f"{', '.join(map(str, blank))}); remove it or set a real key")
+        return keys
 
 
 class AppConfig(_Strict):

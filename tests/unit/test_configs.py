@@ -175,6 +175,21 @@ def test_layout_allows_cpu_engines_without_gpus():
 # --- settings checked when the config is validated ----------------------------------------------
 
 
+@pytest.mark.parametrize("keys", [[""], ["   "], ["good-key", "\t"]], ids=["empty", "spaces", "tab-beside-a-key"])
+def test_an_empty_api_key_is_refused_with_a_clear_message(keys):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="server.api_keys has an empty or whitespace-only key"):
+        AppConfig.model_validate({"server": {"api_keys": keys}})
+
+
+def test_real_api_keys_and_no_keys_are_accepted():
+    from quillman.config import ServerConfig
+
+    assert ServerConfig(api_keys=["k1", "k2"]).api_keys == ["k1", "k2"]
+    assert ServerConfig().api_keys == []
+
+
 def test_each_model_stage_has_a_startup_timeout_longer_than_its_delay():
     from pydantic import ValidationError
 
