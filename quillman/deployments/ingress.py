@@ -1,30 +1,31 @@
-"""The FastAPI ingress: Realtime websocket, /prewarm, /healthz, /voices and the web client.
+"""The FastAPI ingress: Realtime websocket, /prewarm, /healthz, /voices, the API docs, the web client.
 
 No ``from __future__ import annotations`` here: Serve rewrites the route signatures and FastAPI
 must see real classes (a string ``WebSocket`` annotation turns into a query parameter).
 
 Thin: each socket gets a :class:`RealtimeSession` wired to the three deployments through
 DeploymentHandles. Handles are configured once (``stream=True`` for LLM and TTS) and reused.
+Who may connect is decided by :mod:`quillman.security` (API keys, origins) over the request's
+headers; with keys configured the websocket, /prewarm and the API docs need one.
 """
 
 
 import asyncio
-import hmac
 import logging
 import os
 import time
-from urllib.parse import urlsplit
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 import numpy as np
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from quillman import errors
-from quillman.config import AppConfig, ServerConfig
+from quillman import errors, security
+from quillman.config import AppConfig
 from quillman.engines.asr.base import Transcript
 from quillman.engines.llm.base import GenerationParams, Message
 from quillman.engines.vad import SileroVad
@@ -37,33 +38,24 @@ logger = logging.getLogger(__name__)
 WEB_DIR = Path(os.environ.get("QUILLMAN_WEB_DIR", Path(__file__).resolve().parents[2] / "web"))
 HEALTH_TIMEOUT_S = 5.0
 PREWARM_POLL_S = 1.0  # how often a waiting /prewarm looks for a deployment that failed to start
-KEY_SUBPROTOCOL = "openai-insecure-api-key."
 RETRY_AFTER_S = 5  # told to clients refused at capacity
 
-app = FastAPI(title="QuiLLMan", description="Voice chat over the OpenAI Realtime protocol")
+# FastAPI's own docs routes are off: the Ingress serves /openapi.json, /docs and /redoc itself, so
+# that they can ask for a key when keys are configured (Serve copies this app's routes when it
+# decorates the class, so what is protected must be decided in the routes, per replica config).
+app = FastAPI(title="QuiLLMan", description="Voice chat over the OpenAI Realtime protocol",
+              openapi_url=None, docs_url=None, redoc_url=None)
 
 
-def configured_keys(config: ServerConfig) -> list[str]:
-    from_env = [k.strip() for k in os.environ.get(config.api_keys_env, "").split(",") if k.strip()]
-    return [*config.api_keys, *from_env]
-
-
-def presented_key(websocket: WebSocket) -> str | None:
-    auth = websocket.headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip()
-    for protocol in websocket.scope.get("subprotocols", []):
-        if protocol.startswith(KEY_SUBPROTOCOL):
-            return protocol[len(KEY_SUBPROTOCOL):]
-    return None
-
-
-def key_is_valid(presented: str | None, keys: list[str]) -> bool:
-    if presented is None:
-        return False
-    # Constant time, and no early exit over the list: timing reveals nothing about the keys.
-    matches = [hmac.compare_digest(presented.encode(), key.encode()) for key in keys]
-    return any(matches)
+def refusal_response(refusal: errors.HandshakeRefused) -> JSONResponse:
+    """The HTTP answer to a refused request: its status, the JSON ``error`` body, and
+    ``Retry-After`` at capacity / ``WWW-Authenticate`` for a missing key."""
+    headers = None
+    if isinstance(refusal, errors.ServerAtCapacity):
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
+    elif isinstance(refusal, errors.InvalidApiKey):
+        headers = {"WWW-Authenticate": "Bearer"}
+    return JSONResponse(security.error_body(refusal), status_code=refusal.http_status, headers=headers)
 
 
 async def refuse(websocket: WebSocket, refusal: errors.HandshakeRefused) -> None:
@@ -77,21 +69,9 @@ async def refuse(websocket: WebSocket, refusal: errors.HandshakeRefused) -> None
     """
     logger.info("refused socket from %s: %s", websocket.client, refusal.message)
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        headers = {"Retry-After": str(RETRY_AFTER_S)} if isinstance(refusal, errors.ServerAtCapacity) else None
-        body = {"error": {"type": refusal.type, "code": refusal.code, "message": refusal.message}}
-        await websocket.send_denial_response(JSONResponse(body, status_code=refusal.http_status, headers=headers))
+        await websocket.send_denial_response(refusal_response(refusal))
     else:
         await websocket.close(code=refusal.close_code, reason=refusal.message)
-
-
-def origin_is_allowed(websocket: WebSocket, allowed: list[str]) -> bool:
-    origin = websocket.headers.get("origin")
-    if origin is None:
-        return True  # not a browser: API keys are the control
-    if origin in allowed or "*" in allowed:
-        return True
-    # The server's own pages (the web client) are always allowed.
-    return urlsplit(origin).netloc == websocket.headers.get("host")
 
 
 class HandleBackends:
@@ -162,7 +142,7 @@ class Ingress:
         self.metrics = ServeMetrics()
         app_name = serve.get_replica_context().app_name
         self.deployment_watch = DeploymentWatch(lambda: read_serve_states(app_name))
-        self.api_keys = configured_keys(self.config.server)
+        self.api_keys = security.configured_keys(self.config.server)
         if self.api_keys:
             logger.info("API keys required (%d configured)", len(self.api_keys))
         else:
@@ -186,13 +166,11 @@ class Ingress:
 
     async def _serve_socket(self, websocket: WebSocket) -> None:
         # Every check happens before the socket is accepted.
-        if self.api_keys and not key_is_valid(presented_key(websocket), self.api_keys):
-            return await refuse(websocket, errors.InvalidApiKey(
-                "invalid or missing API key: send it as 'Authorization: Bearer <key>' or as the "
-                f"websocket subprotocol '{KEY_SUBPROTOCOL}<key>'"))
-        if not origin_is_allowed(websocket, self.config.server.allowed_origins):
-            return await refuse(websocket, errors.OriginNotAllowed(
-                "this page's origin may not open sessions (server.allowed_origins)"))
+        headers, offered = websocket.headers, websocket.scope.get("subprotocols", [])
+        refusal = (security.check_api_key(headers, self.api_keys, offered)
+                   or security.check_origin(headers, self.config.server.allowed_origins))
+        if refusal is not None:
+            return await refuse(websocket, refusal)
         if self.open_sockets >= self.config.server.max_sessions_per_replica:
             return await refuse(websocket, errors.ServerAtCapacity(
                 f"server at capacity; try again in {RETRY_AFTER_S} s"))
@@ -251,19 +229,55 @@ class Ingress:
         # that failed to start (once, with what to run) even when nobody asks /healthz.
         await self.deployment_watch.states()
 
+    def _key_refusal(self, request: Request) -> JSONResponse | None:
+        """None when the request may go on (no keys configured, or a valid Bearer key), else
+        the 401 to answer with: the same JSON ``error`` as a refused websocket."""
+        refusal = security.check_api_key(request.headers, self.api_keys)
+        if refusal is None:
+            return None
+        logger.info("refused %s %s from %s: %s", request.method, request.url.path, request.client,
+                    refusal.message)
+        return refusal_response(refusal)
+
     @app.get("/prewarm")
-    async def prewarm(self) -> JSONResponse:
+    async def prewarm(self, request: Request) -> JSONResponse:
         """Load and warm every model; returns per-deployment load and warm-up times.
 
-        A deployment that failed to start is answered at once (503, with Serve's reason) instead
-        of waited on: requests to a deployment with no replica would queue forever.
+        Needs a key when keys are configured (it runs every model once per request). A
+        deployment that failed to start is answered at once (503, with Serve's reason) instead
+        of waited on: requests to a deployment with no replica would queue forever. Any other
+        failure is a 503 with a plain message too; its details go to the log, not to the client.
         """
+        if (denied := self._key_refusal(request)) is not None:
+            return denied
         start = time.perf_counter()
+        body: dict[str, dict[str, Any]] = {}
+        error: str | None = None
+        try:
+            body = await self._warm_all()
+            if all(entry["status"] == "ready" for entry in body.values()):
+                await self._get_voices()
+        except Exception:  # noqa: BLE001 - answered with a plain 503, never a 500 with Ray's text
+            logger.exception("/prewarm failed")
+            error = "the warm-up could not run; the server log has the details"
+        ok = error is None and all(entry["status"] == "ready" for entry in body.values())
+        answer: dict[str, Any] = {"status": "ready" if ok else "error",
+                                  "total_ms": round((time.perf_counter() - start) * 1000, 1),
+                                  "deployments": body}
+        if error is not None:
+            answer["error"] = error
+        return JSONResponse(answer, status_code=200 if ok else 503)
+
+    async def _warm_all(self) -> dict[str, dict[str, Any]]:
+        """name -> the deployment's warm-up result, or Serve's report of why it failed to start."""
         names = list(self.handles)
-        responses = {name: self.handles[name].warmup.remote() for name in names}
-        tasks = {name: asyncio.ensure_future(responses[name]) for name in names}
+        responses: dict[str, Any] = {}
+        tasks: dict[str, asyncio.Future] = {}
         body: dict[str, Any] = {}
         try:
+            for name in names:
+                responses[name] = self.handles[name].warmup.remote()
+                tasks[name] = asyncio.ensure_future(responses[name])
             while pending := [name for name in names if name not in body]:
                 await asyncio.wait([tasks[name] for name in pending], timeout=PREWARM_POLL_S)
                 failures = await self.deployment_watch.failures()
@@ -271,25 +285,19 @@ class Ingress:
                     if name in failures:  # Serve's reason beats the handle's "unavailable"
                         body[name] = failures[name]
                     elif tasks[name].done():
-                        body[name] = self._warmup_result(tasks[name])
+                        body[name] = self._warmup_result(name, tasks[name])
         finally:
             for name, task in tasks.items():
                 if not task.done():
                     task.cancel()
                     responses[name].cancel()
-        ok = all(entry["status"] == "ready" for entry in body.values())
-        if ok:
-            await self._get_voices()
-        return JSONResponse(
-            {"status": "ready" if ok else "error", "total_ms": round((time.perf_counter() - start) * 1000, 1),
-             "deployments": body},
-            status_code=200 if ok else 503,
-        )
+        return body
 
     @staticmethod
-    def _warmup_result(task: asyncio.Future) -> dict[str, Any]:
+    def _warmup_result(name: str, task: asyncio.Future) -> dict[str, Any]:
         if task.cancelled() or task.exception() is not None:
-            logger.warning("warm-up failed", exc_info=None if task.cancelled() else task.exception())
+            logger.warning("warm-up of %s failed", name,
+                           exc_info=None if task.cancelled() else task.exception())
             return {"status": "error", "error": f"warm-up failed; {WHAT_TO_RUN}"}
         return {"status": "ready", **task.result()}
 
@@ -331,6 +339,32 @@ class Ingress:
     @app.get("/voices")
     async def voices(self) -> dict[str, Any]:
         return {"voices": await self._get_voices(), "default": self.config.session.voice}
+
+    # The API docs: what FastAPI would serve, behind the key when keys are configured. (A browser
+    # sends no Authorization header, so with keys these are for tools or a proxy that adds it.)
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(self, request: Request) -> Response:
+        if (denied := self._key_refusal(request)) is not None:
+            return denied
+        return JSONResponse(request.app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request) -> Response:
+        if (denied := self._key_refusal(request)) is not None:
+            return denied
+        return get_swagger_ui_html(openapi_url=self._openapi_url(request),
+                                   title=f"{request.app.title} - Swagger UI")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(self, request: Request) -> Response:
+        if (denied := self._key_refusal(request)) is not None:
+            return denied
+        return get_redoc_html(openapi_url=self._openapi_url(request),
+                              title=f"{request.app.title} - ReDoc")
+
+    @staticmethod
+    def _openapi_url(request: Request) -> str:
+        return request.scope.get("root_path", "").rstrip("/") + "/openapi.json"
 
     # Last route: the web client. Serve copies the class's routes when it decorates the class,
     # so static files are served by a route here rather than a mount added afterwards.

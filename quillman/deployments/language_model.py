@@ -3,25 +3,27 @@
 from __future__ import annotations
 
 import logging
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from ray import serve
 
 from quillman.config import LlmConfig
-from quillman.engines.llm.base import GenerationParams, Message
+from quillman.engines.llm.base import GenerationParams, LanguageModel as LanguageModelEngine, Message
 from quillman.deployments.common import ModelDeployment
-from quillman.engines.loader import load_language_model, load_timed
+from quillman.engines.loader import load_language_model
 from quillman.engines.warmup import warm_language_model
 
 logger = logging.getLogger(__name__)
 
+
 @serve.deployment(name="LanguageModel", max_ongoing_requests=8)
 class LanguageModel(ModelDeployment):
-    async def __init__(self, config: LlmConfig):  # Serve allows an async constructor
+    section = "llm"
+
+    async def __init__(self, config: LlmConfig,  # Serve allows an async constructor
+                       engine_factory: Callable[[LlmConfig], LanguageModelEngine] = load_language_model):
         self.config = LlmConfig.model_validate(config)
-        self.engine, self.load_s = load_timed(load_language_model, self.config)
-        await self.warmup()
-        logger.info("LanguageModel ready: load %.2f s, warm-up %.0f ms", self.load_s, self.warm_ms)
+        await self._start(engine_factory)
 
     async def generate(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[str]:
         # Cancellation of this request (barge-in, disconnect) closes the engine stream here.
@@ -32,6 +34,6 @@ class LanguageModel(ModelDeployment):
         finally:
             await stream.aclose()
 
-    async def warmup(self) -> dict:
-        self.warm_ms = await warm_language_model(self.engine)
-        return {"load_s": self.load_s, "warm_ms": self.warm_ms, "model": self.config.model}
+    async def _warm(self) -> float:
+        # The engine streams asynchronously (blocking work already runs in its own threads).
+        return await warm_language_model(self.engine)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import numpy as np
 from ray import serve
@@ -12,7 +13,8 @@ from quillman.aio import iterate_in_thread
 from quillman.audio import resample
 from quillman.config import TtsConfig
 from quillman.deployments.common import ModelDeployment
-from quillman.engines.loader import load_synthesizer, load_timed
+from quillman.engines.loader import load_synthesizer
+from quillman.engines.tts.base import SpeechSynthesizer
 from quillman.engines.warmup import warm_synthesizer
 
 logger = logging.getLogger(__name__)
@@ -20,14 +22,15 @@ logger = logging.getLogger(__name__)
 
 @serve.deployment(name="Speaker", max_ongoing_requests=4)
 class Speaker(ModelDeployment):
-    def __init__(self, config: TtsConfig):
-        self.config = TtsConfig.model_validate(config)
-        self.engine, self.load_s = load_timed(load_synthesizer, self.config)
-        self.warm_ms = self._warm()
-        logger.info("Speaker ready: load %.2f s, warm-up %.0f ms", self.load_s, self.warm_ms)
+    section = "tts"
 
-    def _warm(self) -> float:
-        return warm_synthesizer(self.engine)
+    async def __init__(self, config: TtsConfig,  # Serve allows an async constructor
+                       engine_factory: Callable[[TtsConfig], SpeechSynthesizer] = load_synthesizer):
+        self.config = TtsConfig.model_validate(config)
+        await self._start(engine_factory)
+
+    async def _warm(self) -> float:
+        return await asyncio.to_thread(warm_synthesizer, self.engine)
 
     async def synthesize(self, text: str, voice: str, sample_rate_hz: int) -> AsyncIterator[np.ndarray]:
         def chunks():

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Callable
 
 import numpy as np
 from ray import serve
 
 from quillman.config import AsrConfig
-from quillman.engines.asr.base import Transcript
+from quillman.engines.asr.base import SpeechRecognizer, Transcript
 from quillman.deployments.common import ModelDeployment
-from quillman.engines.loader import load_recognizer, load_timed
+from quillman.engines.loader import load_recognizer
 from quillman.engines.warmup import warm_recognizer
 
 logger = logging.getLogger(__name__)
@@ -25,19 +26,25 @@ logger = logging.getLogger(__name__)
 
 @serve.deployment(name="Transcriber", max_ongoing_requests=4)
 class Transcriber(ModelDeployment):
-    def __init__(self, config: AsrConfig):
+    section = "asr"
+
+    async def __init__(self, config: AsrConfig,  # Serve allows an async constructor
+                       engine_factory: Callable[[AsrConfig], SpeechRecognizer] = load_recognizer):
         self.config = AsrConfig.model_validate(config)
-        self.engine, self.load_s = load_timed(load_recognizer, self.config)
-        self.batched = callable(getattr(self.engine, "transcribe_batch", None))
+        await self._start(engine_factory)
         if self.batched:
             self._transcribe_batched.set_max_batch_size(self.config.max_batch_size)
             self._transcribe_batched.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
-        self.warm_ms = self._warm()
-        logger.info("Transcriber ready: load %.2f s, warm-up %.0f ms%s", self.load_s, self.warm_ms,
-                    f", batches of up to {self.config.max_batch_size}" if self.batched else "")
 
-    def _warm(self) -> float:
-        return warm_recognizer(self.engine, self.config.language)
+    @property
+    def batched(self) -> bool:
+        return callable(getattr(self.engine, "transcribe_batch", None))
+
+    async def _warm(self) -> float:
+        return await asyncio.to_thread(warm_recognizer, self.engine, self.config.language)
+
+    def _ready_note(self) -> str:
+        return f", batches of up to {self.config.max_batch_size}" if self.batched else ""
 
     async def transcribe(self, pcm: np.ndarray, language: str | None = None) -> Transcript:
         language = language or self.config.language

@@ -6,6 +6,8 @@ These tests run against a server of their own (port 8001) started with API keys
 Refusals happen before the socket is accepted: the upgrade request gets an HTTP answer with a
 JSON ``error`` body: 401 ``invalid_api_key``, 403 ``origin_not_allowed``, 503
 ``server_at_capacity`` with ``Retry-After``. No session is created for a refused socket.
+With keys, ``/prewarm`` and the API docs (``/docs``, ``/openapi.json``) need one too (Bearer
+header, the same 401 body); ``/healthz``, ``/voices`` and the web client stay open.
 """
 
 from __future__ import annotations
@@ -134,6 +136,62 @@ async def test_the_pipeline_alias_is_guarded_too(server_url):
     assert await refused(url) == UNAUTHORIZED
     ws = await open_session(url, additional_headers=bearer())
     await ws.close()
+
+
+# --- HTTP routes -----------------------------------------------------------------------------------
+
+PROTECTED_ROUTES = ["/prewarm", "/docs", "/openapi.json"]
+
+
+@pytest.mark.parametrize("path", PROTECTED_ROUTES)
+@pytest.mark.parametrize("headers", [
+    {}, {"Authorization": "Bearer wrong-key"}, {"Authorization": f"Basic {API_KEY}"},
+], ids=["none", "wrong", "basic"])
+async def test_prewarm_and_the_api_docs_need_a_key(server_url, path, headers):
+    async with httpx.AsyncClient(timeout=30) as client:
+        response = await client.get(server_url + path, headers=headers)
+    assert response.status_code == 401
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["www-authenticate"] == "Bearer"
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_api_key")
+    assert "Authorization: Bearer <key>" in error["message"]
+
+
+async def test_the_http_refusal_has_the_websockets_error_body(server_url, ws_url):
+    with pytest.raises(InvalidStatus) as info:
+        await websockets.connect(ws_url, open_timeout=30)
+    socket_error = json.loads(bytes(info.value.response.body))["error"]
+    async with httpx.AsyncClient(timeout=30) as client:
+        http_error = (await client.get(f"{server_url}/prewarm")).json()["error"]
+    assert set(http_error) == set(socket_error) == {"type", "code", "message"}
+    assert (http_error["type"], http_error["code"]) == (socket_error["type"], socket_error["code"])
+
+
+async def test_the_api_docs_with_a_key(server_url):
+    async with httpx.AsyncClient(timeout=30, headers=bearer()) as client:
+        schema = await client.get(f"{server_url}/openapi.json")
+        docs = await client.get(f"{server_url}/docs")
+    assert schema.status_code == 200
+    assert {"/prewarm", "/healthz", "/voices"} <= set(schema.json()["paths"])
+    assert docs.status_code == 200 and "SwaggerUIBundle" in docs.text
+
+
+async def test_prewarm_with_a_key_warms_every_model(server_url):
+    async with httpx.AsyncClient(timeout=300, headers=bearer()) as client:
+        response = await client.get(f"{server_url}/prewarm")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "ready"
+    assert set(body["deployments"]) == {"Transcriber", "LanguageModel", "Speaker"}
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/voices", "/", "/app.js"])
+async def test_health_voices_and_the_web_client_need_no_key(server_url, path):
+    """Health probes carry no key, and the page must load to ask for one."""
+    async with httpx.AsyncClient(timeout=30) as client:
+        response = await client.get(server_url + path)
+    assert response.status_code == 200, response.text
 
 
 # --- origins -------------------------------------------------------------------------------------

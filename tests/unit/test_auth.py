@@ -1,8 +1,9 @@
-"""Who may connect, and the per-session limits: API keys, origins, rate limit, idle timeout, history.
+"""Who may connect, and the per-session limits: refusals, rate limit, idle timeout, history.
 
-The ingress's checks are plain functions of the handshake (a Starlette ``WebSocket`` built from
-an ASGI scope, no server); the limits run on a RealtimeSession with the fake models of
-conftest.py and tiny limits.
+The key and origin checks themselves are tested in test_security_checks.py; here they read a
+handshake (a Starlette ``WebSocket`` built from an ASGI scope, no server), and the ingress's
+refusal answers it. The limits run on a RealtimeSession with the fake models of conftest.py and
+tiny limits.
 """
 
 from __future__ import annotations
@@ -13,16 +14,9 @@ import pytest
 from starlette.websockets import WebSocket
 
 from quillman import errors
-from quillman.config import ServerConfig, SessionConfig
-from quillman.deployments.ingress import (
-    KEY_SUBPROTOCOL,
-    RETRY_AFTER_S,
-    configured_keys,
-    key_is_valid,
-    origin_is_allowed,
-    presented_key,
-    refuse,
-)
+from quillman.config import SessionConfig
+from quillman.deployments.ingress import RETRY_AFTER_S, refuse
+from quillman.security import KEY_SUBPROTOCOL, check_api_key, check_origin, presented_key
 from quillman.pipeline import session as session_module
 from quillman.pipeline.limits import TokenBucket
 
@@ -52,69 +46,21 @@ def handshake(headers: dict[str, str] | None = None, subprotocols: list[str] | N
     return WebSocket(scope, receive, send)
 
 
-# --- API keys ------------------------------------------------------------------------------------
+# --- the checks on a real handshake ------------------------------------------------------------
+# quillman.security's checks take a headers mapping (tests/unit/test_security_checks.py); the
+# ingress hands them Starlette's Headers, which matches names case-insensitively.
 
 
-@pytest.mark.parametrize(("headers", "subprotocols", "expected"), [
-    ({}, [], None),
-    ({"Authorization": "Bearer sk-123"}, [], "sk-123"),
-    ({"Authorization": "bearer  sk-123 "}, [], "sk-123"),  # scheme is case-insensitive, spaces trimmed
-    ({"Authorization": "Basic dXNlcjpwdw=="}, [], None),  # not a bearer token
-    ({"Authorization": "Bearer"}, [], None),
-    ({}, ["realtime", KEY_SUBPROTOCOL + "sk-456"], "sk-456"),  # what browsers and OpenAI's JS SDK send
-    ({}, ["realtime"], None),
-    ({}, ["openai-insecure-api-key"], None),  # the prefix without a key
-    # Both present: the header wins.
-    ({"Authorization": "Bearer from-header"}, [KEY_SUBPROTOCOL + "from-protocol"], "from-header"),
-])
-def test_presented_key(headers, subprotocols, expected):
-    assert presented_key(handshake(headers, subprotocols)) == expected
-
-
-def test_key_is_valid():
-    keys = ["alpha-key", "beta-key"]
-    assert key_is_valid("alpha-key", keys)
-    assert key_is_valid("beta-key", keys)
-    for wrong in [None, "", "alpha", "alpha-key ", "ALPHA-KEY", "beta-keyX", "alpha-key\x00"]:
-        assert not key_is_valid(wrong, keys), wrong
-    assert not key_is_valid("anything", [])
-    # Non-ASCII keys compare as bytes (hmac.compare_digest refuses non-ASCII str).
-    assert key_is_valid("clé-ü", ["clé-ü"])
-    assert not key_is_valid("clé-u", ["clé-ü"])
-
-
-def test_key_is_valid_checks_every_key(monkeypatch):
-    """No early exit: the time taken does not tell which key (or how much of one) matched."""
-    import hmac
-
-    from quillman.deployments import ingress
-
-    calls = []
-    real = hmac.compare_digest
-
-    def counting(a, b):
-        calls.append((a, b))
-        return real(a, b)
-
-    monkeypatch.setattr(ingress.hmac, "compare_digest", counting)
-    assert key_is_valid("k1", ["k1", "k2", "k3"])
-    assert len(calls) == 3
-    calls.clear()
-    assert not key_is_valid("nope", ["k1", "k2", "k3"])
-    assert len(calls) == 3
-
-
-def test_configured_keys_from_config_and_env(monkeypatch):
-    monkeypatch.delenv("QUILLMAN_API_KEYS", raising=False)
-    assert configured_keys(ServerConfig()) == []
-    assert configured_keys(ServerConfig(api_keys=["a"])) == ["a"]
-    monkeypatch.setenv("QUILLMAN_API_KEYS", " b , c,,")
-    assert configured_keys(ServerConfig(api_keys=["a"])) == ["a", "b", "c"]
-    assert configured_keys(ServerConfig()) == ["b", "c"]
-    monkeypatch.setenv("QUILLMAN_API_KEYS", " , ")  # blanks are not keys: auth stays off
-    assert configured_keys(ServerConfig()) == []
-    monkeypatch.setenv("OTHER_KEYS", "d")
-    assert configured_keys(ServerConfig(api_keys_env="OTHER_KEYS")) == ["d"]
+def test_the_checks_read_starlettes_headers_and_subprotocols():
+    socket = handshake({"Authorization": "Bearer sk-1", "Origin": "http://127.0.0.1:8000"},
+                       ["realtime", KEY_SUBPROTOCOL + "sk-2"])
+    assert presented_key(socket.headers, socket.scope["subprotocols"]) == "sk-1"
+    assert check_api_key(socket.headers, ["sk-1"], socket.scope["subprotocols"]) is None
+    assert check_origin(socket.headers, []) is None
+    assert presented_key(handshake(subprotocols=[KEY_SUBPROTOCOL + "sk-2"]).headers,
+                         [KEY_SUBPROTOCOL + "sk-2"]) == "sk-2"
+    foreign = handshake({"Origin": "http://evil.example"})
+    assert isinstance(check_origin(foreign.headers, []), errors.OriginNotAllowed)
 
 
 # --- refusals -----------------------------------------------------------------------------------
@@ -137,6 +83,7 @@ async def test_refusal_is_an_http_answer_with_a_stable_code(refusal, status, clo
     headers = {k.decode().lower(): v.decode() for k, v in start["headers"]}
     assert headers["content-type"] == "application/json"
     assert ("retry-after" in headers) == (status == 503)
+    assert ("www-authenticate" in headers) == (status == 401)
     if status == 503:
         assert int(headers["retry-after"]) == RETRY_AFTER_S
     error = json.loads(body["body"])["error"]
@@ -173,26 +120,6 @@ def test_the_default_config_listens_on_loopback_without_keys():
     # Serve's own limit would queue a connection (a queue that hangs instead of a refusal).
     ingress = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Ingress")
     assert server["max_sessions_per_replica"] < ingress["max_ongoing_requests"]
-
-
-# --- origins -------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("origin", "allowed", "expected"), [
-    (None, [], True),  # not a browser: the API key is the control
-    ("http://127.0.0.1:8000", [], True),  # the server's own web client
-    ("http://evil.example", [], False),
-    ("http://127.0.0.1:8001", [], False),  # another port is another origin
-    ("http://127.0.0.1:8000.evil.example", [], False),
-    ("null", [], False),  # sandboxed iframes, file:// pages
-    ("https://app.example.com", ["https://app.example.com"], True),
-    ("https://app.example.com.evil.example", ["https://app.example.com"], False),
-    ("http://app.example.com", ["https://app.example.com"], False),  # scheme matters
-    ("https://anything.example", ["*"], True),
-])
-def test_origin_is_allowed(origin, allowed, expected):
-    headers = {} if origin is None else {"Origin": origin}
-    assert origin_is_allowed(handshake(headers), allowed) is expected
 
 
 # --- rate limit ----------------------------------------------------------------------------------

@@ -170,3 +170,33 @@ def test_layout_rejects_more_than_the_box_has():
 
 def test_layout_allows_cpu_engines_without_gpus():
     assert gpu_layout_problems(AppConfig(), _deployments(0, 0, 0), 1) == []
+
+
+# --- settings checked when the config is validated ----------------------------------------------
+
+
+@pytest.mark.parametrize("keys", [[""], ["   "], ["good-key", "\t"]], ids=["empty", "spaces", "tab-beside-a-key"])
+def test_an_empty_api_key_is_refused_with_a_clear_message(keys):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="server.api_keys has an empty or whitespace-only key"):
+        AppConfig.model_validate({"server": {"api_keys": keys}})
+
+
+def test_real_api_keys_and_no_keys_are_accepted():
+    from quillman.config import ServerConfig
+
+    assert ServerConfig(api_keys=["k1", "k2"]).api_keys == ["k1", "k2"]
+    assert ServerConfig().api_keys == []
+
+
+def test_each_model_stage_has_a_startup_timeout_longer_than_its_delay():
+    from pydantic import ValidationError
+
+    config = AppConfig()
+    assert config.asr.startup_timeout_s == config.llm.startup_timeout_s == config.tts.startup_timeout_s == 600
+    AppConfig.model_validate({"llm": {"startup_delay_s": 45, "startup_timeout_s": 120}})
+    with pytest.raises(ValidationError, match="startup_timeout_s .* must be longer than startup_delay_s"):
+        AppConfig.model_validate({"llm": {"startup_delay_s": 60, "startup_timeout_s": 30}})
+    with pytest.raises(ValidationError):
+        AppConfig.model_validate({"asr": {"startup_timeout_s": 0}})

@@ -48,14 +48,16 @@ class BatchEngine(SingleEngine):
         return [_transcript(p, language, len(pcms)) for p in pcms]
 
 
-def _make(monkeypatch, engine, **config) -> object:
-    monkeypatch.setattr(transcriber_module, "load_recognizer", lambda cfg: engine)
-    return TranscriberClass(AsrConfig(**config))
+async def _make(engine, **config) -> object:
+    # As Serve builds a replica with an async constructor: __new__, then await __init__.
+    replica = TranscriberClass.__new__(TranscriberClass)
+    await replica.__init__(AsrConfig(**config), engine_factory=lambda cfg: engine)
+    return replica
 
 
-async def test_engines_without_batching_keep_the_single_path(monkeypatch):
+async def test_engines_without_batching_keep_the_single_path():
     engine = SingleEngine()
-    replica = _make(monkeypatch, engine, language="en")
+    replica = await _make(engine, language="en")
     assert replica.batched is False
     result = await replica.transcribe(np.zeros(1600, np.float32))
     assert result.text == "1600/1" and result.language == "en"
@@ -67,7 +69,7 @@ async def test_concurrent_segments_are_batched_in_order_and_grouped_by_language(
     context = types.SimpleNamespace(_deployment_config=types.SimpleNamespace(max_ongoing_requests=16))
     monkeypatch.setattr(serve, "get_replica_context", lambda: context)
     engine = BatchEngine()
-    replica = _make(monkeypatch, engine, backend="transformers", language="en",
+    replica = await _make(engine, backend="transformers", language="en",
                     max_batch_size=4, batch_wait_timeout_s=0.2)
     assert replica.batched is True
     assert replica._transcribe_batched._get_max_batch_size() == 4
