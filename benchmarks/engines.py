@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))  # runnable from a checkout without installing
 from quillman.audio import int16_to_float  # noqa: E402
 from quillman.config import AppConfig  # noqa: E402
 from quillman.engines.asr.base import ASR_SAMPLE_RATE_HZ  # noqa: E402
-from quillman.engines.llm.base import GenerationParams  # noqa: E402
+from quillman.engines.llm.base import GenerationParams, Usage  # noqa: E402
 from quillman.loadtest.report import median, percentile  # noqa: E402
 from quillman.loadtest.speech import QUESTIONS, espeak  # noqa: E402
 
@@ -87,6 +87,8 @@ async def measure_stream(make: Callable[[], Any]) -> dict[str, float]:
     stream = make()
     if hasattr(stream, "__aiter__"):
         async for item in stream:
+            if isinstance(item, Usage):  # an LLM stream's closing token counts are not a delta
+                continue
             first = first or time.perf_counter()
             items.append(item)
     else:

@@ -27,7 +27,7 @@ from ray.serve.handle import DeploymentHandle
 from quillman import errors, security
 from quillman.config import AppConfig
 from quillman.engines.asr.base import Transcript
-from quillman.engines.llm.base import GenerationParams, Message
+from quillman.engines.llm.base import Delta, GenerationParams, Message
 from quillman.engines.vad import SileroVad
 from quillman.deployments.health import WHAT_TO_RUN, DeploymentWatch, read_serve_states
 from quillman.metrics import ServeMetrics
@@ -91,7 +91,7 @@ class HandleBackends:
             response.cancel()
             raise
 
-    async def generate(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[str]:
+    async def generate(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[Delta]:
         stream = self._llm.generate.remote(messages, params)
         try:
             async for delta in stream:

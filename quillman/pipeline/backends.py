@@ -11,15 +11,16 @@ from typing import AsyncIterator, Protocol
 import numpy as np
 
 from quillman.engines.asr.base import Transcript
-from quillman.engines.llm.base import GenerationParams, Message
+from quillman.engines.llm.base import Delta, GenerationParams, Message
 
 
 class Backends(Protocol):
     async def transcribe(self, pcm: np.ndarray, language: str | None) -> Transcript:
         """16 kHz float32 mono in."""
 
-    def generate(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[str]:
-        """Text deltas; closing the iterator must cancel generation."""
+    def generate(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[Delta]:
+        """Text deltas, then a Usage if the engine counts tokens; closing the iterator must cancel
+        generation."""
 
     def synthesize(self, text: str, voice: str, sample_rate_hz: int) -> AsyncIterator[np.ndarray]:
         """int16 mono pcm chunks at ``sample_rate_hz``; closing the iterator cancels synthesis."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from quillman import errors, protocol
 from quillman.audio import encode_pcm16_base64
-from quillman.engines.llm.base import GenerationParams, Message
+from quillman.engines.llm.base import Delta, GenerationParams, Message, Usage
 from quillman.pipeline.backends import Backends
 from quillman.pipeline.fanout import ordered_fanout
 from quillman.pipeline.sentences import SentenceSplitter, split_stream
@@ -297,8 +297,11 @@ class Response:
         if index == 0:
             self.timings.first_sentence = self.timings.first_sentence_tts_started = time.perf_counter()
 
-    async def _transcript_deltas(self, deltas: AsyncIterator[str]) -> AsyncIterator[str]:
+    async def _transcript_deltas(self, deltas: AsyncIterator[Delta]) -> AsyncIterator[str]:
         async for delta in self._iter_with_timeout(deltas):
+            if isinstance(delta, Usage):  # the engine's own count replaces ours
+                self._input_tokens, self._output_tokens = delta.input_tokens, delta.output_tokens
+                continue
             if self.timings.first_token is None:
                 self.timings.first_token = time.perf_counter()
             self._output_tokens += 1

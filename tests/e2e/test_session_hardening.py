@@ -89,6 +89,10 @@ async def test_hostile_frames_get_one_error_each_and_the_socket_stays(ws_url):
         assert accepted["session"]["audio"]["input"]["turn_detection"]["type"] == "server_vad"
         result = await client.say("Say hello.")
     assert result.status == "completed" and result.reply_text.strip()
+    usage = next(e for e in result.events if e["type"] == "response.done")["response"]["usage"]
+    # llama.cpp's own counts: the prompt (system + history + question) and the reply's tokens.
+    assert usage["input_tokens"] > 20 and 0 < usage["output_tokens"] <= 64
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
 
 
 async def test_a_client_that_stops_reading_is_closed_and_the_server_goes_on(ws_url):

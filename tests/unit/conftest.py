@@ -181,6 +181,7 @@ class FakeBackends:
         self.llm_hang_calls: dict[int, int] = {}  # call index -> wait for llm_release after n tokens
         self.llm_fail_calls: dict[int, int] = {}  # call index -> raise after this many tokens
         self.llm_calls: list[CallLog] = []
+        self.usage = None  # a quillman.engines.llm.base.Usage to end each stream with
         # TTS
         self.samples_per_word = 240
         self.tts_chunks = 2
@@ -234,6 +235,8 @@ class FakeBackends:
                 yield token
             if hang_after is not None and hang_after >= len(self.tokens(reply)):
                 await self.llm_release.wait()
+            if self.usage is not None:  # as engines that count tokens end their stream
+                yield self.usage
             log.completed = True
         except (asyncio.CancelledError, GeneratorExit):
             log.cancelled = True

@@ -16,7 +16,20 @@ class GenerationParams:
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
 
 
-class LanguageModel(Protocol):
-    """``stream`` is an async generator; closing it (cancellation) must stop generation."""
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of one generation, as the engine counted them (the stream's last delta)."""
 
-    def stream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[str]: ...
+    input_tokens: int
+    output_tokens: int
+
+
+# A stream's deltas: text as it is generated, then (where the backend tells) one Usage.
+Delta = str | Usage
+
+
+class LanguageModel(Protocol):
+    """``stream`` is an async generator of :data:`Delta`; closing it (cancellation) must stop
+    generation."""
+
+    def stream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[Delta]: ...

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from quillman.aio import iterate_in_thread
-from quillman.engines.llm.base import GenerationParams, Message
+from quillman.engines.llm.base import Delta, GenerationParams, Message, Usage
 from quillman.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -43,15 +43,22 @@ class LlamaCppModel:
         self._lock = threading.Lock()
         logger.info("llama.cpp model loaded from %s", path)
 
-    def stream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[str]:
+    def stream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[Delta]:
         def deltas():
             with self._lock:
+                generated = 0
                 for chunk in self._llm.create_chat_completion(
                     messages=messages, stream=True, max_tokens=params.max_tokens,
                     temperature=params.temperature, top_p=params.top_p,
                 ):
-                    delta = chunk["choices"][0]["delta"].get("content")
+                    choice = chunk["choices"][0]
+                    if choice.get("finish_reason") is None and "role" not in choice["delta"]:
+                        generated += 1  # one streamed chunk per sampled token
+                    delta = choice["delta"].get("content")
                     if delta:
                         yield delta
+                # The context now holds the prompt and the reply (the last token not yet evaluated).
+                yield Usage(input_tokens=max(self._llm.n_tokens - max(generated - 1, 0), 0),
+                            output_tokens=generated)
 
         return iterate_in_thread(deltas)

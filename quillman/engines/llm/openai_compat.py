@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import aiohttp
 
 from quillman.config import LlmConfig
-from quillman.engines.llm.base import GenerationParams, Message
+from quillman.engines.llm.base import Delta, GenerationParams, Message, Usage
 from quillman.errors import ConfigError, ModelError
 
 logger = logging.getLogger(__name__)
@@ -90,10 +90,11 @@ class OpenAICompatibleModel:
         if self._session is not None and not self._session.closed:
             await self._session.close()
 
-    async def stream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[str]:
+    async def stream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[Delta]:
         body: dict[str, Any] = {
             "model": self.model, "messages": messages, "stream": True,
             "max_tokens": params.max_tokens, "temperature": params.temperature, "top_p": params.top_p,
+            "stream_options": {"include_usage": True},  # a last chunk with the token counts
         }
         try:
             response = await self._get_session().post(self.url, json=body)
@@ -107,9 +108,14 @@ class OpenAICompatibleModel:
             async for data in iterate_sse_data(response.content):
                 if data.strip() == "[DONE]":
                     break
-                delta = _delta_text(json.loads(data), self.url)
+                chunk = json.loads(data)
+                delta = _delta_text(chunk, self.url)
                 if delta:
                     yield delta
+                usage = chunk.get("usage")
+                if isinstance(usage, dict) and "prompt_tokens" in usage:
+                    yield Usage(input_tokens=int(usage["prompt_tokens"]),
+                                output_tokens=int(usage.get("completion_tokens") or 0))
             completed = True
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise ModelError(f"LLM stream from {self.url} failed: {type(exc).__name__}: {exc}") from exc

@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator
 
 from quillman.config import LlmConfig
 from quillman.engines.gpu import import_optional, require_cuda, resolve_model_dir, staggered_start
-from quillman.engines.llm.base import GenerationParams, Message
+from quillman.engines.llm.base import Delta, GenerationParams, Message, Usage
 from quillman.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class VllmModel:
         # The template already holds BOS and the like: don't let the tokenizer add them again.
         return {"prompt_token_ids": list(tokenizer.encode(text, add_special_tokens=False))}
 
-    async def stream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[str]:
+    async def stream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[Delta]:
         prompt = await self.render(messages)
         sampling = self._sampling_params_cls(
             max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
@@ -137,12 +137,15 @@ class VllmModel:
         request_id = f"quillman-{uuid.uuid4().hex}"
         outputs = self._engine.generate(prompt, sampling, request_id)
         finished = False
+        generated = 0
         try:
             async for output in outputs:
                 for completion in output.outputs:
+                    generated += len(getattr(completion, "token_ids", None) or ())
                     if completion.text:
                         yield completion.text
                 finished = finished or output.finished
+            yield Usage(input_tokens=len(prompt["prompt_token_ids"]), output_tokens=generated)
         finally:
             if not finished:
                 # Barge-in or disconnect: free the request's KV cache now.

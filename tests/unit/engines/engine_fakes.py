@@ -68,6 +68,7 @@ class AsyncEngineArgs:
 @dataclass
 class Completion:
     text: str
+    token_ids: tuple[int, ...] = (0,)  # DELTA mode: the new tokens of this step
 
 
 @dataclass

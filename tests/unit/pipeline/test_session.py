@@ -884,3 +884,13 @@ async def test_a_client_that_stops_reading_is_closed_with_one_error(backends, se
     assert close_code == 1011
     assert session._outbox.queued_bytes <= 64 * 1024 + 16 * 1024 or session._outbox.finished
     assert not [t for t in session._tasks if not t.done()]
+
+
+async def test_usage_counts_the_engines_tokens(driver, backends):
+    from quillman.engines.llm.base import Usage
+
+    without = (await driver.text_turn("count yourself"))["response"]["usage"]
+    assert without["output_tokens"] == len(backends.tokens(backends.reply)) and without["input_tokens"] == 0
+    backends.usage = Usage(input_tokens=123, output_tokens=17)
+    usage = (await driver.text_turn("and now?"))["response"]["usage"]
+    assert usage == {"total_tokens": 140, "input_tokens": 123, "output_tokens": 17}

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from quillman.config import LlmConfig
-from quillman.engines.llm.base import GenerationParams
+from quillman.engines.llm.base import GenerationParams, Usage
 from quillman.engines.llm.openai_compat import OpenAICompatibleModel, iterate_sse_data
 from quillman.engines.loader import load_language_model
 from quillman.errors import ConfigError, ModelError
@@ -55,7 +55,7 @@ class ChatServer:
                 await response.write(_chunk(word))
                 self.sent += 1
             await response.write(_chunk(finish="stop"))
-            usage = {"id": "chatcmpl-1", "choices": [], "usage": {"completion_tokens": 5}}
+            usage = {"id": "chatcmpl-1", "choices": [], "usage": {"prompt_tokens": 21, "completion_tokens": 5}}
             await response.write(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
         except (ConnectionResetError, asyncio.CancelledError):
             self.disconnected.set()
@@ -90,16 +90,17 @@ async def model(chat_server, monkeypatch):
 async def test_streams_deltas_and_sends_the_request(model, chat_server):
     assert isinstance(model, OpenAICompatibleModel)
     deltas = [d async for d in model.stream(MESSAGES, PARAMS)]
-    assert deltas == ["Hello", " there", ",", " friend", "."]
+    # The server's own token counts come last (stream_options.include_usage).
+    assert deltas == ["Hello", " there", ",", " friend", ".", Usage(input_tokens=21, output_tokens=5)]
     body = chat_server.requests[0]
     assert body == {"model": "zephyr", "messages": MESSAGES, "stream": True, "max_tokens": 40,
-                    "temperature": 0.1, "top_p": 0.95}
+                    "temperature": 0.1, "top_p": 0.95, "stream_options": {"include_usage": True}}
     assert chat_server.headers[0]["Authorization"] == "Bearer sk-test"
 
 
 async def test_connection_is_reused_across_turns(model, chat_server):
     for _ in range(3):
-        assert "".join([d async for d in model.stream(MESSAGES, PARAMS)]) == "Hello there, friend."
+        assert "".join([d async for d in model.stream(MESSAGES, PARAMS) if isinstance(d, str)]) == "Hello there, friend."
     assert len(chat_server.requests) == 3
 
 
@@ -132,7 +133,7 @@ async def test_cancelling_the_consumer_disconnects(model, chat_server):
     assert chat_server.sent < 200
     # The model still works for the next turn.
     chat_server.words, chat_server.delay_s = ["ok"], 0.0
-    assert [d async for d in model.stream(MESSAGES, PARAMS)] == ["ok"]
+    assert [d async for d in model.stream(MESSAGES, PARAMS) if isinstance(d, str)] == ["ok"]
 
 
 async def test_http_error_is_a_model_error(model, chat_server):

@@ -56,7 +56,7 @@ def test_feature_parsing():
 def test_the_docker_image_builds_with_the_makefiles_portable_flags():
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[3]
+    root = Path(__file__).resolve().parents[4]
     makefile = re.search(r"^LLAMA_CMAKE_ARGS_x86-64-v3 := (.+)$", (root / "Makefile").read_text(), re.M)
     dockerfile = re.search(r'^ARG LLAMA_CMAKE_ARGS="(.+)"$', (root / "Dockerfile").read_text(), re.M)
     assert makefile and dockerfile

@@ -20,7 +20,7 @@ from engine_fakes import (
 )
 
 from quillman.config import LlmConfig
-from quillman.engines.llm.base import GenerationParams
+from quillman.engines.llm.base import GenerationParams, Usage
 from quillman.engines.llm.vllm import VllmModel, engine_kwargs, fold_system_prompt
 from quillman.engines.loader import load_language_model
 from quillman.errors import ConfigError
@@ -49,9 +49,10 @@ async def test_streams_delta_text_with_the_chat_template(fake_vllm):
     engine = FakeAsyncLLM()
     model = VllmModel(engine)
     deltas = [d async for d in model.stream(MESSAGES, PARAMS)]
-    assert deltas == ["Hello", " there", ", friend."]
-    prompt, sampling, request_id = engine.requests[0]
     rendered = "<s><|system|>\nBe brief.</s><|user|>\nHi!</s><|assistant|>\n"
+    # Text, then the real token counts: the prompt's ids and one id per DELTA step here.
+    assert deltas == ["Hello", " there", ", friend.", Usage(input_tokens=len(rendered), output_tokens=3)]
+    prompt, sampling, request_id = engine.requests[0]
     assert prompt == {"prompt_token_ids": [ord(c) for c in rendered]}
     # The template holds BOS already: the tokenizer must not add another.
     assert engine.tokenizer.encode_calls[-1]["add_special_tokens"] is False
@@ -65,7 +66,8 @@ async def test_each_stream_is_its_own_request(fake_vllm):
     engine = FakeAsyncLLM(async_tokenizer=True)  # older vLLM: get_tokenizer() is a coroutine
     model = VllmModel(engine)
     for _ in range(2):
-        assert "".join([d async for d in model.stream(MESSAGES, PARAMS)]) == "Hello there, friend."
+        text = [d async for d in model.stream(MESSAGES, PARAMS) if isinstance(d, str)]
+        assert "".join(text) == "Hello there, friend."
     ids = [request_id for _, _, request_id in engine.requests]
     assert len(set(ids)) == 2
 

@@ -52,7 +52,7 @@ def _load_unit_fakes():
     (Hypothesis runs many examples per test, each with a fresh session and fresh fakes, so the
     function-scoped fixtures don't fit; the classes are the same ones the fixtures build.)
     """
-    spec = importlib.util.spec_from_file_location("_quillman_unit_fakes", Path(__file__).with_name("conftest.py"))
+    spec = importlib.util.spec_from_file_location("_quillman_unit_fakes", Path(__file__).parents[1] / "conftest.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while it loads
     spec.loader.exec_module(module)
