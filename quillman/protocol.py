@@ -477,14 +477,16 @@ def error_event(exc: errors.QuillmanError) -> ErrorEvent:
     return ErrorEvent(error=error_body(exc))
 
 
-class SessionCreated(ServerEvent):
+class _SessionEvent(ServerEvent):
+    session: SessionObject
+
+
+class SessionCreated(_SessionEvent):
     type: Literal["session.created"] = "session.created"
-    session: SessionObject
 
 
-class SessionUpdated(ServerEvent):
+class SessionUpdated(_SessionEvent):
     type: Literal["session.updated"] = "session.updated"
-    session: SessionObject
 
 
 class SpeechStartedEvent(ServerEvent):
@@ -509,16 +511,17 @@ class InputAudioBufferCleared(ServerEvent):
     type: Literal["input_audio_buffer.cleared"] = "input_audio_buffer.cleared"
 
 
-class ConversationItemAdded(ServerEvent):
+class _ItemEvent(ServerEvent):
+    item: MessageItem
+    previous_item_id: str | None = None
+
+
+class ConversationItemAdded(_ItemEvent):
     type: Literal["conversation.item.added"] = "conversation.item.added"
-    item: MessageItem
-    previous_item_id: str | None = None
 
 
-class ConversationItemDone(ServerEvent):
+class ConversationItemDone(_ItemEvent):
     type: Literal["conversation.item.done"] = "conversation.item.done"
-    item: MessageItem
-    previous_item_id: str | None = None
 
 
 class ConversationItemTruncated(ServerEvent):
@@ -550,28 +553,30 @@ class InputAudioTranscriptionFailed(ServerEvent):
     error: ErrorBody
 
 
-class ResponseCreated(ServerEvent):
+class _ResponseEvent(ServerEvent):
+    response: ResponseObject
+
+
+class ResponseCreated(_ResponseEvent):
     type: Literal["response.created"] = "response.created"
-    response: ResponseObject
 
 
-class ResponseDone(ServerEvent):
+class ResponseDone(_ResponseEvent):
     type: Literal["response.done"] = "response.done"
-    response: ResponseObject
 
 
-class OutputItemAdded(ServerEvent):
+class _OutputItemEvent(ServerEvent):
+    response_id: str
+    output_index: int
+    item: MessageItem
+
+
+class OutputItemAdded(_OutputItemEvent):
     type: Literal["response.output_item.added"] = "response.output_item.added"
-    response_id: str
-    output_index: int
-    item: MessageItem
 
 
-class OutputItemDone(ServerEvent):
+class OutputItemDone(_OutputItemEvent):
     type: Literal["response.output_item.done"] = "response.output_item.done"
-    response_id: str
-    output_index: int
-    item: MessageItem
 
 
 class _PartEvent(ServerEvent):
@@ -581,14 +586,16 @@ class _PartEvent(ServerEvent):
     content_index: int = 0
 
 
-class ContentPartAdded(_PartEvent):
+class _ContentPartEvent(_PartEvent):
+    part: AudioPart | TextPart
+
+
+class ContentPartAdded(_ContentPartEvent):
     type: Literal["response.content_part.added"] = "response.content_part.added"
-    part: AudioPart | TextPart
 
 
-class ContentPartDone(_PartEvent):
+class ContentPartDone(_ContentPartEvent):
     type: Literal["response.content_part.done"] = "response.content_part.done"
-    part: AudioPart | TextPart
 
 
 class OutputAudioDelta(_PartEvent):

@@ -74,6 +74,7 @@ async def ordered_fanout(
         pending.put_nowait(None)
 
     producer = asyncio.create_task(produce())
+    get: asyncio.Future | None = None
     try:
         while True:
             get = asyncio.ensure_future(pending.get())
@@ -98,6 +99,8 @@ async def ordered_fanout(
                 yield index, item, result
         producer.result()
     finally:
+        if get is not None:
+            get.cancel()  # cancelled while waiting for the next item: no Queue.get left behind
         producer.cancel()
         for task in list(tasks):
             task.cancel()

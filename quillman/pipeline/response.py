@@ -72,7 +72,7 @@ class UserInput:
     """The user side of a turn: its transcript arrives later for spoken turns."""
 
     item_id: str | None
-    transcript: Awaitable[str]
+    transcript: Callable[[], Awaitable[str]]  # called when the response needs it
     speech_end: float | None = None  # perf_counter instant of the last speech sample
     asr_last_segment_ms: Callable[[], float | None] = lambda: None
 
@@ -240,9 +240,9 @@ class Response:
                 self._event(protocol.error_event(failure))
         self._finish(status, details)
 
-    async def _transcript(self, transcript: Awaitable[str]) -> str:
+    async def _transcript(self, transcript: Callable[[], Awaitable[str]]) -> str:
         try:
-            return await self._with_timeout(transcript)
+            return await self._with_timeout(transcript())
         except errors.ModelError as exc:
             raise errors.TranscriptionFailed(f"transcription failed: {exc.message}") from None
         except (asyncio.CancelledError, errors.QuillmanError):

@@ -123,6 +123,9 @@ class RealtimeSession:
                                  config.max_turn_s)
         self.conversation = Conversation(config.max_history_messages, llm.prompt_char_budget())
         self.response: Response | None = None  # the visible response, if unfinished
+        # Committed turns' responses waiting for it: one response is in progress at a time, the
+        # one response.cancel reaches; each of these starts (its events flow) when it is done.
+        self._queued: collections.deque[Response] = collections.deque()
         self._tasks: set[asyncio.Task] = set()
         self._receiver: asyncio.Task | None = None
         self.close_code = CLOSE_NORMAL
@@ -198,8 +201,9 @@ class RealtimeSession:
     async def close(self) -> None:
         """Cancel every piece of work of this session (disconnect): nothing keeps running."""
         self._abandon(self.turns.abandon())
-        if self.response is not None:
-            self.response.cancel("client_cancelled")
+        for response in (self.response, *self._queued):
+            if response is not None:
+                response.cancel("client_cancelled")
         tasks = [t for t in self._tasks if not t.done()]
         for task in tasks:
             task.cancel()
@@ -288,7 +292,8 @@ class RealtimeSession:
                 case TurnStarted(turn=turn, audio_start_ms=start_ms):
                     if self.response is not None and self.settings.interrupt_response:
                         logger.info("[%s] barge-in: cancelling %s", self.id, self.response.id)
-                        self.response.cancel("turn_detected")
+                        for response in (self.response, *self._queued):
+                            response.cancel("turn_detected")
                     self.emit(protocol.SpeechStartedEvent(audio_start_ms=start_ms, item_id=turn.item_id))
                 case SegmentCut(turn=turn, pcm=pieces, pause=pause):
                     self._transcribe(turn, pieces)
@@ -327,7 +332,7 @@ class RealtimeSession:
             self._transcribe(turn, committed.tail)
         self.turns_committed += 1
         self.metrics.turn_committed()
-        turn.transcript = self._spawn(turn.join_transcripts(), "transcript")
+        turn.transcript = self._spawn(turn.join_transcripts()(), "transcript")
         # The user's place in the conversation is fixed now; the text comes with the transcript.
         previous = self.conversation.add(turn.item_id, {"role": "user", "content": ""})
         self.emit(protocol.InputAudioBufferCommitted(item_id=turn.item_id, previous_item_id=previous))
@@ -375,7 +380,8 @@ class RealtimeSession:
     def _start_voice_response(self, turn: UserTurn, speculative: bool) -> Response:
         user = UserInput(
             item_id=turn.item_id,
-            transcript=asyncio.shield(turn.transcript) if turn.transcript else turn.join_transcripts(),
+            transcript=(lambda task=turn.transcript: asyncio.shield(task)) if turn.transcript
+            else turn.join_transcripts(),
             speech_end=turn.speech_end,
             asr_last_segment_ms=turn.last_segment_ms,
         )
@@ -387,7 +393,8 @@ class RealtimeSession:
                       options: protocol.ResponseOptions | None, origin: float) -> Response:
         settings = response_settings(self.settings, options, self.config, self.llm)
         user_item_id = user.item_id if user else None
-        previous = self.response.task if self.response is not None else None
+        last = self._queued[-1] if self._queued else self.response
+        previous = last.task if last is not None else None
         return Response(
             settings=settings, backends=self.backends, emit=self.emit,
             prompt=lambda text: self.conversation.messages(settings.instructions, user_item_id, text),
@@ -396,7 +403,10 @@ class RealtimeSession:
         )
 
     def _show(self, response: Response, turn_detected: float | None) -> None:
-        self.response = response
+        if self.response is None:
+            self.response = response
+        else:  # it follows the one in progress (its task waits for that one's)
+            self._queued.append(response)
         if not response.visible:
             response.open_gate(turn_detected or time.perf_counter())
         else:
@@ -404,7 +414,9 @@ class RealtimeSession:
 
     def _response_finished(self, response: Response, status: str, text: str) -> None:
         if self.response is response:
-            self.response = None
+            self.response = self._queued.popleft() if self._queued else None
+        elif response in self._queued:
+            self._queued.remove(response)
         self.responses_done += 1
         timings = response.timings.as_ms()
         self.metrics.response_done(status, timings, spoken=response.user is not None)

@@ -114,10 +114,12 @@ class UserTurn:
     speculation: object | None = None  # the response started at the last pause (session's)
     transcript: asyncio.Task[str] | None = None
 
-    def join_transcripts(self) -> Awaitable[str]:
-        """The transcript of the segments cut so far, in order.
+    def join_transcripts(self) -> Callable[[], Awaitable[str]]:
+        """The transcript of the segments cut so far, in order, for whoever awaits it later.
 
-        Shielded: a speculation that is cancelled must not cancel segments the turn still needs.
+        The segments are fixed now; the waiting coroutine is made only when called, so a
+        response cancelled before it ran leaves no coroutine un-awaited. Shielded: a speculation
+        that is cancelled must not cancel segments the turn still needs.
         """
         segments = list(self.segments)
 
@@ -125,7 +127,7 @@ class UserTurn:
             results = await asyncio.gather(*(asyncio.shield(task) for task in segments))
             return " ".join(r.text.strip() for r in results if r.text.strip()).strip()
 
-        return join()
+        return join
 
     def last_segment_ms(self) -> float | None:
         if not self.segments or not self.segments[-1].done() or self.segments[-1].cancelled():
@@ -230,6 +232,8 @@ class TurnTracker:
         events = await self._detect() if self.options is not None else []
         if self.turn is not None and (self.timeline.end - self.turn.start_sample
                                       > self.max_turn_s * ASR_SAMPLE_RATE_HZ):
+            if self.options is not None:  # the server ends the turn: it says so, as at a silence
+                events.append(SpeechEnded(self.turn, samples_to_ms(self.timeline.end)))
             events.append(self.commit("max_turn"))
         self._trim()
         return events

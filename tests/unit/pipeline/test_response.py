@@ -104,7 +104,7 @@ def user_input(text: str = "what time is it", item_id: str = "item_user") -> Use
     async def transcript():
         await asyncio.sleep(0)
         return text
-    return UserInput(item_id=item_id, transcript=transcript(), speech_end=0.0)
+    return UserInput(item_id=item_id, transcript=transcript, speech_end=0.0)
 
 
 async def test_completed_audio_response(backends):
@@ -300,7 +300,7 @@ async def test_tts_failure_fails_the_response(backends):
 async def test_a_hung_model_fails_the_response_after_the_timeout(backends, stage):
     user = None
     if stage == "asr":
-        user = UserInput(item_id="item_u", transcript=asyncio.Event().wait())
+        user = UserInput(item_id="item_u", transcript=asyncio.Event().wait)
     elif stage == "llm_first_token":
         backends.llm_hang_calls = {0: 0}
     elif stage == "llm_midway":

@@ -92,7 +92,7 @@ from hypothesis.stateful import (
 
 from quillman.audio import resample
 from quillman.protocol import SUPPORTED_RATES_HZ
-from quillman.speech import espeak
+from quillman.loadtest.speech import espeak
 
 
 def _load_unit_fakes():
