@@ -30,7 +30,7 @@ def warm_recognizer(engine: SpeechRecognizer, language: str | None) -> float:
 
 async def warm_language_model(engine: LanguageModel) -> float:
     start = time.perf_counter()
-    stream = engine.stream(WARM_MESSAGES, GenerationParams(max_tokens=4, temperature=0.0))
+    stream = engine.stream(WARM_MESSAGES, GenerationParams(max_tokens=4, temperature=0.0, top_p=1.0))
     try:
         async for _ in stream:
             pass

@@ -8,9 +8,12 @@ from typing import AsyncIterator, Protocol
 
 @dataclass(frozen=True)
 class GenerationParams:
-    max_tokens: int = 96
-    temperature: float = 0.2
-    top_p: float = 0.9
+    """Sampling of one generation; the server's values come from ``LlmConfig`` (no defaults
+    here, so that there is one place they live)."""
+
+    max_tokens: int
+    temperature: float
+    top_p: float
 
 
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}

@@ -266,7 +266,7 @@ async def test_health_fails_without_an_engine():
 
 async def test_the_deployments_still_serve_with_the_injected_engine():
     llm = await construct(LANGUAGE_MODEL, LlmConfig(), factory_of(FakeLanguageModel()))
-    assert [d async for d in llm.generate([{"role": "user", "content": "hi"}], GenerationParams())] == ["Hi", " there."]
+    assert [d async for d in llm.generate([{"role": "user", "content": "hi"}], GenerationParams(max_tokens=8, temperature=0.0, top_p=1.0))] == ["Hi", " there."]
     tts = await construct(SPEAKER, TtsConfig(), factory_of(FakeSynthesizer()))
     chunks = [c async for c in tts.synthesize("Hello.", "joe", 24000)]
     assert len(chunks) == 1 and len(chunks[0]) == 240  # resampled 16 -> 24 kHz
