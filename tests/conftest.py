@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 
 import pytest
+import yaml
 
-from quillman.server_process import DEFAULT_HTTP_URL, healthy, serve_run
+from quillman.server_process import DEFAULT_HTTP_URL, ROOT, healthy, serve_run
 
 SERVER_URL = DEFAULT_HTTP_URL
 
@@ -34,3 +35,22 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="session")
 def ws_url(server_url: str) -> str:
     return server_url.replace("http://", "ws://") + "/v1/realtime"
+
+
+BROKEN_PORT = 8002
+
+
+@pytest.fixture(scope="session")
+def broken_server(tmp_path_factory: pytest.TempPathFactory):
+    """A server whose LanguageModel cannot start (its GGUF is garbage): Serve retries it and
+    marks it DEPLOY_FAILED, as it does a replica that crashes in native code. The ingress and
+    the other models run; started once the ingress answers, not when healthy."""
+    folder = tmp_path_factory.mktemp("broken")
+    gguf = folder / "broken.gguf"
+    gguf.write_bytes(b"GGUF" + os.urandom(4096))
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    config["applications"][0]["args"]["llm"]["model"] = str(gguf)
+    path = folder / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    with serve_run(path, port=BROKEN_PORT, log_path=folder / "serve.log", require_healthy=False) as server:
+        yield server

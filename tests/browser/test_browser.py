@@ -357,3 +357,19 @@ def test_mic_denied_then_type_reconnect_and_errors(server_url, sync_playwright):
             result["final"] = page.evaluate(READ_PAGE)
     finally:
         _save("mic-denied-reconnect", result, console)
+
+
+def test_a_model_that_failed_to_start_is_named_on_the_page(broken_server, sync_playwright):
+    """Not "warming up" forever: the page says which model failed and what to run."""
+    console: list[str] = []
+    with open_page(sync_playwright, "startup-failure", console=console) as page:
+        page.goto(broken_server.url + "/")
+        page.wait_for_function(
+            "() => document.querySelector('#notice-text')?.textContent.includes('failed to start')",
+            timeout=300_000)
+        notice = page.locator("#notice-text").inner_text()
+        assert notice.startswith("The language model failed to start. Run `quillman doctor` on the server")
+        assert page.locator("#server-status-text").inner_text() == "A model failed to start"
+        assert "Warming up" not in page.locator("#server-status-text").inner_text()
+        page.screenshot(path=str(ARTIFACTS / "startup-failure.png"))
+    _save("startup-failure", {"notice": notice}, console)

@@ -1,24 +1,20 @@
 """A model deployment that cannot start is said out loud: /healthz, /prewarm and the log name it.
 
-The server runs with a LanguageModel whose GGUF file is garbage, so its constructor fails on every
-try and Serve marks it DEPLOY_FAILED (the same state a replica crashing with SIGILL ends in).
+The server (``broken_server`` in tests/conftest.py) runs with a LanguageModel whose GGUF file is
+garbage, so its constructor fails on every try and Serve marks it DEPLOY_FAILED (the same state
+a replica crashing with SIGILL ends in).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.error
 import urllib.request
 
 import pytest
-import yaml
-
-from quillman.server_process import ROOT, serve_run
 
 pytestmark = pytest.mark.e2e
-PORT = 8002
 
 
 def _get(url: str) -> tuple[int, dict]:
@@ -31,19 +27,6 @@ def _get(url: str) -> tuple[int, dict]:
             return exc.code, json.loads(body)
         except ValueError:  # Serve's proxy before the route exists
             return exc.code, {"text": body.decode(errors="replace")}
-
-
-@pytest.fixture(scope="module")
-def broken_server(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("broken")
-    gguf = folder / "broken.gguf"
-    gguf.write_bytes(b"GGUF" + os.urandom(4096))
-    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
-    config["applications"][0]["args"]["llm"]["model"] = str(gguf)
-    path = folder / "serve_config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    with serve_run(path, port=PORT, log_path=folder / "serve.log", require_healthy=False) as server:
-        yield server
 
 
 def test_healthz_names_the_failed_deployment_and_serves_reason(broken_server):
