@@ -509,11 +509,14 @@ class SessionMachine(RuleBasedStateMachine):
         done = len(d.of_type("response.done"))
         if done < self.expected_responses:
             missing.append(f"{self.expected_responses - done} of {self.expected_responses} response.done")
-        transcribed = Counter(e["item_id"] for e in d.of_type(
-            "conversation.item.input_audio_transcription.completed"))
+        # Each committed user item ends in exactly one transcription outcome: completed, or
+        # failed (GA's input_audio_transcription.failed, when the injected ASR failure hit it).
+        transcribed = Counter(e["item_id"] for e in [
+            *d.of_type("conversation.item.input_audio_transcription.completed"),
+            *d.of_type("conversation.item.input_audio_transcription.failed")])
         for e in d.of_type("input_audio_buffer.committed"):
             if transcribed[e["item_id"]] != 1:
-                missing.append(f"{transcribed[e['item_id']]} transcription.completed for {e['item_id']}")
+                missing.append(f"{transcribed[e['item_id']]} transcription outcomes for {e['item_id']}")
         return missing
 
     async def settle_all(self) -> None:
