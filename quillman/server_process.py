@@ -40,24 +40,26 @@ class ServerStartError(RuntimeError):
     """``serve run`` exited or did not become healthy in time; the message ends with its log."""
 
 
-def healthy(url: str, timeout_s: float = 5.0) -> bool:
-    """``GET {url}/healthz`` answers 200 (every deployment is up)."""
+def healthz_status(url: str, timeout_s: float = 5.0) -> int | None:
+    """The HTTP status of ``GET {url}/healthz``, or None when nothing answers."""
     try:
         with urllib.request.urlopen(f"{url.rstrip('/')}/healthz", timeout=timeout_s) as response:
-            return response.status == 200
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
     except (urllib.error.URLError, OSError, ValueError):
-        return False
+        return None
+
+
+def healthy(url: str, timeout_s: float = 5.0) -> bool:
+    """``GET {url}/healthz`` answers 200 (every deployment is up)."""
+    return healthz_status(url, timeout_s) == 200
 
 
 def answering(url: str, timeout_s: float = 5.0) -> bool:
-    """``GET {url}/healthz`` gets any HTTP answer (the ingress is up, whatever the models are)."""
-    try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/healthz", timeout=timeout_s):
-            return True
-    except urllib.error.HTTPError as exc:
-        return exc.code != 404  # Serve's proxy answers 404 until the app's route exists
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
+    """The ingress answers /healthz, whatever the models are (Serve's proxy says 404 until the
+    app's route exists)."""
+    return healthz_status(url, timeout_s) not in (None, 404)
 
 
 def http_url(ws_or_http_url: str) -> str:
