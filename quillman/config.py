@@ -165,6 +165,11 @@ class SessionConfig(_Strict):
     event_burst: int = Field(400, ge=1)
     # Events waiting for a client that does not read them; past this the session closes (1011).
     max_outbox_bytes: int = Field(32 * 1024 * 1024, ge=64 * 1024)
+    # conversation.item.input_audio_transcription.delta in realtime sessions (transcription
+    # sessions always have them; a client may opt in with ``include``): costs ASR time.
+    partial_transcripts: bool = False
+    # While the user speaks, the turn so far is transcribed again after this much new audio.
+    partial_transcript_interval_ms: int = Field(1000, ge=200, le=10000)
 
 
 class ServerConfig(_Strict):
@@ -192,8 +197,22 @@ class ServerConfig(_Strict):
         return keys
 
 
+class TelephonyConfig(_Strict):
+    """Phone calls through Twilio Media Streams (``/twilio/voice``, ``/twilio/media-stream``)."""
+
+    # Twilio signs its requests with the account's auth token: here or in the env var below.
+    # Without one, /twilio/* is open on a server without API keys and refused on one with keys.
+    auth_token: str | None = None
+    auth_token_env: str = "TWILIO_AUTH_TOKEN"
+    # The URL Twilio calls (e.g. a tunnel's https://abc.example): the stream URL in the TwiML
+    # and the URL signatures are computed over. Unset: taken from the request's Host and
+    # X-Forwarded-Proto headers.
+    public_url: str | None = None
+
+
 class AppConfig(_Strict):
     server: ServerConfig = ServerConfig()
+    telephony: TelephonyConfig = TelephonyConfig()
     asr: AsrConfig = AsrConfig()
     llm: LlmConfig = LlmConfig()
     tts: TtsConfig = TtsConfig()
