@@ -1,6 +1,7 @@
 """Sessions in audio/pcmu and audio/pcma, transcription sessions and noise reduction, over a
 RealtimeSession with fake models (real Silero VAD)."""
 
+import asyncio
 import base64
 
 import numpy as np
@@ -14,22 +15,12 @@ async def speak(driver, pcm_8k, fmt):
         await driver.send({"type": "input_audio_buffer.append",
                            "audio": encode_audio_base64(pcm_8k[start:start + 160], fmt)})
         for _ in range(10):
-            await __import__("asyncio").sleep(0)
+            await asyncio.sleep(0)
 
 
 @pytest.fixture
 def question_8k(short_speech_24k):
     return resample(short_speech_24k.pcm, 24000, 8000)
-
-
-@pytest.fixture
-async def driver(backends, session_config):
-    from conftest import SessionDriver
-
-    d = SessionDriver(backends, session_config())
-    await d.start()
-    yield d
-    await d.stop()
 
 
 @pytest.mark.parametrize("fmt", [PCMU, PCMA])
@@ -50,8 +41,7 @@ async def test_g711_in_and_out(driver, backends, question_8k, fmt):
     assert sum(map(len, deltas)) == tts_samples  # one byte per sample: G.711, not pcm16
 
 
-async def test_a_transcription_session_transcribes_and_never_replies(driver, backends, session_config,
-                                                                      question_8k):
+async def test_a_transcription_session_transcribes_and_never_replies(driver, backends, question_8k):
     backends.transcripts = ["what is", "what is the capital", "what is the capital of France"]
     await driver.send({"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
         "format": {"type": PCMU}, "transcription": {"model": "whisper", "language": "en", "prompt": ""},
