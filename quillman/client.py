@@ -244,18 +244,18 @@ async def transcribe_stream(client: RealtimeClient, pcm: np.ndarray, sample_rate
 
     async def send() -> None:
         await client.stream_audio(pcm, pad_silence_s=1.5, realtime=realtime)
+        # Events are handled in order: once this is answered, every append has been through
+        # the VAD, so every turn in the audio has been committed.
         sent.set()
+        await client.send({"type": "session.update", "session": {}})
 
     sender = asyncio.create_task(send())
     turns: dict[str, TranscribedTurn] = {}
     deadline = time.perf_counter() + timeout
     index = 0
+    synced = False
     try:
-        while True:
-            if sent.is_set() and all(t.transcript is not None for t in turns.values()) and client._events.empty():
-                await asyncio.sleep(0.3)  # a commit may still be on its way
-                if client._events.empty():
-                    break
+        while not (synced and all(t.transcript is not None for t in turns.values())):
             try:
                 event = await client.next_event(min(0.2, max(0.01, deadline - time.perf_counter())))
             except asyncio.TimeoutError:
@@ -264,7 +264,9 @@ async def transcribe_stream(client: RealtimeClient, pcm: np.ndarray, sample_rate
                 continue
             index += 1
             kind, item_id = event["type"], event.get("item_id")
-            if kind == "input_audio_buffer.committed":
+            if kind == "session.updated" and sent.is_set():
+                synced = True
+            elif kind == "input_audio_buffer.committed":
                 turns.setdefault(item_id, TranscribedTurn(item_id, committed_at=index))
             elif kind == "conversation.item.input_audio_transcription.delta":
                 turn = turns.setdefault(item_id, TranscribedTurn(item_id))

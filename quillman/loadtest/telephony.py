@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 from typing import Any
@@ -74,7 +75,7 @@ async def compare_formats(url: str, questions: list[str]) -> dict[str, Any]:
 
 
 async def _transcribe(url: str, pcm: np.ndarray, reduction: str | None) -> tuple[str, int]:
-    client = RealtimeClient(url)
+    client = RealtimeClient(url, chunk_ms=100)  # sent faster than real time: stay under the event rate
     await client.connect(transcription_session(PCM16, RATE_HZ, "en", reduction))
     try:
         turns = await transcribe_stream(client, pcm, RATE_HZ, realtime=False)
@@ -107,8 +108,10 @@ async def noise_figures(url: str, questions: list[str], snr_db: float, noise_s: 
 def markdown(report: dict[str, Any]) -> str:
     lines = ["| format | transcript WER | voice-to-voice p50 (client) | first audio p50 (server) |",
              "| --- | --- | --- | --- |"]
-    for fmt, row in report["formats"].items():
+    for fmt, row in report.get("formats", {}).items():
         lines.append(f"| {fmt} | {row['wer']:.3f} | {row['latency_ms_p50']} ms | {row['first_audio_ms_p50']} ms |")
+    if "noise" not in report:
+        return "\n".join(lines)
     lines += ["", f"| noise_reduction | WER at {report['snr_db']:g} dB SNR | false turns in "
               f"{report['noise']['off']['noise_s']:g} s of noise |", "| --- | --- | --- |"]
     for name, row in report["noise"].items():
@@ -116,11 +119,14 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
+async def measure(url: str, args: argparse.Namespace, previous: dict[str, Any]) -> dict[str, Any]:
     questions = QUESTIONS[:args.questions]
-    return {"questions": questions, "snr_db": args.snr_db,
-            "formats": await compare_formats(url, questions),
-            "noise": await noise_figures(url, questions, args.snr_db, args.noise_s)}
+    report = {**previous, "questions": questions, "snr_db": args.snr_db}
+    if args.only in (None, "formats"):
+        report["formats"] = await compare_formats(url, questions)
+    if args.only in (None, "noise"):
+        report["noise"] = await noise_figures(url, questions, args.snr_db, args.noise_s)
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,8 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--questions", type=int, default=len(QUESTIONS))
     parser.add_argument("--snr-db", type=float, default=10.0)
     parser.add_argument("--noise-s", type=float, default=20.0)
-    parser.add_argument("--json", help="write the report here")
+    parser.add_argument("--json", help="write the report here (with --only: update that part of it)")
+    parser.add_argument("--only", choices=["formats", "noise"], default=None, help="measure one part")
     args = parser.parse_args(argv)
+    previous: dict[str, Any] = {}
+    if args.only and args.json and os.path.exists(args.json):
+        with open(args.json) as f:
+            previous = json.load(f)
     server = None
     url = args.url
     if args.start:
@@ -141,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         server = ServeProcess("serve_config.yaml")
         url = server.start().replace("http://", "ws://") + "/v1/realtime"
     try:
-        report = asyncio.run(measure(url, args))
+        report = asyncio.run(measure(url, args, previous))
     finally:
         if server is not None:
             server.stop()
