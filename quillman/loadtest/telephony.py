@@ -75,10 +75,10 @@ async def compare_formats(url: str, questions: list[str]) -> dict[str, Any]:
 
 
 async def _transcribe(url: str, pcm: np.ndarray, reduction: str | None) -> tuple[str, int]:
-    client = RealtimeClient(url, chunk_ms=100)  # sent faster than real time: stay under the event rate
+    client = RealtimeClient(url)
     await client.connect(transcription_session(PCM16, RATE_HZ, "en", reduction))
     try:
-        turns = await transcribe_stream(client, pcm, RATE_HZ, realtime=False)
+        turns = await transcribe_stream(client, pcm, RATE_HZ)  # at live pace, as a caller speaks
     finally:
         await client.close()
     return " ".join(t.transcript or "" for t in turns).strip(), len(turns)
