@@ -308,7 +308,9 @@ class RealtimeSession:
 
     def _transcribe(self, turn: UserTurn, pieces: list) -> None:
         for pcm in pieces:
-            turn.segments.append(self._spawn(self.backends.transcribe(pcm, self.settings.language), "asr"))
+            # Due now: if the turn ends here, the reply waits for this segment.
+            turn.segments.append(self._spawn(
+                self.backends.transcribe(pcm, self.settings.language, time.time()), "asr"))
 
     def _cancel_speculation(self, turn: UserTurn) -> None:
         if turn.speculation is not None:
@@ -399,7 +401,7 @@ class RealtimeSession:
             settings=settings, backends=self.backends, emit=self.emit,
             prompt=lambda text: self.conversation.messages(settings.instructions, user_item_id, text),
             on_finished=self._response_finished, timings=Timings(origin=origin),
-            user=user, speculative=speculative, after=previous,
+            user=user, speculative=speculative, after=previous, session_id=self.id,
         )
 
     def _show(self, response: Response, turn_detected: float | None) -> None:
