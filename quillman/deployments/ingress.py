@@ -94,7 +94,11 @@ class HandleBackends:
             raise
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        stream = self._llm.generate.remote(request)
+        # The session id is Serve's routing key too: with a session-affine request router
+        # (configs/cpu-cluster.yaml) a conversation's turns reach the replica holding its
+        # prompt cache. The default router ignores it.
+        llm = self._llm.options(session_id=request.session_id) if request.session_id else self._llm
+        stream = llm.generate.remote(request)
         try:
             async for delta in stream:
                 yield delta
@@ -329,6 +333,9 @@ class Ingress:
         results = await asyncio.gather(*(probe(name) for name in names))
         deployments = {"Ingress": {"status": "healthy", "sessions": len(self.sessions)},
                        **dict(zip(names, results))}
+        for name, report in deployments.items():  # what autoscaling has made of each stage
+            if name in states:
+                report["replicas"] = states[name].replicas
         healthy = all(d["status"] == "healthy" for d in deployments.values())
         if failures:
             overall = "failed"

@@ -108,6 +108,7 @@ async def _caller(url: str, caller: int, turns: int, clips: list[tuple[str, np.n
             result.reply_text.strip(), round(result.reply_audio_s, 2),
             reply_rtf(result.timings, result.reply_audio_s), result.timings,
             error=result.errors[0].get("code") if result.errors else None, mode=mode,
+            underrun_s=result.underrun_s,
         ))
         progress.step()
         # The caller listens a moment (mic open, silence), then asks the next question.

@@ -35,6 +35,8 @@ from quillman.errors import ModelError
 logger = logging.getLogger(__name__)
 
 _END = object()
+# A step evaluating at least this many prompt tokens uses n_threads_batch (see _step).
+BATCH_THREADS_FROM_TOKENS = 64
 
 
 @dataclass
@@ -111,6 +113,8 @@ class BatchedLlamaCpp:
         ctx_params.n_ubatch = ctx_params.n_batch
         ctx_params.n_threads = n_threads
         ctx_params.n_threads_batch = n_threads_batch
+        self._threads, self._threads_batch = n_threads, n_threads_batch
+        self._threads_now = -1
         self._ctx = _internals.LlamaContext(model=self._model, params=ctx_params, verbose=False)
         self._memory = llama_cpp.llama_get_memory(self._ctx.ctx)
         self._batch = _internals.LlamaBatch(n_tokens=ctx_params.n_batch, embd=0, n_seq_max=1, verbose=False)
@@ -296,6 +300,7 @@ class BatchedLlamaCpp:
                 n += 1
         # Then prompt evaluation, most urgent first, within the step's token budget.
         budget = min(self._chunk, self._n_batch - n)
+        prompt_tokens = 0
         for slot in sorted((s for s in active if s.job.to_eval), key=lambda s: s.job.urgency()):
             if budget <= 0:
                 break
@@ -310,9 +315,19 @@ class BatchedLlamaCpp:
                     logits_at.append((slot, n))
                 n += 1
             budget -= len(take)
+            prompt_tokens += len(take)
         batch.n_tokens = n
         if n == 0:
             return
+        # llama.cpp would use n_threads_batch for any step of more than one token. Its threads
+        # meet at a spinning barrier after every op: with the other cores busy (TTS, ASR, other
+        # sessions) a descheduled thread stalls the step many times over. Decode steps and short
+        # prompt suffixes run on n_threads; only a long prompt (a cold session) gets the batch
+        # threads.
+        threads = self._threads_batch if prompt_tokens >= BATCH_THREADS_FROM_TOKENS else self._threads
+        if threads != self._threads_now:
+            self._ll.llama_set_n_threads(self._ctx.ctx, threads, threads)
+            self._threads_now = threads
         status = self._ll.llama_decode(self._ctx.ctx, batch)
         if status != 0:
             raise RuntimeError(f"llama_decode returned {status}")
