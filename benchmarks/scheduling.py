@@ -33,7 +33,7 @@ VARIANTS = ("batched", "serial")
 def serial_config(base: Path, folder: Path) -> Path:
     config = yaml.safe_load(base.read_text())
     app = config["applications"][0]
-    app["args"]["llm"]["scheduler"] = "serial"
+    app["args"]["llm"].update(scheduler="serial", n_threads_batch=2)
     app["args"].setdefault("tts", {}).update(max_concurrent=2, lead_s=1e9)
     app["args"].setdefault("asr", {})["max_concurrent"] = 2
     for deployment in app["deployments"]:

@@ -70,8 +70,11 @@ class LlmConfig(_EngineConfig):
     # vllm: a Hugging Face id or local folder. openai: the model name sent to the server.
     model: str = "smollm2-135m"
     n_threads: int = Field(1, ge=1)
-    # Prompt evaluation runs while nothing else does (right after the transcript): give it more.
-    n_threads_batch: int = Field(2, ge=1)
+    # Threads for a long prompt (a session's first turn; later turns reuse their cached prefix).
+    # More than one only pays on an otherwise idle machine: llama.cpp's threads meet at a
+    # spinning barrier after every op, and with the other cores busy (other sessions' TTS/ASR)
+    # two threads ran several times slower than one (docs/benchmarks.md).
+    n_threads_batch: int = Field(1, ge=1)
     n_ctx: int = Field(2048, ge=256)  # per sequence (per conversation)
     # llama_cpp only. "batched": sessions interleave token by token in one context, each in its
     # own slot with its prefix cache (docs/design.md, "LLM scheduling"). "serial": one
@@ -195,7 +198,11 @@ class ServerConfig(_Strict):
     api_keys_env: str = "QUILLMAN_API_KEYS"
     # Browser sessions (an Origin header) are accepted from the server's own origin and these.
     allowed_origins: list[str] = Field(default_factory=list)
-    max_sessions_per_replica: int = Field(64, ge=1)
+    # Admission control, the one knob: open sessions per Ingress replica. Beyond it a new session
+    # is refused at the handshake (503 + Retry-After) rather than slowing every conversation
+    # down. The default is what the CPU profile holds on 2 cores within the latency target
+    # (docs/benchmarks.md, "Scheduling"); size it per deployment with benchmarks/scheduling.py.
+    max_sessions_per_replica: int = Field(6, ge=1)
 
     @field_validator("api_keys")
     @classmethod

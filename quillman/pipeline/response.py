@@ -24,7 +24,7 @@ from quillman.pipeline.backends import Backends
 from quillman.pipeline.fanout import ordered_fanout
 from quillman.pipeline.sentences import SentenceSplitter, split_stream
 from quillman.pipeline.settings import ResponseSettings
-from quillman.scheduling import QueueWait, speech_seconds_estimate
+from quillman.scheduling import SPOKEN_REPLY_PACING, QueueWait, speech_seconds_estimate
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -285,6 +285,7 @@ class Response:
             session_id=self.session_id,
             # The first words are due now: the user is waiting (a speculation, until its gate).
             deadline=time.time(),
+            pacing=SPOKEN_REPLY_PACING if settings.output_audio else None,
         )
         self.timings.llm_started = time.perf_counter()
         deltas = self._transcript_deltas(self.backends.generate(request))

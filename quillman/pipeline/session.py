@@ -230,7 +230,8 @@ class RealtimeSession:
             event_id = event.event_id
             await self.handle_event(event)
         except errors.QuillmanError as exc:
-            exc.event_id = exc.event_id or event_id
+            if exc.event_id is None:  # an empty event_id is still the client's to get back
+                exc.event_id = event_id
             self.error(exc)
         except Exception:  # noqa: BLE001 - a bug must not end the session; the log has it
             logger.exception("[%s] internal error handling a client event", self.id)

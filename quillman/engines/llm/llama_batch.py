@@ -59,9 +59,21 @@ class _Job:
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
     started: float | None = None
 
+    burst_done: float | None = None  # Unix time the pacing's burst was complete
+
     def urgency(self) -> tuple[float, float]:
         deadline = self.request.deadline
         return (math.inf if deadline is None else deadline, self.submitted)
+
+    def next_token_due(self) -> float:
+        """Unix time the next token is needed (see Pacing); -inf: no pacing, always due."""
+        pacing = self.request.pacing
+        if pacing is None:
+            return -math.inf
+        if self.generated < pacing.burst_tokens or self.burst_done is None:
+            return self.urgency()[0]
+        ahead_s = (self.generated - pacing.burst_tokens) / pacing.tokens_per_s
+        return self.burst_done + ahead_s - pacing.lead_s
 
     def put(self, item: object) -> None:
         try:
@@ -290,14 +302,20 @@ class BatchedLlamaCpp:
         batch = self._batch.batch
         n = 0
         logits_at: list[tuple[_Slot, int]] = []
-        # Generating sequences first: one token each, every step.
-        for slot in active:
-            job = slot.job
-            if not job.to_eval and job.last_token is not None:
-                self._add(batch, n, job.last_token, len(slot.tokens), slot.seq_id, True)
-                slot.tokens.append(job.last_token)
-                logits_at.append((slot, n))
-                n += 1
+        # Generating sequences first: one token each, every step, except those ahead of their
+        # pace while others are due (a step costs about one token's work per sequence on a CPU:
+        # leaving them out gives the due ones the cores).
+        now = time.time()
+        generating = [s for s in active if not s.job.to_eval and s.job.last_token is not None]
+        due = [s for s in generating if s.job.next_token_due() <= now]
+        if due or any(s.job.urgency()[0] <= now for s in active if s.job.to_eval):
+            generating = due
+        for slot in generating:
+            token = slot.job.last_token
+            self._add(batch, n, token, len(slot.tokens), slot.seq_id, True)
+            slot.tokens.append(token)
+            logits_at.append((slot, n))
+            n += 1
         # Then prompt evaluation, most urgent first, within the step's token budget.
         budget = min(self._chunk, self._n_batch - n)
         prompt_tokens = 0
@@ -349,6 +367,9 @@ class BatchedLlamaCpp:
         end = self._ll.llama_vocab_is_eog(self._vocab, token)
         if not end:
             job.generated += 1
+            pacing = job.request.pacing
+            if pacing is not None and job.generated == pacing.burst_tokens:
+                job.burst_done = time.time()
             text = job.decoder.decode(self._token_bytes(token))
             if text:
                 job.put(text)

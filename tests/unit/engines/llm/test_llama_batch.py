@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from quillman.engines.llm.base import GenerationParams, GenerationRequest, Usage
+from quillman.engines.llm.base import GenerationParams, GenerationRequest, Pacing, Usage
 from quillman.engines.llm.llama_batch import BatchedLlamaCpp, common_prefix
 from quillman.engines.llm.llama_cpp import resolve_gguf_path
 from quillman.errors import ModelError
@@ -124,3 +124,20 @@ async def test_a_prompt_longer_than_the_context_fails_that_request_only(one_slot
         await collect(one_slot, GenerationRequest(chat("word " * 600), GREEDY))
     text, _ = await collect(one_slot, GenerationRequest(chat("Say yes."), GREEDY))
     assert text
+
+
+async def test_a_paced_reply_ahead_of_its_pace_gives_way_to_a_due_one(engine):
+    """A spoken reply well ahead of playback pauses while a new turn's first tokens are due."""
+    log: list[str] = []
+    slow = Pacing(burst_tokens=2, tokens_per_s=0.5, lead_s=0.0)  # after 2 tokens: one every 2 s
+    ahead = asyncio.create_task(collect(engine, GenerationRequest(
+        chat("Tell me a long story."), GenerationParams(max_tokens=6, temperature=0.0, top_p=1.0),
+        deadline=time.time(), pacing=slow), log, "paced"))
+    while log.count("paced") < 3:
+        await asyncio.sleep(0.005)
+    urgent = await collect(engine, GenerationRequest(chat("Say hello."), GREEDY, deadline=time.time()), log, "urgent")
+    assert urgent[0]
+    # While the urgent reply ran, the paced one (not due for seconds) made no progress.
+    first, last = log.index("urgent"), len(log) - 1 - log[::-1].index("urgent")
+    assert "paced" not in log[first:last + 1]
+    await ahead
