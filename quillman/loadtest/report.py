@@ -73,7 +73,9 @@ class TurnRecord:
     caller: int
     turn: int
     question: str
-    status: str  # completed | failed | cancelled | lost (no response.done: timeout or dropped socket)
+    # completed | failed | cancelled | lost (no response.done: timeout or dropped socket) |
+    # refused (the session was turned away at the handshake: 503, admission control)
+    status: str
     latency_ms: float | None  # client-side voice-to-voice
     wer: float | None
     reply_text: str
@@ -114,7 +116,7 @@ def summarize(records: list[TurnRecord], concurrency: int, wall_s: float,
         "cancelled": sum(r.status == "cancelled" for r in records),
         "lost": sum(r.status == "lost" for r in records),
         # A caller turned away at the handshake (503 at capacity): its turns are not run.
-        "refused_sessions": len({r.caller for r in records if r.error and r.error.startswith("connect:")}),
+        "refused_sessions": len({r.caller for r in records if r.status == "refused"}),
         # Completed replies whose playback would have starved (> 20 ms, one audio frame).
         "underruns": sum(r.underrun_s > 0.02 for r in completed),
         "underrun_s_max": max((r.underrun_s for r in completed), default=0.0),

@@ -163,9 +163,10 @@ def test_report_shape_is_json_serializable():
 
 
 def test_refused_callers_and_underruns_are_counted():
-    refused = record(None, status="failed")
+    refused = record(None, status="refused")
     refused.error = "connect: InvalidStatus: server rejected WebSocket connection: HTTP 503"
     starved = record(900.0)
     starved.underrun_s = 0.4
     s = bench.summarize([refused, starved, record(800.0)], 2, 5.0)
-    assert s["refused_sessions"] == 1 and s["underruns"] == 1 and s["underrun_s_max"] == 0.4
+    assert s["refused_sessions"] == 1 and s["failed"] == 0
+    assert s["underruns"] == 1 and s["underrun_s_max"] == 0.4
