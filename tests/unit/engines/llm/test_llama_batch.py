@@ -21,20 +21,21 @@ def chat(question: str) -> list[dict]:
     return [SYSTEM, {"role": "user", "content": question}]
 
 
-@pytest.fixture(scope="module")
-def engine():
+def smollm(n_slots: int, prefill_chunk_tokens: int):
     engine = BatchedLlamaCpp(resolve_gguf_path("smollm2-135m"), n_threads=1, n_threads_batch=1,
-                             n_ctx=512, n_slots=2, prefill_chunk_tokens=16)
+                             n_ctx=512, n_slots=n_slots, prefill_chunk_tokens=prefill_chunk_tokens)
     yield engine
     engine.close()
+
+
+@pytest.fixture(scope="module")
+def engine():
+    yield from smollm(n_slots=2, prefill_chunk_tokens=16)
 
 
 @pytest.fixture(scope="module")
 def one_slot():
-    engine = BatchedLlamaCpp(resolve_gguf_path("smollm2-135m"), n_threads=1, n_threads_batch=1,
-                             n_ctx=512, n_slots=1, prefill_chunk_tokens=64)
-    yield engine
-    engine.close()
+    yield from smollm(n_slots=1, prefill_chunk_tokens=64)
 
 
 async def collect(engine, request, log=None, name=None):
