@@ -2,12 +2,14 @@
 old serial one, in one run, as one table and one plot.
 
   python benchmarks/scheduling.py [--concurrency 1,2,4,8] [--turns 3] [--out docs/benchmarks]
+                                  [--doc docs/benchmarks.md] [--note "shared machine"]
 
 "serial" is serve_config.yaml with the pre-scheduling settings: llm.scheduler serial (one
 generation at a time behind a lock), two syntheses / transcriptions at once per replica in
 arrival order (no deadline gate). Each variant gets its own `serve run` (started and stopped
 here); the callers, questions and pauses are the same. Writes scheduling-<variant>.json,
-scheduling.md and scheduling.png under --out.
+scheduling.md and scheduling.png under --out, and with --doc fills the ``scheduling`` block of
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from quillman.loadtest.report import _fmt  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from update_docs import replace_block  # noqa: E402
 
 VARIANTS = ("batched", "serial")
 
@@ -107,6 +112,8 @@ def main() -> int:
     parser.add_argument("--pause-s", type=float, default=1.0)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"))
+    parser.add_argument("--doc", help="fill the scheduling block of this markdown file")
+    parser.add_argument("--note", default="", help="how the machine was")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -120,6 +127,15 @@ def main() -> int:
     (out / "scheduling.md").write_text(text + "\n")
     print(text)
     plot(reports, out / "scheduling.png")
+    if args.doc:
+        doc = Path(args.doc)
+        first = next(iter(reports.values()))
+        m = first["machine"]
+        header = (f"Taken {first['started_at']} on {m.get('cpu')}, {m.get('cores')} cores"
+                  f"{' — ' + args.note if args.note else ''}; {args.turns} turns per caller and level, "
+                  f"callers {args.concurrency}. ms; server stages p50 / p95.")
+        doc.write_text(replace_block(doc.read_text(), "scheduling", f"{header}\n\n{text}\n\n"
+                                     "![latency vs callers](benchmarks/scheduling.png)"))
     return 0
 
 
