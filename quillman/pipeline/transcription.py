@@ -8,7 +8,8 @@ transcript (the turn's own ASR, as in any session) goes in ``...completed``; wha
 extends the sent words goes out as one last delta first.
 
 Partials cost ASR time a reply would need: they run in transcription sessions, and in realtime
-sessions only when asked for (``include`` or ``session.partial_transcripts``).
+sessions only when asked for (``include`` or ``session.partial_transcripts``); they carry no
+deadline, so the Transcriber serves every session's turn segments before them.
 """
 
 from __future__ import annotations
