@@ -1,0 +1,147 @@
+"""Semantic end of turn: is the utterance complete at this pause? (``semantic_vad``)
+
+At each pause the session asks :func:`judge` about the turn so far: the audio model (Smart Turn,
+``quillman.engines.smart_turn``) scores how finished it sounds, and the transcript the session
+already has (Whisper's segments) gives text cues. :func:`fuse` turns both into a
+:class:`Decision`: *complete* ends the turn at once (the pause is ~200 ms of silence already);
+*incomplete* keeps listening up to the eagerness cap (``max_wait_ms``), which ends it anyway.
+
+Why text decides first: on the labeled set (``quillman.loadtest.turns``) Smart Turn alone
+misjudges synthetic voices often, in both directions, while a dangling last word ("for", "the",
+"and", "um") or Whisper's final punctuation is right far more often. The audio model breaks
+the tie when the text has no cue. The numbers are in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Protocol
+
+import numpy as np
+
+from quillman import protocol
+from quillman.config import VadConfig
+from quillman.pipeline.response import Timings
+
+# How long an utterance judged incomplete may pause before the turn ends anyway (OpenAI's caps).
+MAX_WAIT_MS = {"low": 8000, "medium": 4000, "high": 2000, "auto": 4000}
+COMPLETE_SILENCE_MS = 200  # a complete utterance ends at the first pause (pause_ms ~ this)
+AUDIO_COMPLETE = 0.5  # Smart Turn's own threshold
+
+# A statement that ends on one of these is unfinished whatever its full stop: articles,
+# possessives, prepositions that seldom end a sentence, conjunctions, fillers ("I'd like a table
+# for ... four"). A question mark wins over them ("What is it for?").
+DANGLING_WORDS = frozenset("""
+a an the my your his her our their its
+of to for with from at by into than
+and or but so because if when while then
+um uh er erm hmm mm
+""".split())
+
+
+class EndOfTurnModel(Protocol):
+    """Probability that the 16 kHz float32 speech ending at ``pcm``'s end is a finished turn.
+    Blocking (it runs in a worker thread); ``quillman.engines.smart_turn.SmartTurn``."""
+
+    def probability(self, pcm: np.ndarray) -> float: ...
+
+
+@dataclass(frozen=True)
+class Decision:
+    complete: bool
+    signal: str  # what decided: "text_dangling" | "text_punctuation" | "audio" | "max_wait" | ...
+    audio_probability: float | None = None
+
+
+def text_cue(transcript: str) -> bool | None:
+    """True: the text reads finished; False: it does not; None: no cue."""
+    text = transcript.strip()
+    if not text:
+        return None
+    if text.endswith(("...", "…", ",", "-", "—", ":", ";")):
+        return False
+    if text.endswith("?"):
+        return True
+    words = re.findall(r"[a-z']+", text.lower())
+    if words and words[-1] in DANGLING_WORDS:
+        return False
+    if text[-1] in ".!":
+        return True
+    return None
+
+
+def fuse(transcript: str, audio_probability: float | None, signals: str = "fused") -> Decision:
+    """The turn decision from the two signals; ``signals`` picks one alone (the bench's ablation):
+    ``"audio"`` (Smart Turn only), ``"punctuation"`` (Whisper's final mark only), ``"fused"``."""
+    audio = None if audio_probability is None else audio_probability >= AUDIO_COMPLETE
+    if signals == "audio":
+        return Decision(bool(audio), "audio", audio_probability)
+    if signals == "punctuation":
+        text = transcript.strip()
+        return Decision(bool(text) and text[-1] in ".?!", "text_punctuation", audio_probability)
+    cue = text_cue(transcript)
+    if cue is False:
+        return Decision(False, "text_dangling", audio_probability)
+    if cue is True:
+        return Decision(True, "text_punctuation", audio_probability)
+    return Decision(bool(audio), "audio", audio_probability)
+
+
+def max_wait_ms(vad: VadConfig) -> int:
+    return MAX_WAIT_MS[vad.eagerness]
+
+
+def detector_options(vad: VadConfig) -> VadConfig:
+    """What the silence detector runs with: under ``semantic_vad`` its end of turn is the cap
+    (beyond server_vad's own range, so not re-validated), the judgment ends turns sooner."""
+    if vad.type != "semantic_vad":
+        return vad
+    return vad.model_copy(update={"silence_duration_ms": max_wait_ms(vad),
+                                  "pause_ms": min(vad.pause_ms, COMPLETE_SILENCE_MS)})
+
+
+async def judge(model: EndOfTurnModel, pcm: np.ndarray,
+                transcript: Callable[[], Awaitable[str]]) -> tuple[Decision, float]:
+    """Score the turn's audio (a worker thread) while its transcript finishes; the decision
+    and how long it took (s). A failed transcript leaves the audio to decide."""
+    started = time.perf_counter()
+    audio_task = asyncio.ensure_future(asyncio.to_thread(model.probability, pcm))
+    try:
+        try:
+            text = await transcript()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the turn's own transcript reports ASR failures
+            text = ""
+        probability = await audio_task
+    finally:
+        audio_task.cancel()
+    return fuse(text, probability), time.perf_counter() - started
+
+
+# --- reporting: which signal ended the turn, and when ---------------------------------------------
+
+@dataclass
+class DecidedTimings(Timings):
+    """A voice response's timings plus the instant its turn was decided (``turn_decision_ms``)."""
+
+    turn_decision: float | None = None
+
+    def as_wire(self) -> protocol.ResponseTimings:
+        wire = super().as_wire()
+        if self.turn_decision is None:
+            return wire
+        return wire.model_copy(update={"turn_decision_ms": round((self.turn_decision - self.origin) * 1000, 1)})
+
+
+def end_signal(vad: VadConfig | None, reason: str, decision: Decision | None) -> str:
+    """What ended a committed turn, for ``metadata["turn_decision"]``: the judgment's signal,
+    ``max_wait`` (semantic_vad's cap), ``silence`` (server_vad), ``commit`` or ``max_turn``."""
+    if reason != "vad":
+        return reason
+    if vad is None or vad.type != "semantic_vad":
+        return "silence"
+    return decision.signal if decision is not None and decision.complete else "max_wait"
