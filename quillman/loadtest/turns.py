@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sys
 import time
@@ -37,6 +38,7 @@ from quillman.audio import int16_to_float, resample
 from quillman.client import DEFAULT_URL, RealtimeClient
 from quillman.loadtest.report import percentile
 from quillman.loadtest.speech import espeak
+from quillman.pipeline.semantic import SIGNALS
 
 RATE_HZ = 24000
 PAUSE_S = 0.6
@@ -52,7 +54,7 @@ FILLER = [("What should I cook for dinner, um", "maybe pasta?"), ("I think I wan
 VOICES = [("espeak en-us 130wpm", "en-us", 130, 50), ("espeak en-us+f3 165wpm p70", "en-us+f3", 165, 70),
           ("espeak en-gb 115wpm p35", "en-gb", 115, 35), ("espeak en-us+m3 150wpm p25", "en-us+m3", 150, 25),
           ("piper joe ls0.85", "piper", 0.85, None), ("piper joe ls1.25", "piper", 1.25, None)]
-ONLINE_VOICES = 4  # the first ones: a live run is ~5 s per utterance and mode
+ONLINE_VOICES = (0, 2, 4)  # a live run is ~5 s per utterance and mode: three voices, ~7 min
 MODES = {"semantic_vad": {"type": "semantic_vad", "eagerness": "auto"},
          "server_vad": {"type": "server_vad", "silence_duration_ms": 500}}
 
@@ -66,6 +68,7 @@ class Utterance:
     pause_at: int | None = None  # paused / filler: first sample of the mid-sentence pause
 
 
+@functools.lru_cache(maxsize=None)
 def _piper(length_scale: float):
     from quillman.engines.tts.piper import PiperSynthesizer
 
@@ -121,8 +124,7 @@ def offline(utterances: list[Utterance], config_path: str) -> dict[str, Any]:
         expected = u.pause_at is None
         rows.append({"set": u.set, "voice": u.voice, "text": u.text, "transcript": text,
                      "smart_turn": round(probability, 3), "expected_complete": expected,
-                     **{f"{s}_ok": fuse(text, probability, s).complete == expected
-                        for s in ("audio", "punctuation", "fused")}})
+                     **{f"{s}_ok": fuse(text, probability, s).complete == expected for s in SIGNALS}})
     return {"rows": rows, "summary": _offline_summary(rows)}
 
 
@@ -135,7 +137,7 @@ def _offline_summary(rows: list[dict]) -> list[dict]:
         # complete: judged incomplete -> waits for the cap (late); paused: judged complete -> false endpoint
         out.append({"set": name, "n": len(subset), **{
             f"{s}_wrong": round(sum(not r[f"{s}_ok"] for r in subset) / len(subset), 3)
-            for s in ("audio", "punctuation", "fused")}})
+            for s in SIGNALS}})
     return out
 
 
@@ -245,11 +247,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start", action="store_true", help="run `serve run --config` for the measurement")
     parser.add_argument("--config", default="serve_config.yaml")
     parser.add_argument("--offline", action="store_true", help="the signals alone, no server")
-    parser.add_argument("--voices", type=int, default=None, help="use the first N voices")
+    parser.add_argument("--voices", default=None,
+                        help="comma-separated indexes into VOICES (default: all offline, 0,2,4 online)")
     parser.add_argument("--json", help="write every row and the summaries here")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
-    voices = VOICES[:args.voices or (len(VOICES) if args.offline else ONLINE_VOICES)]
+    picked = ([int(i) for i in args.voices.split(",")] if args.voices
+              else range(len(VOICES)) if args.offline else ONLINE_VOICES)
+    voices = [VOICES[i] for i in picked]
     utterances = labeled_set(voices)
     if args.offline:
         report = offline(utterances, args.config)

@@ -31,15 +31,21 @@ MAX_WAIT_MS = {"low": 8000, "medium": 4000, "high": 2000, "auto": 4000}
 COMPLETE_SILENCE_MS = 200  # a complete utterance ends at the first pause (pause_ms ~ this)
 AUDIO_COMPLETE = 0.5  # Smart Turn's own threshold
 
-# A statement that ends on one of these is unfinished whatever its full stop: articles,
-# possessives, prepositions that seldom end a sentence, conjunctions, fillers ("I'd like a table
-# for ... four"). A question mark wins over them ("What is it for?").
+AUDIO_SURELY_INCOMPLETE = 0.02  # below this Smart Turn overrides the text (a trailing "um")
+# An utterance that ends on one of these is unfinished whatever mark Whisper put after it
+# ("What is the capital of?", "I'd like a table for."): articles, possessives, prepositions
+# that seldom end a sentence, conjunctions, copulas, fillers.
 DANGLING_WORDS = frozenset("""
 a an the my your his her our their its
 of to for with from at by into than
 and or but so because if when while then
+is are was were
 um uh er erm hmm mm
 """.split())
+# "Where do penguins?": a wh-word, an auxiliary, a subject and no main verb yet.
+_VERBLESS_QUESTION = re.compile(
+    r"^(what|where|when|why|how|who|which)\s+(do|does|did|can|could|will|would|should)\s+\S+$")
+SIGNALS = ("audio", "punctuation", "text", "fused")
 
 
 class EndOfTurnModel(Protocol):
@@ -63,31 +69,34 @@ def text_cue(transcript: str) -> bool | None:
         return None
     if text.endswith(("...", "…", ",", "-", "—", ":", ";")):
         return False
-    if text.endswith("?"):
-        return True
     words = re.findall(r"[a-z']+", text.lower())
-    if words and words[-1] in DANGLING_WORDS:
+    if words and (words[-1] in DANGLING_WORDS or _VERBLESS_QUESTION.match(" ".join(words))):
         return False
-    if text[-1] in ".!":
+    if text[-1] in ".?!":
         return True
     return None
 
 
 def fuse(transcript: str, audio_probability: float | None, signals: str = "fused") -> Decision:
-    """The turn decision from the two signals; ``signals`` picks one alone (the bench's ablation):
-    ``"audio"`` (Smart Turn only), ``"punctuation"`` (Whisper's final mark only), ``"fused"``."""
-    audio = None if audio_probability is None else audio_probability >= AUDIO_COMPLETE
+    """The turn decision; ``signals`` (the bench's ablation, :data:`SIGNALS`) picks what counts:
+    ``audio`` (Smart Turn alone), ``punctuation`` (Whisper's final mark alone), ``text`` (the
+    text cues, Smart Turn only where they say nothing), ``fused`` (``text`` plus Smart Turn's
+    veto when it is all but sure the speaker is not done)."""
+    p = audio_probability
+    audio = p is not None and p >= AUDIO_COMPLETE
     if signals == "audio":
-        return Decision(bool(audio), "audio", audio_probability)
+        return Decision(audio, "audio", p)
     if signals == "punctuation":
         text = transcript.strip()
-        return Decision(bool(text) and text[-1] in ".?!", "text_punctuation", audio_probability)
+        return Decision(bool(text) and text[-1] in ".?!", "text_punctuation", p)
     cue = text_cue(transcript)
     if cue is False:
-        return Decision(False, "text_dangling", audio_probability)
+        return Decision(False, "text_dangling", p)
+    if signals == "fused" and p is not None and p < AUDIO_SURELY_INCOMPLETE:
+        return Decision(False, "audio_veto", p)
     if cue is True:
-        return Decision(True, "text_punctuation", audio_probability)
-    return Decision(bool(audio), "audio", audio_probability)
+        return Decision(True, "text_punctuation", p)
+    return Decision(audio, "audio", p)
 
 
 def max_wait_ms(vad: VadConfig) -> int:

@@ -115,3 +115,18 @@ test("sample-accurate continuity: chunked playback equals the whole signal resam
   assert.equal(played.length, whole.length);
   for (let k = 0; k < whole.length; k++) assert.ok(Math.abs(played[k] - whole[k]) < 1e-6, `sample ${k}`);
 });
+
+test("playedS is what was heard of the current stream, read before a barge-in stops it", () => {
+  const ctx = new FakeContext();
+  const p = new Player(ctx, { inputRate: 24000, leadS: 0 });
+  p.beginStream();
+  p.enqueue(chunk(100));
+  p.enqueue(chunk(100));
+  assert.equal(p.playedS, 0);
+  ctx.advance(0.15);
+  assert.ok(Math.abs(p.playedS - 0.15) < 0.002, `${p.playedS}`);
+  ctx.advance(1);
+  assert.ok(Math.abs(p.playedS - 0.2) < 0.002, "no more than was scheduled");
+  p.beginStream();
+  assert.equal(p.playedS, 0, "a new reply starts from zero");
+});

@@ -24,7 +24,10 @@ pytestmark = pytest.mark.usefixtures("hang_guard")
 @pytest.mark.parametrize("text, cue", [
     ("What is the capital of France?", True),
     ("Thank you very much.", True),
-    ("What is it for?", True),
+    ("What is the capital of?", False),
+    ("Where do penguins?", False),
+    ("Where do penguins live?", True),
+    ("How are you?", True),
     ("I'd like to book a table for", False),
     ("I'd like to book a table for.", False),
     ("I went to the store and...", False),
@@ -39,7 +42,10 @@ def test_text_cues(text, cue):
 
 def test_fusion_lets_text_decide_and_audio_break_ties():
     assert fuse("Book a table for", 0.99) == Decision(False, "text_dangling", 0.99)
-    assert fuse("Where do penguins live?", 0.01) == Decision(True, "text_punctuation", 0.01)
+    assert fuse("Where do penguins live?", 0.1) == Decision(True, "text_punctuation", 0.1)
+    # Smart Turn all but sure the speaker goes on (a trailing "um" Whisper dropped): it vetoes.
+    assert fuse("What should I cook for dinner?", 0.005) == Decision(False, "audio_veto", 0.005)
+    assert fuse("What should I cook for dinner?", 0.005, signals="text").complete is True
     assert fuse("hello there", 0.9) == Decision(True, "audio", 0.9)
     assert fuse("hello there", 0.1).complete is False
     # The bench's ablation: one signal alone.
