@@ -246,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default=DEFAULT_URL)
     parser.add_argument("--start", action="store_true", help="run `serve run --config` for the measurement")
     parser.add_argument("--config", default="serve_config.yaml")
+    parser.add_argument("--port", type=int, default=None, help="with --start: serve on this port")
     parser.add_argument("--offline", action="store_true", help="the signals alone, no server")
     parser.add_argument("--voices", default=None,
                         help="comma-separated indexes into VOICES (default: all offline, 0,2,4 online)")
@@ -276,7 +277,7 @@ def _online_run(args: argparse.Namespace, utterances: list[Utterance]):
 
     server, url = None, args.url
     if args.start:
-        server = ServeProcess(args.config)
+        server = ServeProcess(args.config, port=args.port)
         try:
             url = server.start().replace("http://", "ws://") + "/v1/realtime"
         except ServerStartError as exc:
