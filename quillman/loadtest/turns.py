@@ -113,29 +113,37 @@ def offline(utterances: list[Utterance], config_path: str) -> dict[str, Any]:
 
     recognizer = load_recognizer(load_app_config(config_path).asr)
     model = SmartTurn()
+    pause = np.zeros(3200, dtype=np.float32)  # the ~200 ms of silence the server has at a pause
+
+    def at_pause(pcm: np.ndarray) -> np.ndarray:
+        return np.concatenate([int16_to_float(resample(pcm, RATE_HZ, 16000)), pause])
+
     rows = []
     for u in utterances:
-        speech = u.pcm if u.pause_at is None else u.pcm[:u.pause_at]
-        pcm16k = int16_to_float(resample(speech, RATE_HZ, 16000))
-        # What the server has at that pause: the speech and ~200 ms of silence after it.
-        pcm16k = np.concatenate([pcm16k, np.zeros(3200, dtype=np.float32)])
-        text = recognizer.transcribe(pcm16k, "en").text.strip()
-        probability = model.probability(pcm16k)
-        expected = u.pause_at is None
-        rows.append({"set": u.set, "voice": u.voice, "text": u.text, "transcript": text,
-                     "smart_turn": round(probability, 3), "expected_complete": expected,
-                     **{f"{s}_ok": fuse(text, probability, s).complete == expected for s in SIGNALS}})
+        # The decisive pauses: the end (complete), and for the others the mid-sentence one.
+        # As on the server, the transcript is the segments' (cut at the pause) joined.
+        segments = [u.pcm] if u.pause_at is None else [u.pcm[:u.pause_at], u.pcm[u.pause_at:]]
+        texts = [recognizer.transcribe(at_pause(seg), "en").text.strip() for seg in segments]
+        points = [("end", " ".join(texts), u.pcm, True)]
+        if u.pause_at is not None:
+            points.insert(0, ("mid", texts[0], u.pcm[:u.pause_at], False))
+        for point, text, pcm, expected in points:
+            probability = model.probability(at_pause(pcm))
+            rows.append({"set": u.set, "point": point, "voice": u.voice, "text": u.text, "transcript": text,
+                         "smart_turn": round(probability, 3), "expected_complete": expected,
+                         **{f"{s}_ok": fuse(text, probability, s).complete == expected for s in SIGNALS}})
     return {"rows": rows, "summary": _offline_summary(rows)}
 
 
 def _offline_summary(rows: list[dict]) -> list[dict]:
     out = []
-    for name in ("complete", "paused", "filler"):
-        subset = [r for r in rows if r["set"] == name]
+    for name, point in (("complete", "end"), ("paused", "mid"), ("paused", "end"), ("filler", "mid"),
+                        ("filler", "end")):
+        subset = [r for r in rows if r["set"] == name and r["point"] == point]
         if not subset:
             continue
-        # complete: judged incomplete -> waits for the cap (late); paused: judged complete -> false endpoint
-        out.append({"set": name, "n": len(subset), **{
+        # at the end: judged incomplete -> waits for the cap (late); mid: judged complete -> false endpoint
+        out.append({"set": name, "pause": "mid-sentence" if point == "mid" else "end", "n": len(subset), **{
             f"{s}_wrong": round(sum(not r[f"{s}_ok"] for r in subset) / len(subset), 3)
             for s in SIGNALS}})
     return out

@@ -31,7 +31,9 @@ MAX_WAIT_MS = {"low": 8000, "medium": 4000, "high": 2000, "auto": 4000}
 COMPLETE_SILENCE_MS = 200  # a complete utterance ends at the first pause (pause_ms ~ this)
 AUDIO_COMPLETE = 0.5  # Smart Turn's own threshold
 
-AUDIO_SURELY_INCOMPLETE = 0.02  # below this Smart Turn overrides the text (a trailing "um")
+# Below this Smart Turn would override the text (a trailing "um" Whisper dropped). Measured:
+# it also vetoes most utterances that had a pause inside, so it is only in the ablation.
+AUDIO_SURELY_INCOMPLETE = 0.02
 # An utterance that ends on one of these is unfinished whatever mark Whisper put after it
 # ("What is the capital of?", "I'd like a table for."): articles, possessives, prepositions
 # that seldom end a sentence, conjunctions, copulas, fillers.
@@ -45,7 +47,7 @@ um uh er erm hmm mm
 # "Where do penguins?": a wh-word, an auxiliary, a subject and no main verb yet.
 _VERBLESS_QUESTION = re.compile(
     r"^(what|where|when|why|how|who|which)\s+(do|does|did|can|could|will|would|should)\s+\S+$")
-SIGNALS = ("audio", "punctuation", "text", "fused")
+SIGNALS = ("audio", "punctuation", "fused", "fused_veto")
 
 
 class EndOfTurnModel(Protocol):
@@ -79,9 +81,9 @@ def text_cue(transcript: str) -> bool | None:
 
 def fuse(transcript: str, audio_probability: float | None, signals: str = "fused") -> Decision:
     """The turn decision; ``signals`` (the bench's ablation, :data:`SIGNALS`) picks what counts:
-    ``audio`` (Smart Turn alone), ``punctuation`` (Whisper's final mark alone), ``text`` (the
-    text cues, Smart Turn only where they say nothing), ``fused`` (``text`` plus Smart Turn's
-    veto when it is all but sure the speaker is not done)."""
+    ``audio`` (Smart Turn alone), ``punctuation`` (Whisper's final mark alone), ``fused`` (the
+    text cues, Smart Turn where they say nothing: what the server uses), ``fused_veto``
+    (``fused`` plus Smart Turn's veto when it is all but sure the speaker is not done)."""
     p = audio_probability
     audio = p is not None and p >= AUDIO_COMPLETE
     if signals == "audio":
@@ -92,7 +94,7 @@ def fuse(transcript: str, audio_probability: float | None, signals: str = "fused
     cue = text_cue(transcript)
     if cue is False:
         return Decision(False, "text_dangling", p)
-    if signals == "fused" and p is not None and p < AUDIO_SURELY_INCOMPLETE:
+    if signals == "fused_veto" and p is not None and p < AUDIO_SURELY_INCOMPLETE:
         return Decision(False, "audio_veto", p)
     if cue is True:
         return Decision(True, "text_punctuation", p)
@@ -114,21 +116,22 @@ def detector_options(vad: VadConfig) -> VadConfig:
 
 async def judge(model: EndOfTurnModel, pcm: np.ndarray,
                 transcript: Callable[[], Awaitable[str]]) -> tuple[Decision, float]:
-    """Score the turn's audio (a worker thread) while its transcript finishes; the decision
-    and how long it took (s). A failed transcript leaves the audio to decide."""
+    """The decision on the turn so far and how long it took (s). The transcript first: when
+    its cues decide, the audio model is not run at all (on 2 cores it would compete with the
+    ASR and the speculative reply for the critical ~100 ms). A failed transcript leaves the
+    audio to decide."""
     started = time.perf_counter()
-    audio_task = asyncio.ensure_future(asyncio.to_thread(model.probability, pcm))
     try:
-        try:
-            text = await transcript()
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # noqa: BLE001 - the turn's own transcript reports ASR failures
-            text = ""
-        probability = await audio_task
-    finally:
-        audio_task.cancel()
-    return fuse(text, probability), time.perf_counter() - started
+        text = await transcript()
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # noqa: BLE001 - the turn's own transcript reports ASR failures
+        text = ""
+    if text_cue(text) is None:
+        decision = fuse(text, await asyncio.to_thread(model.probability, pcm))
+    else:
+        decision = fuse(text, None)
+    return decision, time.perf_counter() - started
 
 
 # --- reporting: which signal ended the turn, and when ---------------------------------------------

@@ -43,9 +43,10 @@ def test_text_cues(text, cue):
 def test_fusion_lets_text_decide_and_audio_break_ties():
     assert fuse("Book a table for", 0.99) == Decision(False, "text_dangling", 0.99)
     assert fuse("Where do penguins live?", 0.1) == Decision(True, "text_punctuation", 0.1)
-    # Smart Turn all but sure the speaker goes on (a trailing "um" Whisper dropped): it vetoes.
-    assert fuse("What should I cook for dinner?", 0.005) == Decision(False, "audio_veto", 0.005)
-    assert fuse("What should I cook for dinner?", 0.005, signals="text").complete is True
+    # The ablation's veto: Smart Turn all but sure the speaker goes on (a dropped "um").
+    assert fuse("What should I cook for dinner?", 0.005, signals="fused_veto") == Decision(
+        False, "audio_veto", 0.005)
+    assert fuse("What should I cook for dinner?", 0.005).complete is True
     assert fuse("hello there", 0.9) == Decision(True, "audio", 0.9)
     assert fuse("hello there", 0.1).complete is False
     # The bench's ablation: one signal alone.
@@ -115,20 +116,32 @@ async def until(predicate, timeout_s: float = 5.0) -> None:
 
 async def test_a_complete_utterance_ends_at_its_first_pause(start_semantic, backends):
     backends.transcripts = ["Where do penguins live?"]
-    model = FakeEndOfTurn(probability=0.1)  # the audio model disagrees: the text's "?" wins
+    model = FakeEndOfTurn(probability=0.1)  # would disagree, but the text's "?" decides alone
     d = await start_semantic(model)
     backends.llm_hang_calls = {0: 1}
     await d.append(np.concatenate([silence(0.3), tone(1.0), silence(1.0)]), rate=RATE)
     done = await answer_after_commit(d, backends)
     assert len(d.of_type("input_audio_buffer.committed")) == 1
-    assert model.calls and done["response"]["metadata"]["turn_decision"] == "text_punctuation"
+    assert done["response"]["metadata"]["turn_decision"] == "text_punctuation"
+    assert not model.calls, "the text decided: the audio model was not needed"
     assert "turn_decision_ms" in done["response"]["timings"]
     assert d.of_type("session.updated")[0]["session"]["audio"]["input"]["turn_detection"]["type"] == "semantic_vad"
 
 
+async def test_without_a_text_cue_the_audio_model_decides(start_semantic, backends):
+    backends.transcripts = ["hello there"]
+    model = FakeEndOfTurn(probability=0.9)
+    d = await start_semantic(model)
+    backends.llm_hang_calls = {0: 1}
+    await d.append(np.concatenate([silence(0.3), tone(1.0), silence(1.0)]), rate=RATE)
+    done = await answer_after_commit(d, backends)
+    assert done["response"]["metadata"]["turn_decision"] == "audio"
+    assert len(model.calls) == 1 and model.calls[0] >= RATE  # the turn's audio so far
+
+
 async def test_a_mid_sentence_pause_is_one_turn_with_both_halves(start_semantic, backends):
     backends.transcripts = ["I'd like to book a table for", "four people."]
-    model = FakeEndOfTurn(probability=0.9)  # the audio model is fooled; the dangling "for" is not
+    model = FakeEndOfTurn(probability=0.9)  # would be fooled; the dangling "for" decides first
     d = await start_semantic(model)
     await d.append(np.concatenate([silence(0.3), tone(1.0), silence(0.6)]), rate=RATE)
     turn = d.session.turns.turn
