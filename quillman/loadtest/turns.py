@@ -124,7 +124,8 @@ def offline(utterances: list[Utterance], config_path: str) -> dict[str, Any]:
         # As on the server, the transcript is the segments' (cut at the pause) joined.
         segments = [u.pcm] if u.pause_at is None else [u.pcm[:u.pause_at], u.pcm[u.pause_at:]]
         texts = [recognizer.transcribe(at_pause(seg), "en").text.strip() for seg in segments]
-        points = [("end", " ".join(texts), u.pcm, True)]
+        # Smart Turn hears the speech since the previous pause, as on the server.
+        points = [("end", " ".join(texts), segments[-1], True)]
         if u.pause_at is not None:
             points.insert(0, ("mid", texts[0], u.pcm[:u.pause_at], False))
         for point, text, pcm, expected in points:

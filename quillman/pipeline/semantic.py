@@ -1,8 +1,9 @@
 """Semantic end of turn: is the utterance complete at this pause? (``semantic_vad``)
 
-At each pause the session asks :func:`judge` about the turn so far: the audio model (Smart Turn,
-``quillman.engines.smart_turn``) scores how finished it sounds, and the transcript the session
-already has (Whisper's segments) gives text cues. :func:`fuse` turns both into a
+At each pause the session asks :func:`judge` about the turn so far: the transcript the session
+already has (Whisper's segments, joined) gives text cues, and where they say nothing the audio
+model (Smart Turn, ``quillman.engines.smart_turn``) scores how finished the speech since the
+previous pause sounds. :func:`fuse` turns both into a
 :class:`Decision`: *complete* ends the turn at once (the pause is ~200 ms of silence already);
 *incomplete* keeps listening up to the eagerness cap (``max_wait_ms``), which ends it anyway.
 

@@ -29,6 +29,8 @@ import collections
 import logging
 import time
 from dataclasses import replace
+
+import numpy as np
 from typing import Any, Awaitable, Callable
 
 from quillman import errors, protocol
@@ -313,7 +315,7 @@ class RealtimeSession:
                     if pause and self.settings.create_response:
                         turn.speculation = self._start_voice_response(turn, speculative=True)
                     if pause and self._semantic():
-                        turn.judgment = self._spawn(self._judge(turn), "turn-judgment")
+                        turn.judgment = self._spawn(self._judge(turn, pieces), "turn-judgment")
                 case TurnResumed(turn=turn):
                     self._cancel_speculation(turn)
                     self._cancel_judgment(turn)
@@ -330,9 +332,11 @@ class RealtimeSession:
         vad = self.settings.turn_detection
         return self.end_of_turn is not None and vad is not None and vad.type == "semantic_vad"
 
-    async def _judge(self, turn: UserTurn) -> None:
-        """Is the turn complete at this pause? Yes: it ends now. No: the cap will end it."""
-        pcm = self.turns.timeline.slice(turn.start_sample, turn.segment_start)
+    async def _judge(self, turn: UserTurn, segment: list) -> None:
+        """Is the turn complete at this pause? Yes: it ends now. No: the cap will end it.
+        The audio model hears the speech since the previous pause (``segment``): measured on
+        the labeled set, a pause inside its window makes it call finished utterances unfinished."""
+        pcm = np.concatenate(segment) if segment else np.zeros(0, dtype=np.float32)
         try:
             decision, _ = await semantic.judge(self.end_of_turn, pcm, turn.join_transcripts())
         except Exception:  # noqa: BLE001 - a failed judgment leaves the turn to the cap

@@ -847,7 +847,6 @@ async def test_instructions_too_long_are_refused(driver):
 
 @pytest.mark.parametrize("session", [
     {"tools": [{"type": "function", "name": "get_weather"}]},
-    {"audio": {"input": {"turn_detection": {"type": "semantic_vad", "eagerness": "high"}}}},
     {"audio": {"input": {"noise_reduction": {"type": "near_field"}}}},
 ])
 async def test_features_not_built_yet_are_refused_with_a_code(driver, session):
