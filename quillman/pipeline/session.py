@@ -338,7 +338,7 @@ class RealtimeSession:
         the labeled set, a pause inside its window makes it call finished utterances unfinished."""
         pcm = np.concatenate(segment) if segment else np.zeros(0, dtype=np.float32)
         try:
-            decision, _ = await semantic.judge(self.end_of_turn, pcm, turn.join_transcripts())
+            decision = await semantic.judge(self.end_of_turn, pcm, turn.join_transcripts())
         except Exception:  # noqa: BLE001 - a failed judgment leaves the turn to the cap
             logger.warning("[%s] end-of-turn model failed; waiting for the cap", self.id, exc_info=True)
             return
