@@ -41,6 +41,21 @@ class TurnResult:
     def reply_audio_s(self) -> float:
         return len(self.reply_audio) / self.sample_rate_hz
 
+    @property
+    def underrun_s(self) -> float:
+        """How far the reply's playback starved: the most the wall clock since the first audio
+        delta ran ahead of the audio received before each later delta (0: never under-ran).
+        A player that starts at the first delta falls silent for this long in total at worst."""
+        deltas = [e for e in self.events if e["type"] == "response.output_audio.delta"]
+        if not deltas:
+            return 0.0
+        start = deltas[0]["_received"]
+        received_s, worst = 0.0, 0.0
+        for event in deltas:
+            worst = max(worst, (event["_received"] - start) - received_s)
+            received_s += len(base64.b64decode(event["delta"])) / 2 / self.sample_rate_hz
+        return round(worst, 3)
+
 
 class RealtimeClient:
     def __init__(self, url: str = DEFAULT_URL, sample_rate_hz: int = 24000, chunk_ms: int = 20,

@@ -57,6 +57,9 @@ class AsrConfig(_EngineConfig):
     max_batch_size: int = Field(8, ge=1)
     batch_wait_timeout_s: float = Field(0.01, ge=0)
     max_new_tokens: int = Field(128, ge=1, le=440)
+    # faster_whisper: segments transcribed at once per replica (each with cpu_threads); more
+    # wait in deadline order.
+    max_concurrent: int = Field(1, ge=1, le=16)
     # Wait this long before loading, so engines sharing a GPU don't load (and profile) at once.
     startup_delay_s: float = Field(0.0, ge=0, le=900)
 
@@ -67,9 +70,22 @@ class LlmConfig(_EngineConfig):
     # vllm: a Hugging Face id or local folder. openai: the model name sent to the server.
     model: str = "smollm2-135m"
     n_threads: int = Field(1, ge=1)
-    # Prompt evaluation runs while nothing else does (right after the transcript): give it more.
-    n_threads_batch: int = Field(2, ge=1)
-    n_ctx: int = Field(2048, ge=256)
+    # Threads for a long prompt (a session's first turn; later turns reuse their cached prefix).
+    # More than one only pays on an otherwise idle machine: llama.cpp's threads meet at a
+    # spinning barrier after every op, and with the other cores busy (other sessions' TTS/ASR)
+    # two threads ran several times slower than one (docs/benchmarks.md).
+    n_threads_batch: int = Field(1, ge=1)
+    n_ctx: int = Field(2048, ge=256)  # per sequence (per conversation)
+    # llama_cpp only. "batched": sessions interleave token by token in one context, each in its
+    # own slot with its prefix cache (docs/design.md, "LLM scheduling"). "serial": one
+    # generation at a time behind a lock (the A/B baseline).
+    scheduler: Literal["batched", "serial"] = "batched"
+    # Sequences in the batch: conversations whose prompt cache is kept, and generations that
+    # run at once; more wait for a free slot (earliest deadline first).
+    n_slots: int = Field(8, ge=1, le=64)
+    # Prompt tokens evaluated per batch step: bounds the stall a new prompt causes to the
+    # replies already streaming.
+    prefill_chunk_tokens: int = Field(128, ge=8, le=2048)
     max_tokens: int = Field(64, ge=1)
     temperature: float = Field(0.2, ge=0)
     top_p: float = Field(0.9, gt=0, le=1)
@@ -113,6 +129,11 @@ class TtsConfig(_EngineConfig):
     device: str = "cpu"
     # GPT tokens per streamed chunk (about 1024 samples each): smaller = earlier first audio.
     stream_chunk_size: int = Field(20, ge=1, le=200)
+    # Sentences synthesized at once per replica; more wait, earliest deadline first.
+    max_concurrent: int = Field(1, ge=1, le=16)
+    # A sentence due later than this (seconds of playback still ahead of it) waits, so that
+    # bulk synthesis does not take the cores from another session's first sentence.
+    lead_s: float = Field(2.0, gt=0)
     startup_delay_s: float = Field(0.0, ge=0, le=900)
 
 
@@ -181,7 +202,11 @@ class ServerConfig(_Strict):
     api_keys_env: str = "QUILLMAN_API_KEYS"
     # Browser sessions (an Origin header) are accepted from the server's own origin and these.
     allowed_origins: list[str] = Field(default_factory=list)
-    max_sessions_per_replica: int = Field(64, ge=1)
+    # Admission control, the one knob: open sessions per Ingress replica. Beyond it a new session
+    # is refused at the handshake (503 + Retry-After) rather than slowing every conversation
+    # down. The default is what the CPU profile holds on 2 cores within the latency target
+    # (docs/benchmarks.md, "Scheduling"); size it per deployment with benchmarks/scheduling.py.
+    max_sessions_per_replica: int = Field(6, ge=1)
 
     @field_validator("api_keys")
     @classmethod

@@ -352,7 +352,7 @@ def error_body(exc: errors.QuillmanError) -> ErrorBody:
 # the stage histograms of the metrics and the bench's tables all use these names.
 STAGES = ("turn_detected_ms", "transcript_ms", "first_token_ms", "first_sentence_ms",
           "first_audio_ms", "total_ms", "asr_last_segment_ms", "llm_ttft_ms", "tts_first_chunk_ms",
-          "turn_decision_ms")
+          "llm_queue_ms", "tts_queue_ms", "turn_decision_ms")
 
 
 class ResponseTimings(_Compact):
@@ -368,6 +368,10 @@ class ResponseTimings(_Compact):
     asr_last_segment_ms: float | None = None
     llm_ttft_ms: float | None = None
     tts_first_chunk_ms: float | None = None
+    # Of llm_ttft_ms / tts_first_chunk_ms: time waited behind other work (other sessions) in
+    # the LLM's batch queue / the Speaker replica's deadline queue.
+    llm_queue_ms: float | None = None
+    tts_queue_ms: float | None = None
     # When the end of turn was decided (the silence, or semantic_vad's judgment at a pause);
     # ``metadata["turn_decision"]`` says which signal decided.
     turn_decision_ms: float | None = None
@@ -377,10 +381,17 @@ class ResponseTimings(_Compact):
         return self.model_dump()
 
 
+class InputTokenDetails(_Wire):
+    # Prompt tokens the LLM reused from this session's cache (not evaluated again).
+    cached_tokens: int = 0
+    text_tokens: int = 0
+
+
 class Usage(_Wire):
     total_tokens: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    input_token_details: InputTokenDetails | None = None
 
 
 class StatusDetails(_Compact):

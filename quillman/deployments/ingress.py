@@ -27,8 +27,9 @@ from ray.serve.handle import DeploymentHandle
 from quillman import errors, security
 from quillman.config import AppConfig
 from quillman.engines.asr.base import Transcript
-from quillman.engines.llm.base import Delta, GenerationParams, Message
+from quillman.engines.llm.base import Delta, GenerationRequest
 from quillman.engines.smart_turn import load_smart_turn
+from quillman.scheduling import QueueWait
 from quillman.engines.vad import SileroVad
 from quillman.deployments.health import WHAT_TO_RUN, DeploymentWatch, read_serve_states
 from quillman.metrics import ServeMetrics
@@ -84,27 +85,33 @@ class HandleBackends:
         self._llm = language_model.options(stream=True)
         self._tts = speaker.options(stream=True)
 
-    async def transcribe(self, pcm: np.ndarray, language: str | None) -> Transcript:
-        response = self._asr.transcribe.remote(pcm, language)
+    async def transcribe(self, pcm: np.ndarray, language: str | None,
+                         deadline: float | None = None) -> Transcript:
+        response = self._asr.transcribe.remote(pcm, language, deadline)
         try:
             return await response
         except asyncio.CancelledError:
             response.cancel()
             raise
 
-    async def generate(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[Delta]:
-        stream = self._llm.generate.remote(messages, params)
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        # The session id is Serve's routing key too: with a session-affine request router
+        # (configs/cpu-cluster.yaml) a conversation's turns reach the replica holding its
+        # prompt cache. The default router ignores it.
+        llm = self._llm.options(session_id=request.session_id) if request.session_id else self._llm
+        stream = llm.generate.remote(request)
         try:
             async for delta in stream:
                 yield delta
         finally:
             stream.cancel()
 
-    async def synthesize(self, text: str, voice: str, sample_rate_hz: int) -> AsyncIterator[np.ndarray]:
-        stream = self._tts.synthesize.remote(text, voice, sample_rate_hz)
+    async def synthesize(self, text: str, voice: str, sample_rate_hz: int,
+                         deadline: float | None = None) -> AsyncIterator[QueueWait | np.ndarray]:
+        stream = self._tts.synthesize.remote(text, voice, sample_rate_hz, deadline)
         try:
-            async for pcm in stream:
-                yield pcm
+            async for item in stream:
+                yield item
         finally:
             stream.cancel()
 
@@ -328,6 +335,9 @@ class Ingress:
         results = await asyncio.gather(*(probe(name) for name in names))
         deployments = {"Ingress": {"status": "healthy", "sessions": len(self.sessions)},
                        **dict(zip(names, results))}
+        for name, report in deployments.items():  # what autoscaling has made of each stage
+            if name in states:
+                report["replicas"] = states[name].replicas
         healthy = all(d["status"] == "healthy" for d in deployments.values())
         if failures:
             overall = "failed"

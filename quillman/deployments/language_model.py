@@ -8,7 +8,7 @@ from typing import AsyncIterator, Callable
 from ray import serve
 
 from quillman.config import LlmConfig
-from quillman.engines.llm.base import Delta, GenerationParams, LanguageModel as LanguageModelEngine, Message
+from quillman.engines.llm.base import Delta, GenerationRequest, LanguageModel as LanguageModelEngine
 from quillman.deployments.common import ModelDeployment
 from quillman.engines.loader import load_language_model
 from quillman.engines.warmup import warm_language_model
@@ -25,9 +25,9 @@ class LanguageModel(ModelDeployment):
         self.config = LlmConfig.model_validate(config)
         await self._start(engine_factory)
 
-    async def generate(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[Delta]:
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         # Cancellation of this request (barge-in, disconnect) closes the engine stream here.
-        stream = self.engine.stream(messages, params)
+        stream = self.engine.stream(request)
         try:
             async for delta in stream:
                 yield delta

@@ -16,33 +16,41 @@ from quillman.deployments.common import ModelDeployment
 from quillman.engines.loader import load_synthesizer
 from quillman.engines.tts.base import SpeechSynthesizer
 from quillman.engines.warmup import warm_synthesizer
+from quillman.scheduling import DeadlineGate, QueueWait
 
 logger = logging.getLogger(__name__)
 
 
-@serve.deployment(name="Speaker", max_ongoing_requests=4)
+@serve.deployment(name="Speaker", max_ongoing_requests=8)
 class Speaker(ModelDeployment):
     section = "tts"
 
     async def __init__(self, config: TtsConfig,  # Serve allows an async constructor
                        engine_factory: Callable[[TtsConfig], SpeechSynthesizer] = load_synthesizer):
         self.config = TtsConfig.model_validate(config)
+        # Sentences queue here (max_ongoing_requests is above the gate's capacity) so that the
+        # replica, not arrival order, decides which runs next: earliest deadline first.
+        self._gate = DeadlineGate(self.config.max_concurrent, lead_s=self.config.lead_s)
         await self._start(engine_factory)
 
     async def _warm(self) -> float:
         return await asyncio.to_thread(warm_synthesizer, self.engine)
 
-    async def synthesize(self, text: str, voice: str, sample_rate_hz: int) -> AsyncIterator[np.ndarray]:
+    async def synthesize(self, text: str, voice: str, sample_rate_hz: int,
+                         deadline: float | None = None) -> AsyncIterator[QueueWait | np.ndarray]:
+        """A :class:`QueueWait` (time spent behind more urgent sentences), then int16 chunks."""
         def chunks():
             for chunk in self.engine.synthesize(text, voice):
                 yield resample(chunk.pcm, chunk.sample_rate_hz, sample_rate_hz)
 
-        stream = iterate_in_thread(chunks)
-        try:
-            async for pcm in stream:
-                yield pcm
-        finally:
-            await stream.aclose()
+        async with self._gate.slot(deadline) as waited_s:
+            yield QueueWait(ms=round(waited_s * 1000, 1))
+            stream = iterate_in_thread(chunks)
+            try:
+                async for pcm in stream:
+                    yield pcm
+            finally:
+                await stream.aclose()
 
     async def voices(self) -> list[str]:
         return list(self.engine.voices)

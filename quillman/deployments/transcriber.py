@@ -20,6 +20,7 @@ from quillman.engines.asr.base import SpeechRecognizer, Transcript
 from quillman.deployments.common import ModelDeployment
 from quillman.engines.loader import load_recognizer
 from quillman.engines.warmup import warm_recognizer
+from quillman.scheduling import DeadlineGate
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ class Transcriber(ModelDeployment):
     async def __init__(self, config: AsrConfig,  # Serve allows an async constructor
                        engine_factory: Callable[[AsrConfig], SpeechRecognizer] = load_recognizer):
         self.config = AsrConfig.model_validate(config)
+        # Segments wait here in deadline order (the last segment of a finished turn first).
+        self._gate = DeadlineGate(self.config.max_concurrent)
         await self._start(engine_factory)
         if self.batched:
             self._transcribe_batched.set_max_batch_size(self.config.max_batch_size)
@@ -46,11 +49,13 @@ class Transcriber(ModelDeployment):
     def _ready_note(self) -> str:
         return f", batches of up to {self.config.max_batch_size}" if self.batched else ""
 
-    async def transcribe(self, pcm: np.ndarray, language: str | None = None) -> Transcript:
+    async def transcribe(self, pcm: np.ndarray, language: str | None = None,
+                         deadline: float | None = None) -> Transcript:
         language = language or self.config.language
-        if self.batched:
+        if self.batched:  # a GPU batch serves its requests together; no order to choose
             return await self._transcribe_batched(pcm, language)
-        return await asyncio.to_thread(self.engine.transcribe, pcm, language)
+        async with self._gate.slot(deadline):
+            return await asyncio.to_thread(self.engine.transcribe, pcm, language)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)  # reset from config in __init__
     async def _transcribe_batched(

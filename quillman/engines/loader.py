@@ -38,10 +38,9 @@ def load_recognizer(config: AsrConfig) -> SpeechRecognizer:
 
 def load_language_model(config: LlmConfig) -> LanguageModel:
     if config.backend == "llama_cpp":
-        from quillman.engines.llm.llama_cpp import LlamaCppModel
+        from quillman.engines.llm.llama_cpp import load_llama_cpp
 
-        return LlamaCppModel(model=config.model, n_threads=config.n_threads,
-                             n_threads_batch=config.n_threads_batch, n_ctx=config.n_ctx)
+        return load_llama_cpp(config)
     if config.backend == "vllm":
         from quillman.engines.llm.vllm import VllmModel
 

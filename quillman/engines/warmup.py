@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from quillman.engines.asr.base import ASR_SAMPLE_RATE_HZ, SpeechRecognizer
-from quillman.engines.llm.base import GenerationParams, LanguageModel
+from quillman.engines.llm.base import GenerationParams, GenerationRequest, LanguageModel
 from quillman.engines.tts.base import SpeechSynthesizer
 
 WARM_MESSAGES = [{"role": "user", "content": "Say hi."}]
@@ -30,7 +30,8 @@ def warm_recognizer(engine: SpeechRecognizer, language: str | None) -> float:
 
 async def warm_language_model(engine: LanguageModel) -> float:
     start = time.perf_counter()
-    stream = engine.stream(WARM_MESSAGES, GenerationParams(max_tokens=4, temperature=0.0, top_p=1.0))
+    stream = engine.stream(GenerationRequest(
+        WARM_MESSAGES, GenerationParams(max_tokens=4, temperature=0.0, top_p=1.0)))
     try:
         async for _ in stream:
             pass

@@ -11,16 +11,20 @@ from typing import AsyncIterator, Protocol
 import numpy as np
 
 from quillman.engines.asr.base import Transcript
-from quillman.engines.llm.base import Delta, GenerationParams, Message
+from quillman.engines.llm.base import Delta, GenerationRequest
+from quillman.scheduling import QueueWait
 
 
 class Backends(Protocol):
-    async def transcribe(self, pcm: np.ndarray, language: str | None) -> Transcript:
-        """16 kHz float32 mono in."""
+    async def transcribe(self, pcm: np.ndarray, language: str | None,
+                         deadline: float | None = None) -> Transcript:
+        """16 kHz float32 mono in; ``deadline`` orders it among other sessions' segments."""
 
-    def generate(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[Delta]:
-        """Text deltas, then a Usage if the engine counts tokens; closing the iterator must cancel
-        generation."""
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        """Text (and tool-call) deltas, then a Usage if the engine counts tokens; closing the
+        iterator must cancel generation."""
 
-    def synthesize(self, text: str, voice: str, sample_rate_hz: int) -> AsyncIterator[np.ndarray]:
-        """int16 mono pcm chunks at ``sample_rate_hz``; closing the iterator cancels synthesis."""
+    def synthesize(self, text: str, voice: str, sample_rate_hz: int,
+                   deadline: float | None = None) -> AsyncIterator[QueueWait | np.ndarray]:
+        """Optionally a :class:`QueueWait` first, then int16 mono pcm chunks at
+        ``sample_rate_hz``; closing the iterator cancels synthesis."""

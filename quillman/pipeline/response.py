@@ -19,11 +19,12 @@ import numpy as np
 
 from quillman import errors, protocol
 from quillman.audio import encode_pcm16_base64
-from quillman.engines.llm.base import Delta, GenerationParams, Message, Usage
+from quillman.engines.llm.base import Delta, GenerationParams, GenerationRequest, Message, Usage
 from quillman.pipeline.backends import Backends
 from quillman.pipeline.fanout import ordered_fanout
 from quillman.pipeline.sentences import SentenceSplitter, split_stream
 from quillman.pipeline.settings import ResponseSettings
+from quillman.scheduling import SPOKEN_REPLY_PACING, QueueWait, speech_seconds_estimate
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -43,6 +44,8 @@ class Timings:
     asr_last_segment_ms: float | None = None
     llm_started: float | None = None
     first_sentence_tts_started: float | None = None
+    llm_queue_ms: float | None = None
+    tts_queue_ms: float | None = None
     speculative: bool = False
 
     def as_wire(self) -> protocol.ResponseTimings:
@@ -59,6 +62,7 @@ class Timings:
             asr_last_segment_ms=self.asr_last_segment_ms,
             llm_ttft_ms=between(self.llm_started, self.first_token),
             tts_first_chunk_ms=between(self.first_sentence_tts_started, self.first_audio),
+            llm_queue_ms=self.llm_queue_ms, tts_queue_ms=self.tts_queue_ms,
             speculative=1.0 if self.speculative else 0.0,
         )
 
@@ -88,6 +92,7 @@ class Response:
     user: UserInput | None = None
     speculative: bool = False
     after: asyncio.Task | None = None  # a previous response that must finish first
+    session_id: str | None = None  # the LLM keeps this conversation's prompt cache under it
     id: str = field(default_factory=lambda: protocol.new_id("resp"))
     item_id: str = field(default_factory=lambda: protocol.new_id("item"))
     status: str = "in_progress"
@@ -99,6 +104,11 @@ class Response:
     _audio_s: float = 0.0
     _input_tokens: int = 0
     _output_tokens: int = 0
+    _cached_tokens: int = 0
+    # Sentence deadlines: when the reply's audio starts playing (Unix time), and the audio
+    # seconds (estimated until synthesized) of each sentence sent to TTS so far.
+    _playback_start: float | None = None
+    _sentence_s: list[float] = field(default_factory=list)
     _pending_finish: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
@@ -147,6 +157,7 @@ class Response:
     def _send(self, event: protocol.ServerEvent) -> None:
         if isinstance(event, protocol.OutputAudioDelta) and self.timings.first_audio is None:
             self.timings.first_audio = time.perf_counter()
+            self._playback_start = time.time()  # the client starts playing now
         self.emit(event)
 
     def _event(self, event: protocol.ServerEvent) -> None:
@@ -172,8 +183,11 @@ class Response:
             id=self.id, status=status, status_details=details,
             output=[self._item(item_status)] if self._created else [],
             output_modalities=self._modalities(),
-            usage=protocol.Usage(total_tokens=self._input_tokens + self._output_tokens,
-                                 input_tokens=self._input_tokens, output_tokens=self._output_tokens),
+            usage=protocol.Usage(
+                total_tokens=self._input_tokens + self._output_tokens,
+                input_tokens=self._input_tokens, output_tokens=self._output_tokens,
+                input_token_details=protocol.InputTokenDetails(
+                    cached_tokens=self._cached_tokens, text_tokens=self._input_tokens)),
             # Clients that drop unknown keys still see the timings (as strings, metadata's type).
             metadata={**(self.settings.metadata or {}),
                       **{f"timing_{k}": str(v) for k, v in list(measured.items())[:8]}},
@@ -264,12 +278,17 @@ class Response:
 
     async def _generate(self, user_text: str | None) -> None:
         settings = self.settings
-        messages = self.prompt(user_text)
-        params = GenerationParams(
-            max_tokens=settings.max_output_tokens, temperature=settings.temperature, top_p=settings.top_p
+        request = GenerationRequest(
+            messages=self.prompt(user_text),
+            params=GenerationParams(max_tokens=settings.max_output_tokens,
+                                    temperature=settings.temperature, top_p=settings.top_p),
+            session_id=self.session_id,
+            # The first words are due now: the user is waiting (a speculation, until its gate).
+            deadline=time.time(),
+            pacing=SPOKEN_REPLY_PACING if settings.output_audio else None,
         )
         self.timings.llm_started = time.perf_counter()
-        deltas = self._transcript_deltas(self.backends.generate(messages, params))
+        deltas = self._transcript_deltas(self.backends.generate(request))
         if not settings.output_audio:
             async for _ in deltas:
                 pass
@@ -281,7 +300,7 @@ class Response:
         if settings.sequential:
             sentences = _whole_text(sentences)
         fanout = ordered_fanout(
-            sentences, self._synthesize, knobs.tts_concurrency,
+            _numbered(sentences), self._synthesize, knobs.tts_concurrency,
             on_item_start=self._sentence_started, head_start=True,
         )
         try:
@@ -293,15 +312,29 @@ class Response:
         finally:
             await fanout.aclose()
 
-    def _sentence_started(self, index: int, sentence: str) -> None:
+    def _sentence_started(self, index: int, numbered: tuple[int, str]) -> None:
+        sentence = numbered[1]
         if index == 0:
             self.timings.first_sentence = self.timings.first_sentence_tts_started = time.perf_counter()
+        self._sentence_s.append(speech_seconds_estimate(sentence))
+
+    def _sentence_deadline(self, index: int) -> float:
+        """When sentence ``index`` must start playing: the first is due now; a later one when
+        the audio before it has played (the client plays from the reply's first delta)."""
+        now = time.time()
+        if index == 0 or self._playback_start is None:
+            return now
+        return max(now, self._playback_start + sum(self._sentence_s[:index]))
 
     async def _transcript_deltas(self, deltas: AsyncIterator[Delta]) -> AsyncIterator[str]:
         async for delta in self._iter_with_timeout(deltas):
             if isinstance(delta, Usage):  # the engine's own count replaces ours
                 self._input_tokens, self._output_tokens = delta.input_tokens, delta.output_tokens
+                self._cached_tokens = delta.cached_tokens
+                self.timings.llm_queue_ms = delta.queued_ms
                 continue
+            if not isinstance(delta, str):
+                continue  # tool calls are not spoken
             if self.timings.first_token is None:
                 self.timings.first_token = time.perf_counter()
             self._output_tokens += 1
@@ -311,10 +344,23 @@ class Response:
             self._event(delta_event(delta=delta, **self._part()))
             yield delta
 
-    def _synthesize(self, sentence: str) -> AsyncIterator[np.ndarray]:
-        return self._iter_with_timeout(
-            self.backends.synthesize(sentence, self.settings.voice, self.settings.output_rate_hz)
-        )
+    async def _synthesize(self, indexed: tuple[int, str]) -> AsyncIterator[np.ndarray]:
+        index, sentence = indexed
+        rate = self.settings.output_rate_hz
+        pcm_s = 0.0
+        stream = self._iter_with_timeout(
+            self.backends.synthesize(sentence, self.settings.voice, rate, self._sentence_deadline(index)))
+        try:
+            async for item in stream:
+                if isinstance(item, QueueWait):
+                    if index == 0:
+                        self.timings.tts_queue_ms = item.ms
+                    continue
+                pcm_s += len(item) / rate
+                yield item
+        finally:
+            await stream.aclose()
+        self._sentence_s[index] = pcm_s  # the estimate gives way to the real length
 
     async def _with_timeout(self, awaitable: Awaitable[T]) -> T:
         timeout_s = self.settings.pipeline.model_timeout_s
@@ -337,6 +383,13 @@ class Response:
             close = getattr(iterator, "aclose", None)
             if close is not None:
                 await close()
+
+
+async def _numbered(items: AsyncIterator[T]) -> AsyncIterator[tuple[int, T]]:
+    index = 0
+    async for item in items:
+        yield index, item
+        index += 1
 
 
 async def _whole_text(chunks: AsyncIterator[str]) -> AsyncIterator[str]:

@@ -241,7 +241,8 @@ class RealtimeSession:
             event_id = event.event_id
             await self.handle_event(event)
         except errors.QuillmanError as exc:
-            exc.event_id = exc.event_id or event_id
+            if exc.event_id is None:  # an empty event_id is still the client's to get back
+                exc.event_id = event_id
             self.error(exc)
         except Exception:  # noqa: BLE001 - a bug must not end the session; the log has it
             logger.exception("[%s] internal error handling a client event", self.id)
@@ -326,7 +327,9 @@ class RealtimeSession:
 
     def _transcribe(self, turn: UserTurn, pieces: list) -> None:
         for pcm in pieces:
-            turn.segments.append(self._spawn(self.backends.transcribe(pcm, self.settings.language), "asr"))
+            # Due now: if the turn ends here, the reply waits for this segment.
+            turn.segments.append(self._spawn(
+                self.backends.transcribe(pcm, self.settings.language, time.time()), "asr"))
 
     def _semantic(self) -> bool:
         vad = self.settings.turn_detection
@@ -450,7 +453,7 @@ class RealtimeSession:
             settings=settings, backends=self.backends, emit=self.emit,
             prompt=lambda text: self.conversation.messages(settings.instructions, user_item_id, text),
             on_finished=self._response_finished, timings=timings(origin=origin),
-            user=user, speculative=speculative, after=previous,
+            user=user, speculative=speculative, after=previous, session_id=self.id,
         )
 
     def _show(self, response: Response, turn_detected: float | None) -> None:

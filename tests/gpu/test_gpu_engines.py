@@ -14,7 +14,7 @@ import pytest
 
 from quillman.audio import int16_to_float
 from quillman.engines.asr.base import ASR_SAMPLE_RATE_HZ
-from quillman.engines.llm.base import GenerationParams, Usage
+from quillman.engines.llm.base import GenerationParams, GenerationRequest, Usage
 from quillman.engines.loader import load_language_model, load_recognizer, load_synthesizer
 
 pytestmark = pytest.mark.gpu
@@ -71,7 +71,7 @@ async def test_vllm_streams_stops_on_close_and_serves_concurrent_streams(vllm_mo
     start = time.perf_counter()
     deltas = []
     first_s = None
-    async for delta in vllm_model.stream(messages, GenerationParams(max_tokens=48, temperature=0.0, top_p=1.0)):
+    async for delta in vllm_model.stream(GenerationRequest(messages, GenerationParams(max_tokens=48, temperature=0.0, top_p=1.0))):
         if isinstance(delta, Usage):
             assert delta.input_tokens > 10 and delta.output_tokens > 0
             continue
@@ -80,8 +80,8 @@ async def test_vllm_streams_stops_on_close_and_serves_concurrent_streams(vllm_mo
     print(f"\nvLLM first delta {first_s * 1000:.0f} ms, {len(deltas)} deltas")
     assert "paris" in "".join(deltas).lower()
 
-    long = vllm_model.stream([{"role": "user", "content": "Count from 1 to 500."}],
-                             GenerationParams(max_tokens=1024, temperature=0.0, top_p=1.0))
+    long = vllm_model.stream(GenerationRequest([{"role": "user", "content": "Count from 1 to 500."}],
+                                               GenerationParams(max_tokens=1024, temperature=0.0, top_p=1.0)))
     for _ in range(3):
         await long.__anext__()
     start = time.perf_counter()
@@ -91,8 +91,8 @@ async def test_vllm_streams_stops_on_close_and_serves_concurrent_streams(vllm_mo
     params = GenerationParams(max_tokens=32, temperature=0.7, top_p=0.9)
 
     async def one(i: int) -> str:
-        return "".join([d async for d in vllm_model.stream(
-            [{"role": "user", "content": f"Say a word that starts with letter {chr(65 + i)}."}], params)
+        return "".join([d async for d in vllm_model.stream(GenerationRequest(
+            [{"role": "user", "content": f"Say a word that starts with letter {chr(65 + i)}."}], params))
             if isinstance(d, str)])
 
     replies = await asyncio.gather(*(one(i) for i in range(8)))

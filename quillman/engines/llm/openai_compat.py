@@ -90,9 +90,10 @@ class OpenAICompatibleModel:
         if self._session is not None and not self._session.closed:
             await self._session.close()
 
-    async def stream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[Delta]:
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        params = request.params
         body: dict[str, Any] = {
-            "model": self.model, "messages": messages, "stream": True,
+            "model": self.model, "messages": request.messages, "stream": True,
             "max_tokens": params.max_tokens, "temperature": params.temperature, "top_p": params.top_p,
             "stream_options": {"include_usage": True},  # a last chunk with the token counts
         }

@@ -128,8 +128,11 @@ class VllmModel:
         # The template already holds BOS and the like: don't let the tokenizer add them again.
         return {"prompt_token_ids": list(tokenizer.encode(text, add_special_tokens=False))}
 
-    async def stream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[Delta]:
-        prompt = await self.render(messages)
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        # vLLM batches and caches prefixes (enable_prefix_caching) on its own: session_id and
+        # deadline need no handling here.
+        params = request.params
+        prompt = await self.render(request.messages)
         sampling = self._sampling_params_cls(
             max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
             output_kind=self._delta,

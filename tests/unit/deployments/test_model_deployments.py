@@ -22,7 +22,8 @@ from quillman.deployments.speaker import Speaker
 from quillman.deployments.transcriber import Transcriber
 from quillman.engines import loader
 from quillman.engines.asr.base import Transcript
-from quillman.engines.llm.base import GenerationParams
+from quillman.scheduling import QueueWait
+from quillman.engines.llm.base import GenerationParams, GenerationRequest
 from quillman.engines.tts.base import AudioChunk
 from quillman.errors import StartupTimeoutError
 
@@ -56,8 +57,8 @@ class FakeLanguageModel:
     def __init__(self):
         self.calls: list[GenerationParams] = []
 
-    async def stream(self, messages, params):
-        self.calls.append(params)
+    async def stream(self, request):
+        self.calls.append(request.params)
         for piece in ["Hi", " there."]:
             yield piece
 
@@ -266,8 +267,9 @@ async def test_health_fails_without_an_engine():
 
 async def test_the_deployments_still_serve_with_the_injected_engine():
     llm = await construct(LANGUAGE_MODEL, LlmConfig(), factory_of(FakeLanguageModel()))
-    assert [d async for d in llm.generate([{"role": "user", "content": "hi"}], GenerationParams(max_tokens=8, temperature=0.0, top_p=1.0))] == ["Hi", " there."]
+    assert [d async for d in llm.generate(GenerationRequest([{"role": "user", "content": "hi"}], GenerationParams(max_tokens=8, temperature=0.0, top_p=1.0)))] == ["Hi", " there."]
     tts = await construct(SPEAKER, TtsConfig(), factory_of(FakeSynthesizer()))
-    chunks = [c async for c in tts.synthesize("Hello.", "joe", 24000)]
+    wait, *chunks = [c async for c in tts.synthesize("Hello.", "joe", 24000)]
+    assert isinstance(wait, QueueWait) and wait.ms >= 0
     assert len(chunks) == 1 and len(chunks[0]) == 240  # resampled 16 -> 24 kHz
     assert await tts.voices() == ["joe", "amy"]

@@ -36,14 +36,17 @@ def test_cpu_backends_do_not_touch_the_gpu_modules(monkeypatch):
     for cls in (TransformersWhisperRecognizer, VllmModel, OpenAICompatibleModel, XttsSynthesizer):
         monkeypatch.setattr(cls, "from_config", classmethod(lambda c, cfg: pytest.fail(f"{c} used")))
     import quillman.engines.asr.faster_whisper as fw
+    import quillman.engines.llm.llama_batch as lb
     import quillman.engines.llm.llama_cpp as lc
     import quillman.engines.tts.piper as pp
 
     monkeypatch.setattr(fw, "FasterWhisperRecognizer", lambda **kw: ("fw", kw["model"]))
-    monkeypatch.setattr(lc, "LlamaCppModel", lambda **kw: ("llama", kw["model"]))
+    monkeypatch.setattr(lb, "BatchedLlamaCpp", lambda path, **kw: ("batched", path.endswith(".gguf")))
+    monkeypatch.setattr(lc, "LlamaCppModel", lambda **kw: ("serial", kw["model"].endswith(".gguf")))
     monkeypatch.setattr(pp, "PiperSynthesizer", lambda **kw: ("piper", kw["model"]))
     assert loader.load_recognizer(AsrConfig()) == ("fw", "tiny.en")
-    assert loader.load_language_model(LlmConfig()) == ("llama", "smollm2-135m")
+    assert loader.load_language_model(LlmConfig()) == ("batched", True)
+    assert loader.load_language_model(LlmConfig(scheduler="serial")) == ("serial", True)
     assert loader.load_synthesizer(TtsConfig()) == ("piper", "joe")
 
 

@@ -892,4 +892,5 @@ async def test_usage_counts_the_engines_tokens(driver, backends):
     assert without["output_tokens"] == len(backends.tokens(backends.reply)) and without["input_tokens"] == 0
     backends.usage = Usage(input_tokens=123, output_tokens=17)
     usage = (await driver.text_turn("and now?"))["response"]["usage"]
-    assert usage == {"total_tokens": 140, "input_tokens": 123, "output_tokens": 17}
+    assert usage == {"total_tokens": 140, "input_tokens": 123, "output_tokens": 17,
+                     "input_token_details": {"cached_tokens": 0, "text_tokens": 123}}

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from quillman.config import LlmConfig
-from quillman.engines.llm.base import GenerationParams, Usage
+from quillman.engines.llm.base import GenerationParams, GenerationRequest, Usage
 from quillman.engines.llm.openai_compat import OpenAICompatibleModel, iterate_sse_data
 from quillman.engines.loader import load_language_model
 from quillman.errors import ConfigError, ModelError
@@ -89,7 +89,7 @@ async def model(chat_server, monkeypatch):
 
 async def test_streams_deltas_and_sends_the_request(model, chat_server):
     assert isinstance(model, OpenAICompatibleModel)
-    deltas = [d async for d in model.stream(MESSAGES, PARAMS)]
+    deltas = [d async for d in model.stream(GenerationRequest(MESSAGES, PARAMS))]
     # The server's own token counts come last (stream_options.include_usage).
     assert deltas == ["Hello", " there", ",", " friend", ".", Usage(input_tokens=21, output_tokens=5)]
     body = chat_server.requests[0]
@@ -100,14 +100,14 @@ async def test_streams_deltas_and_sends_the_request(model, chat_server):
 
 async def test_connection_is_reused_across_turns(model, chat_server):
     for _ in range(3):
-        assert "".join([d async for d in model.stream(MESSAGES, PARAMS) if isinstance(d, str)]) == "Hello there, friend."
+        assert "".join([d async for d in model.stream(GenerationRequest(MESSAGES, PARAMS)) if isinstance(d, str)]) == "Hello there, friend."
     assert len(chat_server.requests) == 3
 
 
 async def test_closing_the_stream_disconnects_so_the_server_stops(model, chat_server):
     chat_server.words = [f" w{i}" for i in range(200)]
     chat_server.delay_s = 0.01
-    stream = model.stream(MESSAGES, PARAMS)
+    stream = model.stream(GenerationRequest(MESSAGES, PARAMS))
     assert await stream.__anext__() == " w0"
     await stream.aclose()  # barge-in
     await asyncio.wait_for(chat_server.disconnected.wait(), 3)
@@ -120,7 +120,7 @@ async def test_cancelling_the_consumer_disconnects(model, chat_server):
     seen: list[str] = []
 
     async def consume():
-        async for delta in model.stream(MESSAGES, PARAMS):
+        async for delta in model.stream(GenerationRequest(MESSAGES, PARAMS)):
             seen.append(delta)
 
     task = asyncio.create_task(consume())
@@ -133,19 +133,19 @@ async def test_cancelling_the_consumer_disconnects(model, chat_server):
     assert chat_server.sent < 200
     # The model still works for the next turn.
     chat_server.words, chat_server.delay_s = ["ok"], 0.0
-    assert [d async for d in model.stream(MESSAGES, PARAMS) if isinstance(d, str)] == ["ok"]
+    assert [d async for d in model.stream(GenerationRequest(MESSAGES, PARAMS)) if isinstance(d, str)] == ["ok"]
 
 
 async def test_http_error_is_a_model_error(model, chat_server):
     chat_server.status = 503
     with pytest.raises(ModelError, match="503.*model overloaded"):
-        [d async for d in model.stream(MESSAGES, PARAMS)]
+        [d async for d in model.stream(GenerationRequest(MESSAGES, PARAMS))]
 
 
 async def test_unreachable_server_is_a_model_error(chat_server):
     model = OpenAICompatibleModel("http://127.0.0.1:9/v1", "m", timeout_s=2)
     with pytest.raises(ModelError, match="unreachable"):
-        [d async for d in model.stream(MESSAGES, PARAMS)]
+        [d async for d in model.stream(GenerationRequest(MESSAGES, PARAMS))]
     await model.aclose()
 
 

@@ -20,7 +20,7 @@ from engine_fakes import (
 )
 
 from quillman.config import LlmConfig
-from quillman.engines.llm.base import GenerationParams, Usage
+from quillman.engines.llm.base import GenerationParams, GenerationRequest, Usage
 from quillman.engines.llm.vllm import VllmModel, engine_kwargs, fold_system_prompt
 from quillman.engines.loader import load_language_model
 from quillman.errors import ConfigError
@@ -48,7 +48,7 @@ def model_dir(tmp_path):
 async def test_streams_delta_text_with_the_chat_template(fake_vllm):
     engine = FakeAsyncLLM()
     model = VllmModel(engine)
-    deltas = [d async for d in model.stream(MESSAGES, PARAMS)]
+    deltas = [d async for d in model.stream(GenerationRequest(MESSAGES, PARAMS))]
     rendered = "<s><|system|>\nBe brief.</s><|user|>\nHi!</s><|assistant|>\n"
     # Text, then the real token counts: the prompt's ids and one id per DELTA step here.
     assert deltas == ["Hello", " there", ", friend.", Usage(input_tokens=len(rendered), output_tokens=3)]
@@ -66,7 +66,7 @@ async def test_each_stream_is_its_own_request(fake_vllm):
     engine = FakeAsyncLLM(async_tokenizer=True)  # older vLLM: get_tokenizer() is a coroutine
     model = VllmModel(engine)
     for _ in range(2):
-        text = [d async for d in model.stream(MESSAGES, PARAMS) if isinstance(d, str)]
+        text = [d async for d in model.stream(GenerationRequest(MESSAGES, PARAMS)) if isinstance(d, str)]
         assert "".join(text) == "Hello there, friend."
     ids = [request_id for _, _, request_id in engine.requests]
     assert len(set(ids)) == 2
@@ -74,7 +74,7 @@ async def test_each_stream_is_its_own_request(fake_vllm):
 
 async def test_closing_the_stream_aborts_the_request(fake_vllm):
     engine = FakeAsyncLLM(pieces=[f"w{i} " for i in range(50)], delay_s=0.001)
-    stream = VllmModel(engine).stream(MESSAGES, PARAMS)
+    stream = VllmModel(engine).stream(GenerationRequest(MESSAGES, PARAMS))
     assert await stream.__anext__() == "w0 "
     await stream.aclose()  # barge-in: the deployment closes the engine stream
     assert engine.aborted == [engine.requests[0][2]]
@@ -87,7 +87,7 @@ async def test_cancelling_the_consumer_aborts_the_request(fake_vllm):
     seen: list[str] = []
 
     async def consume():
-        async for delta in model.stream(MESSAGES, PARAMS):
+        async for delta in model.stream(GenerationRequest(MESSAGES, PARAMS)):
             seen.append(delta)
 
     task = asyncio.create_task(consume())

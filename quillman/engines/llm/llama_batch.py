@@ -1,0 +1,403 @@
+"""llama.cpp with continuous batching: many conversations share one model, token by token.
+
+One worker thread owns a llama.cpp context with ``n_slots`` sequences. Each step it decodes one
+batch holding the next token of every generating sequence plus prompt tokens of the sequences
+still evaluating their prompt (at most ``prefill_chunk_tokens`` per step, so one long prompt never
+stalls the others' replies). A new request therefore starts within one step instead of waiting
+for whole replies of other sessions (head-of-line blocking).
+
+Slots are per session: a session's next turn goes back to its slot, whose KV cache already holds
+the conversation so far, and only the tokens after the common prefix are evaluated. A request
+without a free slot waits; waiting requests and prompt evaluation are served earliest deadline
+first. When all slots hold idle sessions, the least recently used one is evicted.
+
+The llama.cpp calls are blocking and not thread-safe: only the worker thread makes them. The
+asyncio side talks to it through a lock-protected list of new requests and a per-request
+``asyncio.Queue`` fed with ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import ctypes
+import logging
+import math
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from quillman.engines.llm.base import Delta, GenerationRequest, SlotStats, Usage
+from quillman.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+_END = object()
+# A step evaluating at least this many prompt tokens uses n_threads_batch (see _step).
+BATCH_THREADS_FROM_TOKENS = 64
+
+
+@dataclass
+class _Job:
+    """One request as the worker sees it."""
+
+    request: GenerationRequest
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue
+    submitted: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False
+    prompt: list[int] = field(default_factory=list)
+    slot: "_Slot | None" = None
+    to_eval: list[int] = field(default_factory=list)  # prompt tokens not yet in the KV cache
+    cached: int = 0
+    generated: int = 0
+    last_token: int | None = None
+    sampler: object = None
+    decoder: codecs.IncrementalDecoder = field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
+    started: float | None = None
+
+    burst_done: float | None = None  # Unix time the pacing's burst was complete
+
+    def urgency(self) -> tuple[float, float]:
+        deadline = self.request.deadline
+        return (math.inf if deadline is None else deadline, self.submitted)
+
+    def next_token_due(self) -> float:
+        """Unix time the next token is needed (see Pacing); -inf: no pacing, always due."""
+        pacing = self.request.pacing
+        if pacing is None:
+            return -math.inf
+        if self.generated < pacing.burst_tokens or self.burst_done is None:
+            return self.urgency()[0]
+        ahead_s = (self.generated - pacing.burst_tokens) / pacing.tokens_per_s
+        return self.burst_done + ahead_s - pacing.lead_s
+
+    def put(self, item: object) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+        except RuntimeError:  # the consumer's loop is gone (shutdown)
+            pass
+
+
+@dataclass
+class _Slot:
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)  # what the KV cache holds for this sequence
+    session_id: str | None = None
+    last_used: float = 0.0
+    job: _Job | None = None
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+class BatchedLlamaCpp:
+    """A :class:`~quillman.engines.llm.base.LanguageModel` over one llama.cpp context."""
+
+    def __init__(self, model_path: str, *, n_threads: int, n_threads_batch: int, n_ctx: int,
+                 n_slots: int, prefill_chunk_tokens: int):
+        import llama_cpp
+        from llama_cpp import _internals
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        self._ll = llama_cpp
+        self._internals = _internals
+        self.n_ctx = n_ctx  # per sequence
+        self.n_slots = n_slots
+        self._chunk = max(1, prefill_chunk_tokens)
+        model_params = llama_cpp.llama_model_default_params()
+        self._model = _internals.LlamaModel(path_model=model_path, params=model_params, verbose=False)
+        ctx_params = llama_cpp.llama_context_default_params()
+        ctx_params.n_ctx = n_ctx * n_slots
+        ctx_params.n_seq_max = n_slots
+        # Separate KV buffers per sequence: sessions share no prefix (each has its own history),
+        # and each gets the full n_ctx.
+        ctx_params.kv_unified = False
+        ctx_params.n_batch = max(self._chunk + n_slots, 64)
+        ctx_params.n_ubatch = ctx_params.n_batch
+        ctx_params.n_threads = n_threads
+        ctx_params.n_threads_batch = n_threads_batch
+        self._threads, self._threads_batch = n_threads, n_threads_batch
+        self._threads_now = -1
+        self._ctx = _internals.LlamaContext(model=self._model, params=ctx_params, verbose=False)
+        self._memory = llama_cpp.llama_get_memory(self._ctx.ctx)
+        self._batch = _internals.LlamaBatch(n_tokens=ctx_params.n_batch, embd=0, n_seq_max=1, verbose=False)
+        self._n_batch = ctx_params.n_batch
+        self._vocab = self._model.vocab
+        metadata = self._model.metadata()
+        template = metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ModelError(f"{model_path} has no chat template in its metadata")
+        eos, bos = self._model.token_eos(), self._model.token_bos()
+        self._format = Jinja2ChatFormatter(
+            template=template, eos_token=self._model.token_get_text(eos) if eos != -1 else "",
+            bos_token=self._model.token_get_text(bos) if bos != -1 else "")
+        self._slots = [_Slot(seq_id=i) for i in range(n_slots)]
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._incoming: list[_Job] = []
+        self._waiting: list[_Job] = []  # tokenized, no slot yet (worker thread only)
+        self._closed = False
+        self._piece = ctypes.create_string_buffer(64)
+        self.stats = SlotStats()
+        self._worker = threading.Thread(target=self._run, name="llama-batch", daemon=True)
+        self._worker.start()
+        logger.info("llama.cpp batched engine: %d slots x %d tokens, chunk %d", n_slots, n_ctx, self._chunk)
+
+    # --- asyncio side -------------------------------------------------------------------------
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        job = _Job(request=request, loop=asyncio.get_running_loop(), out=asyncio.Queue())
+        with self._wake:
+            if self._closed:
+                raise ModelError("the language model is shut down")
+            self._incoming.append(job)
+            self._wake.notify()
+        try:
+            while True:
+                item = await job.out.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            # Barge-in, disconnect or done: the worker drops the job at its next step.
+            with self._wake:
+                job.cancelled = True
+                self._wake.notify()
+
+    def load(self) -> SlotStats:
+        with self._lock:
+            return SlotStats(active=self.stats.active, waiting=self.stats.waiting + len(self._incoming))
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._worker.join(timeout=5)
+
+    # --- worker thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closed and not self._incoming and not self._has_work():
+                    self._wake.wait()
+                if self._closed:
+                    return
+                incoming, self._incoming = self._incoming, []
+            try:
+                for job in incoming:
+                    self._accept(job)
+                self._assign_slots()
+                self._step()
+            except Exception as exc:  # noqa: BLE001 - fail the requests in flight, keep serving
+                logger.exception("llama.cpp batch step failed")
+                self._fail_all(ModelError(f"the language model failed: {exc}"))
+
+    def _has_work(self) -> bool:
+        return bool(self._waiting) or any(slot.job is not None for slot in self._slots)
+
+    def _accept(self, job: _Job) -> None:
+        if job.cancelled:
+            job.put(_END)
+            return
+        try:
+            job.prompt = self._tokenize(job.request.messages)
+        except Exception as exc:  # noqa: BLE001 - a template or tokenizer error fails this request only
+            job.put(ModelError(f"the prompt could not be prepared: {exc}"))
+            return
+        if len(job.prompt) + 1 >= self.n_ctx:
+            job.put(ModelError(f"the prompt ({len(job.prompt)} tokens) does not fit the model's "
+                               f"context ({self.n_ctx} tokens, llm.n_ctx)"))
+            return
+        self._waiting.append(job)
+
+    def _tokenize(self, messages: list) -> list[int]:
+        text = self._format(messages=messages).prompt
+        # The template holds BOS and the special tokens itself.
+        return self._model.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def _assign_slots(self) -> None:
+        self._waiting = [job for job in self._waiting if not self._drop_if_cancelled(job)]
+        self._waiting.sort(key=_Job.urgency)
+        for job in list(self._waiting):
+            slot = self._slot_for(job.request.session_id)
+            if slot is None:
+                break  # every slot is generating: wait for one (in deadline order)
+            self._waiting.remove(job)
+            self._start(job, slot)
+        with self._lock:
+            self.stats.active = sum(slot.job is not None for slot in self._slots)
+            self.stats.waiting = len(self._waiting)
+
+    def _slot_for(self, session_id: str | None) -> _Slot | None:
+        free = [slot for slot in self._slots if slot.job is None]
+        if not free:
+            return None
+        if session_id is not None:
+            for slot in free:
+                if slot.session_id == session_id:
+                    return slot
+        # An empty slot, else the least recently used idle one (its session's cache is lost).
+        return min(free, key=lambda slot: (slot.session_id is not None, slot.last_used))
+
+    def _start(self, job: _Job, slot: _Slot) -> None:
+        reuse = common_prefix(slot.tokens, job.prompt) if slot.session_id == job.request.session_id \
+            or job.request.session_id is None else 0
+        reuse = min(reuse, len(job.prompt) - 1)  # the last prompt token is evaluated for its logits
+        self._ll.llama_memory_seq_rm(self._memory, slot.seq_id, reuse, -1)
+        slot.tokens = slot.tokens[:reuse]
+        slot.session_id = job.request.session_id
+        slot.job = job
+        job.slot = slot
+        job.cached = reuse
+        job.to_eval = job.prompt[reuse:]
+        job.sampler = self._sampler(job.request)
+        job.started = time.perf_counter()
+
+    def _sampler(self, request: GenerationRequest):
+        params = request.params
+        sampler = self._internals.LlamaSampler()
+        if params.temperature <= 0:
+            sampler.add_greedy()
+        else:
+            sampler.add_top_p(params.top_p, 1)
+            sampler.add_temp(params.temperature)
+            sampler.add_dist(random.getrandbits(32))
+        return sampler
+
+    def _drop_if_cancelled(self, job: _Job) -> bool:
+        if job.cancelled:
+            job.put(_END)
+        return job.cancelled
+
+    def _release(self, slot: _Slot) -> None:
+        job = slot.job
+        slot.job = None
+        slot.last_used = time.perf_counter()
+        if job is not None and job.sampler is not None:
+            job.sampler.close()
+            job.sampler = None
+
+    def _step(self) -> None:
+        """One llama_decode over every active sequence."""
+        for slot in self._slots:
+            if slot.job is not None and slot.job.cancelled:
+                job = slot.job
+                self._release(slot)
+                job.put(_END)
+        active = [slot for slot in self._slots if slot.job is not None]
+        if not active:
+            return
+        batch = self._batch.batch
+        n = 0
+        logits_at: list[tuple[_Slot, int]] = []
+        # Generating sequences first: one token each, every step, except those ahead of their
+        # pace while others are due (a step costs about one token's work per sequence on a CPU:
+        # leaving them out gives the due ones the cores).
+        now = time.time()
+        generating = [s for s in active if not s.job.to_eval and s.job.last_token is not None]
+        due = [s for s in generating if s.job.next_token_due() <= now]
+        if due or any(s.job.urgency()[0] <= now for s in active if s.job.to_eval):
+            generating = due
+        for slot in generating:
+            token = slot.job.last_token
+            self._add(batch, n, token, len(slot.tokens), slot.seq_id, True)
+            slot.tokens.append(token)
+            logits_at.append((slot, n))
+            n += 1
+        # Then prompt evaluation, most urgent first, within the step's token budget.
+        budget = min(self._chunk, self._n_batch - n)
+        prompt_tokens = 0
+        for slot in sorted((s for s in active if s.job.to_eval), key=lambda s: s.job.urgency()):
+            if budget <= 0:
+                break
+            job = slot.job
+            take = job.to_eval[:budget]
+            job.to_eval = job.to_eval[len(take):]
+            for i, token in enumerate(take):
+                last = not job.to_eval and i == len(take) - 1
+                self._add(batch, n, token, len(slot.tokens), slot.seq_id, last)
+                slot.tokens.append(token)
+                if last:
+                    logits_at.append((slot, n))
+                n += 1
+            budget -= len(take)
+            prompt_tokens += len(take)
+        batch.n_tokens = n
+        if n == 0:
+            return
+        # llama.cpp would use n_threads_batch for any step of more than one token. Its threads
+        # meet at a spinning barrier after every op: with the other cores busy (TTS, ASR, other
+        # sessions) a descheduled thread stalls the step many times over. Decode steps and short
+        # prompt suffixes run on n_threads; only a long prompt (a cold session) gets the batch
+        # threads.
+        threads = self._threads_batch if prompt_tokens >= BATCH_THREADS_FROM_TOKENS else self._threads
+        if threads != self._threads_now:
+            self._ll.llama_set_n_threads(self._ctx.ctx, threads, threads)
+            self._threads_now = threads
+        status = self._ll.llama_decode(self._ctx.ctx, batch)
+        if status != 0:
+            raise RuntimeError(f"llama_decode returned {status}")
+        for slot, index in logits_at:
+            self._sample(slot, index)
+
+    @staticmethod
+    def _add(batch, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
+        batch.token[i] = token
+        batch.pos[i] = pos
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = seq_id
+        batch.logits[i] = logits
+
+    def _sample(self, slot: _Slot, index: int) -> None:
+        job = slot.job
+        token = job.sampler.sample(self._ctx, index)
+        job.sampler.accept(token)
+        end = self._ll.llama_vocab_is_eog(self._vocab, token)
+        if not end:
+            job.generated += 1
+            pacing = job.request.pacing
+            if pacing is not None and job.generated == pacing.burst_tokens:
+                job.burst_done = time.time()
+            text = job.decoder.decode(self._token_bytes(token))
+            if text:
+                job.put(text)
+            job.last_token = token
+        full = len(slot.tokens) + 1 >= self.n_ctx
+        if end or job.generated >= job.request.params.max_tokens or full:
+            tail = job.decoder.decode(b"", final=True)
+            if tail:
+                job.put(tail)
+            job.put(Usage(input_tokens=len(job.prompt), output_tokens=job.generated,
+                          cached_tokens=job.cached,
+                          queued_ms=round((job.started - job.submitted) * 1000, 1)))
+            job.put(_END)
+            self._release(slot)
+
+    def _token_bytes(self, token: int) -> bytes:
+        n = self._ll.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, False)
+        return self._piece.raw[:max(n, 0)]
+
+    def _fail_all(self, error: ModelError) -> None:
+        for slot in self._slots:
+            if slot.job is not None:
+                job = slot.job
+                self._release(slot)
+                # Its KV cache may be half-written: start the session afresh next time.
+                self._ll.llama_memory_seq_rm(self._memory, slot.seq_id, 0, -1)
+                slot.tokens, slot.session_id = [], None
+                job.put(error)
+        for job in self._waiting:
+            job.put(error)
+        self._waiting = []

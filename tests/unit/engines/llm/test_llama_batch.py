@@ -1,0 +1,144 @@
+"""The batched llama.cpp engine on the shipped SmolLM2 weights: interleaving, per-session
+prefix reuse, deadline order, cancellation. Behaviour only; speed is measured by the bench."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from quillman.engines.llm.base import GenerationParams, GenerationRequest, Pacing, Usage
+from quillman.engines.llm.llama_batch import BatchedLlamaCpp, common_prefix
+from quillman.engines.llm.llama_cpp import resolve_gguf_path
+from quillman.errors import ModelError
+
+GREEDY = GenerationParams(max_tokens=24, temperature=0.0, top_p=1.0)
+SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
+
+
+def chat(question: str) -> list[dict]:
+    return [SYSTEM, {"role": "user", "content": question}]
+
+
+def smollm(n_slots: int, prefill_chunk_tokens: int):
+    engine = BatchedLlamaCpp(resolve_gguf_path("smollm2-135m"), n_threads=1, n_threads_batch=1,
+                             n_ctx=512, n_slots=n_slots, prefill_chunk_tokens=prefill_chunk_tokens)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def engine():
+    yield from smollm(n_slots=2, prefill_chunk_tokens=16)
+
+
+@pytest.fixture(scope="module")
+def one_slot():
+    yield from smollm(n_slots=1, prefill_chunk_tokens=64)
+
+
+async def collect(engine, request, log=None, name=None):
+    text, usage = [], None
+    async for delta in engine.stream(request):
+        if isinstance(delta, Usage):
+            usage = delta
+            continue
+        text.append(delta)
+        if log is not None:
+            log.append(name)
+    return "".join(text), usage
+
+
+def test_common_prefix():
+    assert common_prefix([1, 2, 3], [1, 2, 4, 5]) == 2
+    assert common_prefix([], [1]) == 0
+    assert common_prefix([1, 2], [1, 2]) == 2
+
+
+async def test_a_stream_ends_with_its_usage(engine):
+    text, usage = await collect(engine, GenerationRequest(chat("What is the capital of France?"), GREEDY))
+    assert text.strip()
+    assert usage.input_tokens > 10 and 0 < usage.output_tokens <= GREEDY.max_tokens
+
+
+async def test_concurrent_requests_interleave_token_by_token(engine):
+    log: list[str] = []
+    long = GenerationParams(max_tokens=40, temperature=0.0, top_p=1.0)
+    first = asyncio.create_task(collect(engine, GenerationRequest(chat("Tell me a long story."), long), log, "a"))
+    while "a" not in log:  # a is generating when b arrives
+        await asyncio.sleep(0.005)
+    second = asyncio.create_task(collect(engine, GenerationRequest(chat("Say hello."), long), log, "b"))
+    await asyncio.gather(first, second)
+    # b's first token came while a was still generating: no head-of-line blocking.
+    assert log.index("b") < len(log) - 1 - log[::-1].index("a")
+
+
+async def test_a_session_reuses_its_prompt_prefix(engine):
+    history = chat("Name a colour.")
+    _, first = await collect(engine, GenerationRequest(history, GREEDY, session_id="s-reuse"))
+    reply, _ = await collect(engine, GenerationRequest(history, GREEDY, session_id="s-reuse"))
+    follow_up = history + [{"role": "assistant", "content": reply}, {"role": "user", "content": "Another one?"}]
+    _, second = await collect(engine, GenerationRequest(follow_up, GREEDY, session_id="s-reuse"))
+    assert first.cached_tokens == 0 or first.cached_tokens < first.input_tokens
+    assert second.cached_tokens >= first.input_tokens - 1  # the whole earlier prompt was kept
+
+
+async def test_the_least_recently_used_session_gives_up_its_slot(one_slot):
+    _, a1 = await collect(one_slot, GenerationRequest(chat("Hi, I am A."), GREEDY, session_id="A"))
+    _, b = await collect(one_slot, GenerationRequest(chat("Hi, I am B."), GREEDY, session_id="B"))
+    _, a2 = await collect(one_slot, GenerationRequest(chat("Hi, I am A."), GREEDY, session_id="A"))
+    assert b.cached_tokens == 0 and a2.cached_tokens == 0  # one slot: each evicted the other
+
+
+async def test_waiting_requests_start_earliest_deadline_first(one_slot):
+    order: list[str] = []
+    long = GenerationParams(max_tokens=30, temperature=0.0, top_p=1.0)
+    busy = asyncio.create_task(collect(one_slot, GenerationRequest(chat("Count to twenty."), long)))
+    await asyncio.sleep(0.05)  # the slot is taken: the next three wait
+
+    async def run(name: str, deadline: float):
+        async for delta in one_slot.stream(GenerationRequest(chat(f"Say {name}."), GREEDY, deadline=deadline)):
+            if not order or order[-1] != name:
+                order.append(name)
+            if isinstance(delta, Usage):
+                return
+
+    now = time.time()
+    waiters = [asyncio.create_task(run("late", now + 9)), asyncio.create_task(run("soon", now + 1)),
+               asyncio.create_task(run("never", None))]
+    await asyncio.gather(busy, *waiters)
+    assert order == ["soon", "late", "never"]
+
+
+async def test_closing_a_stream_frees_its_slot(one_slot):
+    stream = one_slot.stream(GenerationRequest(chat("Tell me a very long story."),
+                                               GenerationParams(max_tokens=400, temperature=0.0, top_p=1.0)))
+    await anext(stream)
+    await stream.aclose()  # barge-in
+    text, usage = await collect(one_slot, GenerationRequest(chat("Say yes."), GREEDY))
+    assert text and usage.output_tokens > 0
+
+
+async def test_a_prompt_longer_than_the_context_fails_that_request_only(one_slot):
+    with pytest.raises(ModelError, match="does not fit"):
+        await collect(one_slot, GenerationRequest(chat("word " * 600), GREEDY))
+    text, _ = await collect(one_slot, GenerationRequest(chat("Say yes."), GREEDY))
+    assert text
+
+
+async def test_a_paced_reply_ahead_of_its_pace_gives_way_to_a_due_one(engine):
+    """A spoken reply well ahead of playback pauses while a new turn's first tokens are due."""
+    log: list[str] = []
+    slow = Pacing(burst_tokens=2, tokens_per_s=0.5, lead_s=0.0)  # after 2 tokens: one every 2 s
+    ahead = asyncio.create_task(collect(engine, GenerationRequest(
+        chat("Tell me a long story."), GenerationParams(max_tokens=6, temperature=0.0, top_p=1.0),
+        deadline=time.time(), pacing=slow), log, "paced"))
+    while log.count("paced") < 3:
+        await asyncio.sleep(0.005)
+    urgent = await collect(engine, GenerationRequest(chat("Say hello."), GREEDY, deadline=time.time()), log, "urgent")
+    assert urgent[0]
+    # While the urgent reply ran, the paced one (not due for seconds) made no progress.
+    first, last = log.index("urgent"), len(log) - 1 - log[::-1].index("urgent")
+    assert "paced" not in log[first:last + 1]
+    await ahead
