@@ -78,24 +78,17 @@ class FakeEndOfTurn:
 
 
 @pytest.fixture
-async def start_semantic(backends, session_config):
-    from conftest import SessionDriver
-
-    drivers = []
-
+async def start_semantic(make_driver, session_config):
+    """A session on the shared harness with a tone VAD and ``model``, switched to semantic_vad."""
     async def start(model, eagerness="auto"):
-        d = SessionDriver(backends, session_config(), VadConfig(), make_vad=LoudnessVad, end_of_turn=model)
-        drivers.append(d)
-        await d.start()
+        d = await make_driver(session_config(), make_vad=LoudnessVad, end_of_turn=model)
         await d.send({"type": "session.update", "session": {"audio": {"input": {
             "format": {"type": "audio/pcm", "rate": RATE},
             "turn_detection": {"type": "semantic_vad", "eagerness": eagerness}}}}})
         await d.wait_for("session.updated")
         return d
 
-    yield start
-    for d in drivers:
-        await d.stop()
+    return start
 
 
 async def answer_after_commit(d, backends) -> dict:
