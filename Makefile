@@ -57,8 +57,12 @@ llama-builds-bench: install
 	$(BIN)/python benchmarks/llama_builds.py $$(ls -d .wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-*/) --json llama-builds.json
 
 # The runtime: Ray Serve, the engines and the model weights (all from PyPI, nothing downloaded at run time).
+# semantic_vad's Smart Turn model is a data file inside the pipecat-ai wheel (BSD-2-Clause); the
+# framework's own dependencies (numba, Pillow, openai, ...) are not needed to read it: --no-deps.
+PIPECAT_AI_VERSION ?= 1.14.0
 $(VENV)/.installed: pyproject.toml $(LLAMA_MARKER) | $(BIN)/python
 	$(BIN)/pip install -e .
+	$(BIN)/pip install --no-deps 'pipecat-ai==$(PIPECAT_AI_VERSION)'
 	touch $@
 
 # Test extras. torch comes pinned to the CPU build (an unpinned torch pulls a multi-GB CUDA build);
