@@ -37,6 +37,7 @@ from quillman.pipeline.conversation import Conversation
 from quillman.pipeline.limits import SessionLimits
 from quillman.pipeline.response import Response, Timings, UserInput
 from quillman.pipeline.settings import SessionSettings, response_settings
+from quillman.pipeline.tools import FunctionCalls, call_message
 from quillman.pipeline.turns import (
     SegmentCut,
     SpeechEnded,
@@ -122,6 +123,7 @@ class RealtimeSession:
         self.turns = TurnTracker(make_vad, self.settings.turn_detection, self.settings.input_rate_hz,
                                  config.max_turn_s)
         self.conversation = Conversation(config.max_history_messages, llm.prompt_char_budget())
+        self.function_calls = FunctionCalls()
         self.response: Response | None = None  # the visible response, if unfinished
         # Committed turns' responses waiting for it: one response is in progress at a time, the
         # one response.cancel reaches; each of these starts (its events flow) when it is done.
@@ -250,6 +252,8 @@ class RealtimeSession:
                 self._abandon(self.turns.clear())
                 self.emit(protocol.InputAudioBufferCleared())
             case protocol.ConversationItemCreate():
+                if isinstance(event.item, protocol.FunctionCallOutputInput):
+                    self.function_calls.answer(event.item.call_id)  # raises for unknown / cancelled
                 item, previous = self.conversation.add_client_item(event.item)
                 self.emit(protocol.ConversationItemAdded(item=item, previous_item_id=previous))
                 self.emit(protocol.ConversationItemDone(item=item, previous_item_id=previous))
@@ -427,5 +431,11 @@ class RealtimeSession:
             self.metrics.error(errors.ModelError.code)
         if text:
             self.conversation.record_reply(response.item_id, text, response.audio_s)
+        for call in response.calls:
+            # A call of a cancelled (or failed) response is not run: its output is refused.
+            self.function_calls.made(call.call_id, cancelled=status != "completed")
+            if status == "completed":
+                self.conversation.add(call.item_id, call_message(call.call_id, call.name,
+                                                                 "".join(call.arguments)))
         logger.info("[%s] response %s %s timings=%s reply=%r", self.id, response.id, status,
                     timings, text[:200])

@@ -2,7 +2,7 @@
 
 ``apply`` validates the whole update before it changes anything (a refused update changes
 nothing) and returns a new :class:`SessionSettings`. Settings a client may send that ask for
-features this server does not have (tools, semantic VAD, noise reduction) are refused with
+features this server does not have (semantic VAD, noise reduction) are refused with
 ``unsupported_feature`` instead of being silently ignored; their empty / null values are
 accepted, since many clients always send them.
 """
@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 
 from quillman import errors, protocol
 from quillman.config import LlmConfig, SessionConfig, VadConfig
+from quillman.engines.llm.base import Tool, ToolChoice
+from quillman.pipeline.tools import choice_wire, parse_tool_choice, parse_tools
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,8 @@ class SessionSettings:
     create_response: bool = True
     interrupt_response: bool = True
     sequential: bool = False  # quillman.pipeline = "sequential": the naive baseline
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = "auto"
 
     @classmethod
     def initial(cls, config: SessionConfig, vad: VadConfig, voices: list[str]) -> "SessionSettings":
@@ -47,12 +51,18 @@ class SessionSettings:
                 raise errors.UnsupportedAudioFormat(
                     f"{name} {fmt.type} at {fmt.rate} Hz is not supported; use audio/pcm (pcm16 mono) "
                     f"at one of {', '.join(map(str, protocol.SUPPORTED_RATES_HZ))} Hz", param=name)
-        refuse_unsupported(update.tools, update.tool_choice, "session")
         if audio_in is not None and audio_in.noise_reduction is not None:
             raise errors.UnsupportedFeature(
                 "audio.input.noise_reduction is not supported by this server; send null",
                 param="session.audio.input.noise_reduction")
         changes: dict = {}
+        if update.tools is not None or update.tool_choice is not None:
+            tools = parse_tools(update.tools, "session") if update.tools is not None else self.tools
+            changes["tools"] = tools
+            changes["tool_choice"] = parse_tool_choice(
+                update.tool_choice if update.tool_choice is not None else
+                (self.tool_choice if self.tool_choice in {t.name for t in tools} | {"auto", "none"}
+                 else "auto"), tools, "session")
         if "turn_detection" in (audio_in.model_fields_set if audio_in else ()):
             changes.update(self._turn_detection(audio_in.turn_detection))
         if update.quillman is not None and update.quillman.pipeline is not None:
@@ -109,19 +119,10 @@ class SessionSettings:
                 output=protocol.SessionAudioOutput(format=protocol.PcmFormat(rate=self.output_rate_hz),
                                                    voice=self.voice)),
             voices=list(self.voices),
+            tools=[protocol.FunctionTool(name=t.name, description=t.description, parameters=t.parameters)
+                   for t in self.tools],
+            tool_choice=choice_wire(self.tool_choice),
             quillman=protocol.QuillmanSessionInfo(pipeline="sequential" if self.sequential else "streaming"))
-
-
-def refuse_unsupported(tools: list | None, tool_choice: object, where: str) -> None:
-    """Tools are not implemented yet: a non-empty list, or a choice that needs one, is refused."""
-    if tools:
-        raise errors.UnsupportedFeature(
-            "function calling (tools) is not supported by this server yet; send an empty list",
-            param=f"{where}.tools")
-    if tool_choice not in (None, "auto", "none"):
-        raise errors.UnsupportedFeature(
-            "tool_choice other than 'auto' or 'none' needs tools, which this server does not support yet",
-            param=f"{where}.tool_choice")
 
 
 @dataclass(frozen=True)
@@ -139,12 +140,24 @@ class ResponseSettings:
     pipeline: SessionConfig
     metadata: dict[str, str] | None = None
     sequential: bool = False  # the naive baseline: whole reply text, then one synthesis
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = "auto"
+    repeat_penalty: float = 1.0
+    frequency_penalty: float = 0.0
 
 
 def response_settings(settings: SessionSettings, options: protocol.ResponseOptions | None,
                       pipeline: SessionConfig, llm: LlmConfig) -> ResponseSettings:
     options = options or protocol.ResponseOptions()
-    refuse_unsupported(options.tools, options.tool_choice, "response")
+    tools = parse_tools(options.tools, "response") if options.tools is not None else settings.tools
+    if options.tool_choice is not None:
+        tool_choice = parse_tool_choice(options.tool_choice, tools, "response")
+    else:  # the session's choice, unless it names a tool this response does not have
+        tool_choice = settings.tool_choice if settings.tool_choice in {t.name for t in tools} | {
+            "auto", "none", "required"} else "auto"
+    if tools and tool_choice != "none" and llm.backend == "vllm":
+        raise errors.UnsupportedFeature("function calling is not supported on the vllm backend yet",
+                                        param="response.tools")
     modalities = options.output_modalities or settings.output_modalities
     voice = settings.voice
     requested = options.audio.output.voice if options.audio and options.audio.output else None
@@ -164,4 +177,8 @@ def response_settings(settings: SessionSettings, options: protocol.ResponseOptio
         pipeline=pipeline,
         metadata=options.metadata,
         sequential=settings.sequential,
+        tools=tools,
+        tool_choice=tool_choice,
+        repeat_penalty=llm.repeat_penalty,
+        frequency_penalty=llm.frequency_penalty,
     )

@@ -182,6 +182,7 @@ class FakeBackends:
         self.llm_fail_calls: dict[int, int] = {}  # call index -> raise after this many tokens
         self.llm_calls: list[CallLog] = []
         self.usage = None  # a quillman.engines.llm.base.Usage to end each stream with
+        self.tool_calls: dict[int, list] = {}  # call index -> ToolCallDeltas after its text
         # TTS
         self.samples_per_word = 240
         self.tts_chunks = 2
@@ -225,8 +226,9 @@ class FakeBackends:
         reply = self.replies.get(index, self.reply)
         hang_after = self.llm_hang_calls.get(index)
         fail_after = self.llm_fail_calls.get(index)
+        tokens = self.tokens(reply) if reply else []
         try:
-            for n, token in enumerate(self.tokens(reply)):
+            for n, token in enumerate(tokens):
                 if hang_after is not None and n == hang_after:
                     await self.llm_release.wait()
                 if fail_after is not None and n >= fail_after:
@@ -234,7 +236,9 @@ class FakeBackends:
                 await asyncio.sleep(self.token_delay_s)
                 log.outputs.append(token)
                 yield token
-            if hang_after is not None and hang_after >= len(self.tokens(reply)):
+            for delta in self.tool_calls.get(index, ()):
+                yield delta
+            if hang_after is not None and hang_after >= len(tokens):
                 await self.llm_release.wait()
             if self.usage is not None:  # as engines that count tokens end their stream
                 yield self.usage

@@ -846,7 +846,7 @@ async def test_instructions_too_long_are_refused(driver):
 
 
 @pytest.mark.parametrize("session", [
-    {"tools": [{"type": "function", "name": "get_weather"}]},
+    {"tools": [{"type": "mcp", "server_label": "x", "server_url": "http://x"}]},
     {"audio": {"input": {"turn_detection": {"type": "semantic_vad", "eagerness": "high"}}}},
     {"audio": {"input": {"noise_reduction": {"type": "near_field"}}}},
 ])

@@ -26,9 +26,7 @@ def test_a_refused_update_changes_nothing():
 
 
 @pytest.mark.parametrize("session, param", [
-    ({"tools": [{"type": "function", "name": "f"}]}, "session.tools"),
-    ({"tool_choice": "required"}, "session.tool_choice"),
-    ({"tool_choice": {"type": "function", "name": "f"}}, "session.tool_choice"),
+    ({"tools": [{"type": "mcp", "server_label": "x"}]}, "session.tools[0].type"),
     ({"audio": {"input": {"turn_detection": {"type": "semantic_vad"}}}}, "session.audio.input.turn_detection.type"),
     ({"audio": {"input": {"noise_reduction": {"type": "far_field"}}}}, "session.audio.input.noise_reduction"),
 ])
@@ -77,6 +75,6 @@ def test_the_servers_max_tokens_is_a_ceiling(session_tokens, response_tokens, ex
     assert response_settings(settings, options, SessionConfig(), LlmConfig(max_tokens=64)).max_output_tokens == expected
 
 
-def test_response_tools_are_refused_too():
-    with pytest.raises(errors.UnsupportedFeature):
+def test_response_tools_without_a_name_are_refused():
+    with pytest.raises(errors.InvalidTool):
         response_settings(initial(), protocol.ResponseOptions(tools=[{"type": "function"}]), SessionConfig(), LlmConfig())
