@@ -151,7 +151,7 @@ class FunctionCallOutputInput(_Lenient):
 
     id: str | None = None
     type: Literal["function_call_output"]
-    call_id: str = Field(min_length=1, max_length=64)
+    call_id: str = Field(min_length=1, max_length=256)
     output: str
 
 

@@ -78,12 +78,15 @@ class Conversation:
             entry["content"] = " ".join(words[:round(len(words) * audio_end_ms / 1000 / audio_s)])
 
     def messages(self, instructions: str, exclude_item_id: str | None = None,
-                 user_text: str | None = None) -> list[Message]:
-        """The LLM's prompt: system instructions, the history (oldest dropped to fit), the turn."""
+                 user_text: str | None = None, few_shot: tuple[tuple[str, str], ...] = ()) -> list[Message]:
+        """The LLM's prompt: system instructions, example exchanges, the history (oldest dropped
+        to fit), the turn."""
         history = tool_history([m for item_id, m in self.items if item_id != exclude_item_id
                                 and (m["content"] or m.get("tool_calls"))])
         turn: list[Message] = [{"role": "user", "content": user_text}] if user_text else []
-        budget = self.max_prompt_chars - len(instructions) - sum(len(m["content"]) for m in turn)
+        examples: list[Message] = [{"role": role, "content": text} for pair in few_shot
+                                   for role, text in zip(("user", "assistant"), pair)]
+        budget = self.max_prompt_chars - len(instructions) - sum(len(m["content"]) for m in turn + examples)
         kept: list[Message] = []
         for message in reversed(history):
             budget -= message_chars(message)
@@ -91,4 +94,4 @@ class Conversation:
                 break
             kept.append(message)
         # The cut may separate a call from its output: check the pairs again.
-        return [{"role": "system", "content": instructions}, *tool_history(kept[::-1]), *turn]
+        return [{"role": "system", "content": instructions}, *examples, *tool_history(kept[::-1]), *turn]

@@ -145,6 +145,8 @@ class Response:
         # Cancelled before its first step: _run never ran, so its response.done is sent here.
         if task.cancelled() and self.status == "in_progress" and self.visible:
             self._finish("cancelled", protocol.StatusDetails(type="cancelled", reason=self.cancel_reason))
+        elif not task.cancelled() and task.exception() is not None:  # a bug: not swallowed unseen
+            logger.error("response %s crashed", self.id, exc_info=task.exception())
 
     @property
     def audio_s(self) -> float:

@@ -401,9 +401,11 @@ class RealtimeSession:
         user_item_id = user.item_id if user else None
         last = self._queued[-1] if self._queued else self.response
         previous = last.task if last is not None else None
+        # The examples belong to the server's instructions: a client's own replace both.
+        few_shot = tuple(map(tuple, self.config.few_shot)) if settings.instructions == self.config.instructions else ()
         return Response(
             settings=settings, backends=self.backends, emit=self.emit,
-            prompt=lambda text: self.conversation.messages(settings.instructions, user_item_id, text),
+            prompt=lambda text: self.conversation.messages(settings.instructions, user_item_id, text, few_shot),
             on_finished=self._response_finished, timings=Timings(origin=origin),
             user=user, speculative=speculative, after=previous, session_id=self.id,
         )

@@ -289,7 +289,8 @@ def b64(pcm: np.ndarray) -> str:
 
 def fast_session_config(**overrides: Any) -> SessionConfig:
     """Session settings for tests: audio may be fed far faster than real time."""
-    values = {"max_audio_ahead_s": 3600.0, "model_timeout_s": 10.0}
+    # No example exchanges: tests check the prompt's exact messages (test_answers.py has them).
+    values = {"max_audio_ahead_s": 3600.0, "model_timeout_s": 10.0, "few_shot": []}
     # Fed faster than real time, a turn is hundreds of events in a few ms: no rate limit here.
     optional = {"max_events_per_s": 1e9, "event_burst": 10**9, "idle_timeout_s": 3600.0}
     values.update({k: v for k, v in optional.items() if k in SessionConfig.model_fields})

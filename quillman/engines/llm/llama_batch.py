@@ -264,7 +264,8 @@ class BatchedLlamaCpp:
             self._add_grammar(sampler, tool_format.tool_grammar(tools),
                               lazy=not tool_format.forced(request.tool_choice))
         if params.repeat_penalty != 1.0 or params.frequency_penalty != 0.0:
-            sampler.add_penalties(_PENALTY_LAST_N, params.repeat_penalty, params.frequency_penalty, 0.0)
+            sampler.add_penalties(self._ll.llama_vocab_n_tokens(self._vocab), _PENALTY_LAST_N,
+                                  params.repeat_penalty, params.frequency_penalty, 0.0)
         if params.temperature <= 0:
             sampler.add_greedy()
         else:

@@ -157,3 +157,17 @@ async def test_the_filler_is_spoken_while_the_client_runs_the_tool(make_driver, 
     assert [item["type"] for item in done["response"]["output"]] == ["function_call", "message"]
     assert backends.tts_calls and "One moment" in backends.tts_calls[0].args["text"]
     assert done["response"]["output"][1]["content"][0]["transcript"] == "One moment."
+
+
+async def test_a_call_from_a_spoken_turn_can_be_answered(make_driver, backends, session_config, short_speech_24k):
+    driver = await make_driver(session_config())
+    await driver.send({"type": "session.update", "session": {
+        "tools": [WEATHER], "tool_choice": {"type": "function", "name": "get_weather"}}})
+    backends.reply = ""
+    backends.tool_calls = {i: call(0, f"call_{i}", "get_weather", '{"city": "Paris"}') for i in range(4)}
+    await driver.append(short_speech_24k.pcm)
+    done = await driver.wait_for("response.done")
+    call_id = done["response"]["output"][0]["call_id"]
+    await driver.send({"type": "conversation.item.create",
+                       "item": {"type": "function_call_output", "call_id": call_id, "output": "sunny"}})
+    assert await codes(driver) == []
