@@ -25,12 +25,12 @@ import json
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 from quillman.config import LlmConfig, SessionConfig
-from quillman.engines.llm.base import GenerationParams, GenerationRequest, Tool, ToolCallDelta, Usage
+from quillman.engines.llm.base import GenerationParams, GenerationRequest, Tool, ToolCallDelta
 
 
 @dataclass(frozen=True)
