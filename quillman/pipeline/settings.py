@@ -59,10 +59,8 @@ class SessionSettings:
         if update.tools is not None or update.tool_choice is not None:
             tools = parse_tools(update.tools, "session") if update.tools is not None else self.tools
             changes["tools"] = tools
-            changes["tool_choice"] = parse_tool_choice(
-                update.tool_choice if update.tool_choice is not None else
-                (self.tool_choice if self.tool_choice in {t.name for t in tools} | {"auto", "none"}
-                 else "auto"), tools, "session")
+            changes["tool_choice"] = (parse_tool_choice(update.tool_choice, tools, "session")
+                                      if update.tool_choice is not None else kept_choice(self.tool_choice, tools))
         if "turn_detection" in (audio_in.model_fields_set if audio_in else ()):
             changes.update(self._turn_detection(audio_in.turn_detection))
         if update.quillman is not None and update.quillman.pipeline is not None:
@@ -125,6 +123,13 @@ class SessionSettings:
             quillman=protocol.QuillmanSessionInfo(pipeline="sequential" if self.sequential else "streaming"))
 
 
+def kept_choice(choice: ToolChoice, tools: tuple[Tool, ...]) -> ToolChoice:
+    """A choice made for other tools: kept while it still fits them, else "auto"."""
+    fits = choice in ("auto", "none") or (bool(tools) and (
+        choice == "required" or choice in {tool.name for tool in tools}))
+    return choice if fits else "auto"
+
+
 @dataclass(frozen=True)
 class ResponseSettings:
     """What one response needs: the session's settings of the moment, the client's options for
@@ -152,9 +157,8 @@ def response_settings(settings: SessionSettings, options: protocol.ResponseOptio
     tools = parse_tools(options.tools, "response") if options.tools is not None else settings.tools
     if options.tool_choice is not None:
         tool_choice = parse_tool_choice(options.tool_choice, tools, "response")
-    else:  # the session's choice, unless it names a tool this response does not have
-        tool_choice = settings.tool_choice if settings.tool_choice in {t.name for t in tools} | {
-            "auto", "none", "required"} else "auto"
+    else:
+        tool_choice = kept_choice(settings.tool_choice, tools)
     if tools and tool_choice != "none" and llm.backend == "vllm":
         raise errors.UnsupportedFeature("function calling is not supported on the vllm backend yet",
                                         param="response.tools")

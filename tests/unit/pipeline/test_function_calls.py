@@ -171,3 +171,11 @@ async def test_a_call_from_a_spoken_turn_can_be_answered(make_driver, backends, 
     await driver.send({"type": "conversation.item.create",
                        "item": {"type": "function_call_output", "call_id": call_id, "output": "sunny"}})
     assert await codes(driver) == []
+
+
+async def test_a_forced_choice_is_kept_while_its_tool_is(driver):
+    await driver.send({"type": "session.update", "session": {"tool_choice": {"type": "function", "name": "get_weather"}}})
+    await driver.send({"type": "session.update", "session": {"tools": [WEATHER, {**WEATHER, "name": "other"}]}})
+    assert driver.session.settings.tool_choice == "get_weather"
+    await driver.send({"type": "session.update", "session": {"tools": []}})
+    assert driver.session.settings.tool_choice == "auto" and await codes(driver) == []
