@@ -21,15 +21,18 @@ LLAMA_CMAKE_ARGS_x86-64-v3 := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DG
 LLAMA_CMAKE_ARGS_avx512 := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 LLAMA_CMAKE_ARGS_native := -DGGML_NATIVE=ON
 LLAMA_CMAKE_ARGS ?= $(LLAMA_CMAKE_ARGS_$(LLAMA_CPU))
+# Not a CPU choice: the multimodal library (mtmd/llava) is not used here and is a quarter of
+# the build time.
+LLAMA_BUILD_ARGS := -DLLAVA_BUILD=OFF
 # pip's wheel cache keys a built wheel on the sdist, not on CMAKE_ARGS, so a wheel built with other
 # flags would be reused silently. The wheel is built with --no-cache-dir into a project-local
 # folder named after the version and a hash of the flags: other flags, other folder.
-LLAMA_KEY := $(LLAMA_CPP_VERSION)-$(LLAMA_CPU)-$(shell printf '%s' '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
+LLAMA_KEY := $(LLAMA_CPP_VERSION)-$(LLAMA_CPU)-$(shell printf '%s' '$(LLAMA_CMAKE_ARGS) $(LLAMA_BUILD_ARGS)' | sha256sum | cut -c1-12)
 LLAMA_WHEEL_DIR := .wheels/llama-cpp-python-$(LLAMA_KEY)
 
 $(LLAMA_WHEEL_DIR)/BUILD_FLAGS: | $(BIN)/python
 	rm -rf $(LLAMA_WHEEL_DIR).tmp && mkdir -p $(LLAMA_WHEEL_DIR).tmp
-	CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' FORCE_CMAKE=1 $(BIN)/pip wheel --no-deps --no-cache-dir \
+	CMAKE_ARGS='$(LLAMA_CMAKE_ARGS) $(LLAMA_BUILD_ARGS)' FORCE_CMAKE=1 $(BIN)/pip wheel --no-deps --no-cache-dir \
 	  --wheel-dir $(LLAMA_WHEEL_DIR).tmp 'llama-cpp-python==$(LLAMA_CPP_VERSION)'
 	printf 'cpu=%s\nversion=%s\ncmake_args=%s\n' '$(LLAMA_CPU)' '$(LLAMA_CPP_VERSION)' '$(LLAMA_CMAKE_ARGS)' > $(LLAMA_WHEEL_DIR).tmp/BUILD_FLAGS
 	rm -rf $(LLAMA_WHEEL_DIR) && mv $(LLAMA_WHEEL_DIR).tmp $(LLAMA_WHEEL_DIR)

@@ -1,6 +1,7 @@
 """``quillman``: talk to a running server from the command line.
 
-  quillman talk question.wav -o reply.wav [--url ws://127.0.0.1:8000/v1/realtime]
+  quillman talk question.wav -o reply.wav [--url ws://127.0.0.1:8000/v1/realtime] [--format pcmu]
+  quillman transcribe speech.wav   stream a file through a transcription session
   quillman say "What is the capital of France?" -o reply.wav
   quillman doctor [--config serve_config.yaml]   load and probe every engine, one process each
   quillman check-config serve_config.yaml
@@ -17,7 +18,10 @@ import sys
 import numpy as np
 import soundfile as sf
 
-from quillman.client import DEFAULT_URL, RealtimeClient, TurnResult
+from quillman.client import (DEFAULT_URL, RealtimeClient, TranscribedTurn, TurnResult, transcribe_stream,
+                             transcription_session)
+
+FORMATS = {"pcm16": "audio/pcm", "pcmu": "audio/pcmu", "pcma": "audio/pcma"}
 
 
 def _print_result(result: TurnResult, out_path: str | None) -> None:
@@ -56,10 +60,32 @@ async def _answer_calls(client: RealtimeClient, args: argparse.Namespace, result
 
 async def _talk(args: argparse.Namespace) -> TurnResult:
     pcm, rate = sf.read(args.input, dtype="int16", always_2d=True)
-    async with RealtimeClient(args.url, chunk_ms=args.chunk_ms, api_key=args.api_key) as client:
+    async with RealtimeClient(args.url, chunk_ms=args.chunk_ms, api_key=args.api_key,
+                              audio_format=FORMATS[args.format]) as client:
         await _demo_tools(client, args)
         result = await client.talk(pcm.mean(axis=1).astype(np.int16), rate, timeout=args.timeout)
         return await _answer_calls(client, args, result)
+
+
+def _print_transcript_line(kind: str, turn: TranscribedTurn) -> None:
+    if kind == "delta":
+        print(f"partial:  {''.join(turn.deltas)}", flush=True)
+    else:
+        print(f"final:    {turn.transcript}  ({turn.usage_s or 0:.1f} s of audio)", flush=True)
+
+
+async def _transcribe(args: argparse.Namespace) -> int:
+    pcm, rate = sf.read(args.input, dtype="int16", always_2d=True)
+    fmt = FORMATS[args.format]
+    client = RealtimeClient(args.url, chunk_ms=args.chunk_ms, api_key=args.api_key, audio_format=fmt)
+    await client.connect(transcription_session(fmt, client.rate, args.language, args.noise_reduction))
+    try:
+        turns = await transcribe_stream(client, pcm.mean(axis=1).astype(np.int16), rate,
+                                        on_event=_print_transcript_line, realtime=not args.fast,
+                                        timeout=args.timeout)
+    finally:
+        await client.close()
+    return 0 if turns and all(t.transcript is not None for t in turns) else 1
 
 
 async def _say(args: argparse.Namespace) -> TurnResult:
@@ -128,11 +154,21 @@ def main(argv: list[str] | None = None) -> int:
 
     talk = sub.add_parser("talk", help="send a recorded question at live pace, save the spoken reply")
     talk.add_argument("input", help="wav/flac file with the question")
-    talk.add_argument("--chunk-ms", type=int, default=20, help="audio frame size (20-100 ms)")
+    transcribe = sub.add_parser("transcribe", help="stream a recording through a transcription session; "
+                                "print partial and final transcripts")
+    transcribe.add_argument("input", help="wav/flac file")
+    transcribe.add_argument("--language", default="en")
+    transcribe.add_argument("--noise-reduction", choices=["near_field", "far_field"], default=None)
+    transcribe.add_argument("--fast", action="store_true", help="send faster than real time")
+    for p in (talk, transcribe):
+        p.add_argument("--chunk-ms", type=int, default=20, help="audio frame size (20-100 ms)")
+        p.add_argument("--format", choices=sorted(FORMATS), default="pcm16",
+                       help="wire audio format: pcm16 at 24 kHz, or G.711 pcmu / pcma at 8 kHz")
     say = sub.add_parser("say", help="send a text question, save the spoken reply")
     say.add_argument("text")
-    for p in (talk, say):
-        p.add_argument("-o", "--output", help="where to save the reply (wav)")
+    for p in (talk, say, transcribe):
+        if p is not transcribe:
+            p.add_argument("-o", "--output", help="where to save the reply (wav)")
         p.add_argument("--url", default=DEFAULT_URL)
         p.add_argument("--timeout", type=float, default=120)
         p.add_argument("--api-key", default=None, help="defaults to $QUILLMAN_API_KEY")
@@ -158,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         return _bench([])
     if args.command in ("check-config", "doctor"):
         return args.run(args)
+    if args.command == "transcribe":
+        return asyncio.run(_transcribe(args))
     result = asyncio.run(_talk(args) if args.command == "talk" else _say(args))
     _print_result(result, args.output)
     return 0 if result.status == "completed" else 1

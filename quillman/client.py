@@ -9,7 +9,6 @@ first reply audio arrived.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import time
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 import websockets
 
-from quillman.audio import resample
+from quillman.audio import G711_RATE_HZ, PCM16, decode_audio_base64, encode_audio_base64, resample
 
 DEFAULT_URL = "ws://127.0.0.1:8000/v1/realtime"
 
@@ -41,13 +40,34 @@ class TurnResult:
     def reply_audio_s(self) -> float:
         return len(self.reply_audio) / self.sample_rate_hz
 
+    @property
+    def underrun_s(self) -> float:
+        """How far the reply's playback starved: the most the wall clock since the first audio
+        delta ran ahead of the audio received before each later delta (0: never under-ran).
+        A player that starts at the first delta falls silent for this long in total at worst."""
+        deltas = [e for e in self.events if e["type"] == "response.output_audio.delta"]
+        if not deltas:
+            return 0.0
+        start = deltas[0]["_received"]
+        received_s, worst = 0.0, 0.0
+        for event in deltas:
+            worst = max(worst, (event["_received"] - start) - received_s)
+            received_s += len(base64.b64decode(event["delta"])) / 2 / self.sample_rate_hz
+        return round(worst, 3)
+
+
+def wire_format(audio_format: str, rate: int) -> dict[str, Any]:
+    """A session's ``audio.*.format``: pcm16 names its rate, G.711 is always 8 kHz."""
+    return {"type": audio_format, "rate": rate} if audio_format == PCM16 else {"type": audio_format}
+
 
 class RealtimeClient:
     def __init__(self, url: str = DEFAULT_URL, sample_rate_hz: int = 24000, chunk_ms: int = 20,
-                 api_key: str | None = None):
+                 api_key: str | None = None, audio_format: str = PCM16):
         self.url = url
         self.api_key = api_key if api_key is not None else os.environ.get("QUILLMAN_API_KEY")
-        self.rate = sample_rate_hz
+        self.format = audio_format  # audio/pcm, audio/pcmu or audio/pcma, both ways
+        self.rate = sample_rate_hz if audio_format == PCM16 else G711_RATE_HZ
         self.chunk_ms = chunk_ms
         self.ws: Any = None
         self.session: dict[str, Any] = {}
@@ -71,9 +91,8 @@ class RealtimeClient:
         created = await self.wait_for("session.created", timeout=30)
         self.session = created["session"]
         update = {"type": "realtime", "audio": {
-            "input": {"format": {"type": "audio/pcm", "rate": self.rate},
-                      "turn_detection": {"type": "server_vad"}},
-            "output": {"format": {"type": "audio/pcm", "rate": self.rate}}}}
+            "input": {"format": wire_format(self.format, self.rate), "turn_detection": {"type": "server_vad"}},
+            "output": {"format": wire_format(self.format, self.rate)}}}
         if session:
             update.update(session)
         await self.send({"type": "session.update", "session": update})
@@ -109,8 +128,7 @@ class RealtimeClient:
 
     async def send_audio(self, pcm: np.ndarray) -> None:
         """Send int16 pcm at the session rate, one event, and log when its samples left."""
-        await self.send({"type": "input_audio_buffer.append",
-                         "audio": base64.b64encode(pcm.astype("<i2").tobytes()).decode()})
+        await self.send({"type": "input_audio_buffer.append", "audio": encode_audio_base64(pcm, self.format)})
         self._audio_sent_samples += len(pcm)
         self._send_log.append((self._audio_sent_samples, time.perf_counter()))
 
@@ -209,7 +227,7 @@ class RealtimeClient:
             elif kind == "response.output_audio.delta":
                 if first_audio is None:
                     first_audio = event["_received"]
-                audio.append(np.frombuffer(base64.b64decode(event["delta"]), dtype="<i2"))
+                audio.append(decode_audio_base64(event["delta"], self.format))
             elif kind == "error":
                 result.errors.append(event["error"])
             elif kind == "response.done":
@@ -228,3 +246,75 @@ class RealtimeClient:
             if event["type"] == "conversation.item.input_audio_transcription.completed":
                 result.user_transcript = event["transcript"]
         return result
+
+
+@dataclass
+class TranscribedTurn:
+    item_id: str
+    deltas: list[str] = field(default_factory=list)  # the stable text as it streamed
+    transcript: str | None = None  # ``...completed``
+    usage_s: float | None = None
+    committed_at: int = 0  # index in the session's events
+
+
+def transcription_session(audio_format: str = PCM16, rate: int = 24000, language: str | None = "en",
+                          noise_reduction: str | None = None) -> dict[str, Any]:
+    """``session.update``'s session for a live-transcription session (no replies)."""
+    return {"type": "transcription", "audio": {"input": {
+        "format": wire_format(audio_format, rate if audio_format == PCM16 else G711_RATE_HZ),
+        "transcription": {"model": "whisper", "language": language},
+        "turn_detection": {"type": "server_vad"},
+        "noise_reduction": {"type": noise_reduction} if noise_reduction else None}}}
+
+
+async def transcribe_stream(client: RealtimeClient, pcm: np.ndarray, sample_rate_hz: int,
+                            on_event=None, realtime: bool = True, timeout: float = 120) -> list[TranscribedTurn]:
+    """Stream a clip through a transcription session (``client`` connected with
+    :func:`transcription_session`); every turn until the last one is completed.
+    ``on_event(kind, turn)``: "delta" / "completed" as they arrive (the CLI prints them)."""
+    pcm = resample(np.asarray(pcm, dtype=np.int16), sample_rate_hz, client.rate)
+    sent = asyncio.Event()
+
+    async def send() -> None:
+        await client.stream_audio(pcm, pad_silence_s=1.5, realtime=realtime)
+        # Events are handled in order: once this is answered, every append has been through
+        # the VAD, so every turn in the audio has been committed.
+        sent.set()
+        await client.send({"type": "session.update", "session": {}})
+
+    sender = asyncio.create_task(send())
+    turns: dict[str, TranscribedTurn] = {}
+    deadline = time.perf_counter() + timeout
+    index = 0
+    synced = False
+    try:
+        while not (synced and all(t.transcript is not None for t in turns.values())):
+            try:
+                event = await client.next_event(min(0.2, max(0.01, deadline - time.perf_counter())))
+            except asyncio.TimeoutError:
+                if time.perf_counter() > deadline:
+                    raise
+                continue
+            index += 1
+            kind, item_id = event["type"], event.get("item_id")
+            if kind == "session.updated" and sent.is_set():
+                synced = True
+            elif kind == "input_audio_buffer.committed":
+                turns.setdefault(item_id, TranscribedTurn(item_id, committed_at=index))
+            elif kind == "conversation.item.input_audio_transcription.delta":
+                turn = turns.setdefault(item_id, TranscribedTurn(item_id))
+                turn.deltas.append(event["delta"])
+                if on_event:
+                    on_event("delta", turn)
+            elif kind == "conversation.item.input_audio_transcription.completed":
+                turn = turns.setdefault(item_id, TranscribedTurn(item_id))
+                turn.transcript = event["transcript"]
+                turn.usage_s = (event.get("usage") or {}).get("seconds")
+                if on_event:
+                    on_event("completed", turn)
+            elif kind == "error":
+                raise RuntimeError(f"server error: {event['error']}")
+    finally:
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+    return list(turns.values())

@@ -70,8 +70,11 @@ class LlmConfig(_EngineConfig):
     # vllm: a Hugging Face id or local folder. openai: the model name sent to the server.
     model: str = "smollm2-135m"
     n_threads: int = Field(1, ge=1)
-    # Prompt evaluation runs while nothing else does (right after the transcript): give it more.
-    n_threads_batch: int = Field(2, ge=1)
+    # Threads for a long prompt (a session's first turn; later turns reuse their cached prefix).
+    # More than one only pays on an otherwise idle machine: llama.cpp's threads meet at a
+    # spinning barrier after every op, and with the other cores busy (other sessions' TTS/ASR)
+    # two threads ran several times slower than one (docs/benchmarks.md).
+    n_threads_batch: int = Field(1, ge=1)
     n_ctx: int = Field(2048, ge=256)  # per sequence (per conversation)
     # llama_cpp only. "batched": sessions interleave token by token in one context, each in its
     # own slot with its prefix cache (docs/design.md, "LLM scheduling"). "serial": one
@@ -196,6 +199,11 @@ class SessionConfig(_Strict):
     event_burst: int = Field(400, ge=1)
     # Events waiting for a client that does not read them; past this the session closes (1011).
     max_outbox_bytes: int = Field(32 * 1024 * 1024, ge=64 * 1024)
+    # conversation.item.input_audio_transcription.delta in realtime sessions (transcription
+    # sessions always have them; a client may opt in with ``include``): costs ASR time.
+    partial_transcripts: bool = False
+    # While the user speaks, the turn so far is transcribed again after this much new audio.
+    partial_transcript_interval_ms: int = Field(1000, ge=200, le=10000)
 
 
 class ServerConfig(_Strict):
@@ -208,7 +216,11 @@ class ServerConfig(_Strict):
     api_keys_env: str = "QUILLMAN_API_KEYS"
     # Browser sessions (an Origin header) are accepted from the server's own origin and these.
     allowed_origins: list[str] = Field(default_factory=list)
-    max_sessions_per_replica: int = Field(64, ge=1)
+    # Admission control, the one knob: open sessions per Ingress replica. Beyond it a new session
+    # is refused at the handshake (503 + Retry-After) rather than slowing every conversation
+    # down. The default is what the CPU profile holds on 2 cores within the latency target
+    # (docs/benchmarks.md, "Scheduling"); size it per deployment with benchmarks/scheduling.py.
+    max_sessions_per_replica: int = Field(6, ge=1)
 
     @field_validator("api_keys")
     @classmethod
@@ -223,8 +235,22 @@ class ServerConfig(_Strict):
         return keys
 
 
+class TelephonyConfig(_Strict):
+    """Phone calls through Twilio Media Streams (``/twilio/voice``, ``/twilio/media-stream``)."""
+
+    # Twilio signs its requests with the account's auth token: here or in the env var below.
+    # Without one, /twilio/* is open on a server without API keys and refused on one with keys.
+    auth_token: str | None = None
+    auth_token_env: str = "TWILIO_AUTH_TOKEN"
+    # The URL Twilio calls (e.g. a tunnel's https://abc.example): the stream URL in the TwiML
+    # and the URL signatures are computed over. Unset: taken from the request's Host and
+    # X-Forwarded-Proto headers.
+    public_url: str | None = None
+
+
 class AppConfig(_Strict):
     server: ServerConfig = ServerConfig()
+    telephony: TelephonyConfig = TelephonyConfig()
     asr: AsrConfig = AsrConfig()
     llm: LlmConfig = LlmConfig()
     tts: TtsConfig = TtsConfig()

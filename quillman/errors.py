@@ -145,6 +145,16 @@ class OriginNotAllowed(HandshakeRefused):
     code = "origin_not_allowed"
 
 
+class TwilioDisabled(HandshakeRefused):
+    """API keys are set but no Twilio auth token: /twilio/* would be an open door."""
+
+    code = "twilio_disabled"
+
+
+class InvalidTwilioSignature(HandshakeRefused):
+    code = "invalid_twilio_signature"
+
+
 class ServerAtCapacity(HandshakeRefused):
     """Every session slot of the replica is taken: refused at once, never queued."""
 

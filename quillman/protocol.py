@@ -36,7 +36,7 @@ class _Lenient(BaseModel):
 
 class AudioFormat(_Lenient):
     type: Literal["audio/pcm", "audio/pcmu", "audio/pcma"] = "audio/pcm"
-    rate: int = 24000
+    rate: int = 24000  # audio/pcm only; G.711 is always 8 kHz
 
 
 class TurnDetection(_Lenient):
@@ -56,11 +56,15 @@ class Transcription(_Lenient):
     prompt: str | None = None
 
 
+class NoiseReduction(_Lenient):
+    type: Literal["near_field", "far_field"] = "near_field"
+
+
 class AudioInput(_Lenient):
     format: AudioFormat | None = None
     turn_detection: TurnDetection | None = Field(default=None)
     transcription: Transcription | None = None
-    noise_reduction: dict | None = None
+    noise_reduction: NoiseReduction | None = None
 
 
 class AudioOutput(_Lenient):
@@ -89,8 +93,15 @@ OutputTokens = Annotated[int, Field(ge=1)]
 ToolChoice = Union[Literal["auto", "none", "required"], dict]
 
 
+# ``include`` values: OpenAI's logprobs (accepted, not produced) and our opt-in partial
+# transcripts of the user's speech in a realtime session (transcription sessions always have them).
+INCLUDE_PARTIAL_TRANSCRIPTS = "item.input_audio_transcription.delta"
+IncludeOption = Literal["item.input_audio_transcription.logprobs", "item.input_audio_transcription.delta"]
+
+
 class SessionUpdate(_Lenient):
-    type: Literal["realtime"] | None = None
+    type: Literal["realtime", "transcription"] | None = None
+    include: list[IncludeOption] | None = None
     quillman: QuillmanExtension | None = None
     model: str | None = None
     instructions: str | None = None
@@ -464,6 +475,18 @@ class PcmFormat(_Wire):
     rate: int
 
 
+class G711Format(_Wire):
+    type: Literal["audio/pcmu", "audio/pcma"]
+
+
+def audio_format(fmt: str, rate: int) -> PcmFormat | G711Format:
+    return PcmFormat(rate=rate) if fmt == "audio/pcm" else G711Format(type=fmt)
+
+
+class ServerNoiseReduction(_Wire):
+    type: Literal["near_field", "far_field"]
+
+
 class ServerTurnDetection(_Wire):
     type: Literal["server_vad"] = "server_vad"
     threshold: float
@@ -479,14 +502,14 @@ class SessionTranscription(_Wire):
 
 
 class SessionAudioInput(_Wire):
-    format: PcmFormat
+    format: PcmFormat | G711Format
     transcription: SessionTranscription
     turn_detection: ServerTurnDetection | None
-    noise_reduction: None = None
+    noise_reduction: ServerNoiseReduction | None = None
 
 
 class SessionAudioOutput(_Wire):
-    format: PcmFormat
+    format: PcmFormat | G711Format
     voice: str
     speed: float = 1.0
 
@@ -513,6 +536,21 @@ class SessionObject(_Wire):
     tool_choice: ToolChoice = "auto"
     voices: list[str]
     quillman: QuillmanSessionInfo
+    include: list[str] = Field(default_factory=list)
+
+
+class TranscriptionAudioObject(_Wire):
+    input: SessionAudioInput
+
+
+class TranscriptionSessionObject(_Wire):
+    """``session.type: "transcription"``: the user's speech is transcribed, nothing replies."""
+
+    type: Literal["transcription"] = "transcription"
+    id: str
+    object: Literal["realtime.transcription_session"] = "realtime.transcription_session"
+    audio: TranscriptionAudioObject
+    include: list[str] = Field(default_factory=list)
 
 
 # --- server events -------------------------------------------------------------------------
@@ -538,7 +576,7 @@ def error_event(exc: errors.QuillmanError) -> ErrorEvent:
 
 
 class _SessionEvent(ServerEvent):
-    session: SessionObject
+    session: SessionObject | TranscriptionSessionObject
 
 
 class SessionCreated(_SessionEvent):
@@ -594,6 +632,16 @@ class ConversationItemTruncated(ServerEvent):
 class TranscriptionUsage(_Wire):
     type: Literal["duration"] = "duration"
     seconds: float
+
+
+class InputAudioTranscriptionDelta(ServerEvent):
+    """Append-only: text of the user's speech that will not change (the final is in completed)."""
+
+    type: Literal["conversation.item.input_audio_transcription.delta"] = (
+        "conversation.item.input_audio_transcription.delta")
+    item_id: str
+    content_index: int = 0
+    delta: str
 
 
 class InputAudioTranscriptionCompleted(ServerEvent):

@@ -20,9 +20,16 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import AsyncIterator
 
+from quillman.engines.llm.base import Pacing
+
 # Piper's voices speak about 2.7-3.2 words per second; a shorter guess makes deadlines early,
 # never late.
 SECONDS_PER_WORD_ESTIMATE = 0.3
+
+
+# A spoken reply's tokens: the first clause (up to first_chunk_max_words, ~1.3 tokens a word)
+# at once, then a little faster than speech (~3 words/s = ~4 tokens/s), kept 2 s ahead.
+SPOKEN_REPLY_PACING = Pacing(burst_tokens=20, tokens_per_s=6.0, lead_s=2.0)
 
 
 @dataclass(frozen=True)

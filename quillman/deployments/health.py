@@ -28,6 +28,7 @@ ROLES = {"Transcriber": "speech recognition (ASR)", "LanguageModel": "the langua
 class DeploymentState:
     status: str  # Serve's DeploymentStatus name: HEALTHY, UPDATING, UNHEALTHY, DEPLOY_FAILED, ...
     message: str = ""
+    replicas: int = 0  # running replicas (autoscaling changes it)
 
     @property
     def failed(self) -> bool:
@@ -70,8 +71,14 @@ def read_serve_states(app_name: str) -> dict[str, DeploymentState]:
     app = serve.status().applications.get(app_name)
     if app is None:
         return {}
-    return {name: DeploymentState(str(getattr(d.status, "value", d.status)), d.message or "")
+    return {name: DeploymentState(str(getattr(d.status, "value", d.status)), d.message or "",
+                                  replicas=_running(d.replica_states))
             for name, d in app.deployments.items()}
+
+
+def _running(replica_states: dict | None) -> int:
+    return int(sum(n for state, n in (replica_states or {}).items()
+                   if str(getattr(state, "value", state)) == "RUNNING"))
 
 
 class DeploymentWatch:

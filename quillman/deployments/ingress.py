@@ -1,4 +1,5 @@
-"""The FastAPI ingress: Realtime websocket, /prewarm, /healthz, /voices, the API docs, the web client.
+"""The FastAPI ingress: Realtime websocket, Twilio's phone calls, /prewarm, /healthz, /voices,
+the API docs, the web client.
 
 No ``from __future__ import annotations`` here: Serve rewrites the route signatures and FastAPI
 must see real classes (a string ``WebSocket`` annotation turns into a query parameter).
@@ -6,7 +7,9 @@ must see real classes (a string ``WebSocket`` annotation turns into a query para
 Thin: each socket gets a :class:`RealtimeSession` wired to the three deployments through
 DeploymentHandles. Handles are configured once (``stream=True`` for LLM and TTS) and reused.
 Who may connect is decided by :mod:`quillman.security` (API keys, origins) over the request's
-headers; with keys configured the websocket, /prewarm and the API docs need one.
+headers; with keys configured the websocket, /prewarm and the API docs need one. Phone calls
+(``/twilio/*``) are a :class:`~quillman.telephony.bridge.TwilioBridge` in front of the same
+session; Twilio's signatures decide who may use them (:mod:`quillman.telephony.signature`).
 """
 
 
@@ -16,6 +19,7 @@ import os
 import time
 from pathlib import Path
 from typing import Any, AsyncIterator
+from urllib.parse import parse_qsl
 
 import numpy as np
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
@@ -33,6 +37,9 @@ from quillman.engines.vad import SileroVad
 from quillman.deployments.health import WHAT_TO_RUN, DeploymentWatch, read_serve_states
 from quillman.metrics import ServeMetrics
 from quillman.pipeline.session import RealtimeSession
+from quillman.telephony import twilio_protocol
+from quillman.telephony.bridge import TwilioBridge
+from quillman.telephony.signature import TwilioAccess, called_url, configured_token
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +101,11 @@ class HandleBackends:
             raise
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        stream = self._llm.generate.remote(request)
+        # The session id is Serve's routing key too: with a session-affine request router
+        # (configs/cpu-cluster.yaml) a conversation's turns reach the replica holding its
+        # prompt cache. The default router ignores it.
+        llm = self._llm.options(session_id=request.session_id) if request.session_id else self._llm
+        stream = llm.generate.remote(request)
         try:
             async for delta in stream:
                 yield delta
@@ -153,6 +164,10 @@ class Ingress:
                 "No API keys configured: anyone who can reach the port can talk to the models. "
                 "Keep http_options.host at 127.0.0.1, or set server.api_keys / $%s.",
                 self.config.server.api_keys_env)
+        telephony = self.config.telephony
+        self.twilio = TwilioAccess(configured_token(telephony), api_keys_set=bool(self.api_keys))
+        if (warning := self.twilio.startup_warning(telephony.auth_token_env)) is not None:
+            logger.warning(warning)
 
     async def _get_voices(self) -> list[str]:
         if self._voices is None:
@@ -167,11 +182,36 @@ class Ingress:
     async def pipeline(self, websocket: WebSocket) -> None:
         await self._serve_socket(websocket)
 
-    async def _serve_socket(self, websocket: WebSocket) -> None:
-        # Every check happens before the socket is accepted.
+    @app.post("/twilio/voice", include_in_schema=False)
+    async def twilio_voice(self, request: Request) -> Response:
+        """Twilio's voice webhook: answer the call with TwiML that streams it to us."""
+        params = dict(parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True))
+        public = self.config.telephony.public_url
+        url = called_url(public, request.url.scheme, request.headers, request.url.path, request.url.query)
+        if (refusal := self.twilio.check(url, request.headers, params)) is not None:
+            logger.info("refused %s from %s: %s", request.url.path, request.client, refusal.message)
+            return refusal_response(refusal)
+        stream = called_url(public, "wss" if url.startswith("https") else "ws", request.headers,
+                            twilio_protocol.MEDIA_STREAM_PATH)
+        logger.info("call %s from %s: streaming to %s", params.get("CallSid", "-"), params.get("From", "-"), stream)
+        return Response(twilio_protocol.twiml_connect_stream(stream), media_type="application/xml")
+
+    @app.websocket("/twilio/media-stream")
+    async def twilio_media_stream(self, websocket: WebSocket) -> None:
+        await self._serve_socket(websocket, TwilioBridge(websocket.send_text))
+
+    def _socket_refusal(self, websocket: WebSocket, bridge: TwilioBridge | None) -> errors.HandshakeRefused | None:
         headers, offered = websocket.headers, websocket.scope.get("subprotocols", [])
-        refusal = (security.check_api_key(headers, self.api_keys, offered)
-                   or security.check_origin(headers, self.config.server.allowed_origins))
+        if bridge is not None:  # Twilio cannot send a key: its signature instead
+            url = called_url(self.config.telephony.public_url, websocket.url.scheme, headers,
+                             websocket.url.path, websocket.url.query)
+            return self.twilio.check(url, headers)
+        return (security.check_api_key(headers, self.api_keys, offered)
+                or security.check_origin(headers, self.config.server.allowed_origins))
+
+    async def _serve_socket(self, websocket: WebSocket, bridge: TwilioBridge | None = None) -> None:
+        # Every check happens before the socket is accepted.
+        refusal = self._socket_refusal(websocket, bridge)
         if refusal is not None:
             return await refuse(websocket, refusal)
         if self.open_sockets >= self.config.server.max_sessions_per_replica:
@@ -183,10 +223,12 @@ class Ingress:
         try:
             requested = websocket.scope.get("subprotocols", [])
             await websocket.accept(subprotocol="realtime" if "realtime" in requested else None)
-            session = self._new_session(websocket, await self._voices_or_default())
+            send = bridge.on_server_frame if bridge is not None else websocket.send_text
+            session = self._new_session(send, await self._voices_or_default())
             self.sessions[session.id] = session
             logger.info("[%s] connected (%d active)", session.id, len(self.sessions))
-            close_code = await session.run(self._receiver(websocket))
+            receive = self._receiver(websocket)
+            close_code = await (bridge.run(session, receive) if bridge is not None else session.run(receive))
         except Exception:  # noqa: BLE001 - the session's own bug: logged, the socket closes 1011
             logger.exception("[%s] session failed", session.id if session else "-")
             close_code = 1011
@@ -207,10 +249,10 @@ class Ingress:
         except Exception:  # noqa: BLE001 - the Speaker may still be starting
             return [self.config.session.voice]
 
-    def _new_session(self, websocket: WebSocket, voices: list[str]) -> RealtimeSession:
+    def _new_session(self, send, voices: list[str]) -> RealtimeSession:
         return RealtimeSession(
             backends=self.backends, config=self.config.session, vad_config=self.config.vad,
-            make_vad=SileroVad, send=websocket.send_text, llm=self.config.llm, voices=voices,
+            make_vad=SileroVad, send=send, llm=self.config.llm, voices=voices,
             metrics=self.metrics,
         )
 
@@ -329,6 +371,9 @@ class Ingress:
         results = await asyncio.gather(*(probe(name) for name in names))
         deployments = {"Ingress": {"status": "healthy", "sessions": len(self.sessions)},
                        **dict(zip(names, results))}
+        for name, report in deployments.items():  # what autoscaling has made of each stage
+            if name in states:
+                report["replicas"] = states[name].replicas
         healthy = all(d["status"] == "healthy" for d in deployments.values())
         if failures:
             overall = "failed"

@@ -87,8 +87,11 @@ async def _caller(url: str, caller: int, turns: int, clips: list[tuple[str, np.n
         if client is None:
             try:
                 client = await _connect(url, mode)
-            except Exception as exc:  # noqa: BLE001 - a refused caller: its turns fail
-                records.append(TurnRecord(caller, turn, question, "failed", None, None, "", 0, None,
+            except Exception as exc:  # noqa: BLE001 - a refused caller: its turns are not run
+                # 503 at the handshake is admission control turning the caller away (counted
+                # apart); anything else is a failure.
+                status = "refused" if "503" in str(exc) else "failed"
+                records.append(TurnRecord(caller, turn, question, status, None, None, "", 0, None,
                                           error=f"connect: {type(exc).__name__}: {exc}", mode=mode))
                 progress.step()
                 continue
@@ -108,6 +111,7 @@ async def _caller(url: str, caller: int, turns: int, clips: list[tuple[str, np.n
             result.reply_text.strip(), round(result.reply_audio_s, 2),
             reply_rtf(result.timings, result.reply_audio_s), result.timings,
             error=result.errors[0].get("code") if result.errors else None, mode=mode,
+            underrun_s=result.underrun_s,
         ))
         progress.step()
         # The caller listens a moment (mic open, silence), then asks the next question.

@@ -73,7 +73,9 @@ class TurnRecord:
     caller: int
     turn: int
     question: str
-    status: str  # completed | failed | cancelled | lost (no response.done: timeout or dropped socket)
+    # completed | failed | cancelled | lost (no response.done: timeout or dropped socket) |
+    # refused (the session was turned away at the handshake: 503, admission control)
+    status: str
     latency_ms: float | None  # client-side voice-to-voice
     wer: float | None
     reply_text: str
@@ -82,6 +84,7 @@ class TurnRecord:
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     mode: str = "streaming"
+    underrun_s: float = 0.0  # see quillman.client.TurnResult.underrun_s
 
 
 def reply_rtf(timings: dict[str, float], reply_audio_s: float) -> float | None:
@@ -112,6 +115,11 @@ def summarize(records: list[TurnRecord], concurrency: int, wall_s: float,
         "failed": sum(r.status == "failed" for r in records),
         "cancelled": sum(r.status == "cancelled" for r in records),
         "lost": sum(r.status == "lost" for r in records),
+        # A caller turned away at the handshake (503 at capacity): its turns are not run.
+        "refused_sessions": len({r.caller for r in records if r.status == "refused"}),
+        # Completed replies whose playback would have starved (> 20 ms, one audio frame).
+        "underruns": sum(r.underrun_s > 0.02 for r in completed),
+        "underrun_s_max": max((r.underrun_s for r in completed), default=0.0),
         "turns_per_min": round(len(completed) / wall_s * 60, 2) if wall_s > 0 else None,
         "latency_ms": distribution(latencies),
         "server_stages_ms": stages,
@@ -180,7 +188,8 @@ def build_report(url: str, levels: list[dict[str, Any]], settings: dict[str, Any
                  slo_ms: float = DEFAULT_SLO_MS, machine: dict[str, Any] | None = None,
                  started_at: str | None = None) -> dict[str, Any]:
     """The whole bench report (``--json``); ``machine`` is :func:`quillman.loadtest.machine.machine_info`."""
-    totals = {key: sum(s[key] for s in levels) for key in ("turns", "completed", "failed", "cancelled", "lost")}
+    totals = {key: sum(s.get(key, 0) for s in levels)
+              for key in ("turns", "completed", "failed", "cancelled", "lost", "refused_sessions", "underruns")}
     return {
         "schema": SCHEMA_VERSION,
         "url": url,
@@ -208,16 +217,19 @@ def _fmt(value: Any) -> str:
 
 def markdown_table(levels: list[dict[str, Any]]) -> str:
     """Voice-to-voice latency and server marks per level (ms; server marks are p50)."""
-    lines = ["| mode | callers | turns ok/failed/lost | v2v p50 | v2v p95 | v2v p99 | turn detected | "
-             "transcript | first token | first audio (server) | WER | reply RTF | CPU mean/max % |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| mode | callers | turns ok/failed/lost | refused | v2v p50 | v2v p95 | v2v p99 | "
+             "turn detected | transcript | first token | first audio (server) | under-runs | WER | "
+             "reply RTF | CPU mean/max % |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in levels:
         st, cpu = s["server_stages_ms"], s.get("cpu") or {}
         lines.append(
             f"| {s['mode']} | {s['concurrency']} | {s['completed']}/{s['failed']}/{s['lost']} | "
+            f"{s.get('refused_sessions', 0)} | "
             f"{_fmt(s['latency_ms']['p50'])} | {_fmt(s['latency_ms']['p95'])} | {_fmt(s['latency_ms']['p99'])} | "
             f"{_fmt(st['turn_detected_ms']['p50'])} | {_fmt(st['transcript_ms']['p50'])} | "
             f"{_fmt(st['first_token_ms']['p50'])} | {_fmt(st['first_audio_ms']['p50'])} | "
+            f"{s.get('underruns', 0)} | "
             f"{_fmt(s['wer_mean'])} | {_fmt(s['reply_rtf_mean'])} | "
             f"{_fmt(cpu.get('mean_pct'))}/{_fmt(cpu.get('max_pct'))} |")
     return "\n".join(lines)
@@ -225,9 +237,9 @@ def markdown_table(levels: list[dict[str, Any]]) -> str:
 
 def markdown_engine_table(levels: list[dict[str, Any]]) -> str:
     """The engines' own share inside the server, p50/p95 (ms)."""
-    lines = ["| mode | callers | ASR last segment p50/p95 | LLM TTFT p50/p95 | TTS first chunk p50/p95 | "
-             "reply done p50 | speculative share |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| mode | callers | ASR last segment p50/p95 | LLM TTFT p50/p95 | of it queued p50/p95 | "
+             "TTS first chunk p50/p95 | of it queued p50/p95 | reply done p50 | speculative share |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for s in levels:
         st = s["server_stages_ms"]
 
@@ -235,7 +247,8 @@ def markdown_engine_table(levels: list[dict[str, Any]]) -> str:
             return f"{_fmt(st[stage]['p50'])} / {_fmt(st[stage]['p95'])}"
 
         lines.append(f"| {s['mode']} | {s['concurrency']} | {pair('asr_last_segment_ms')} | "
-                     f"{pair('llm_ttft_ms')} | {pair('tts_first_chunk_ms')} | {_fmt(st['total_ms']['p50'])} | "
+                     f"{pair('llm_ttft_ms')} | {pair('llm_queue_ms')} | {pair('tts_first_chunk_ms')} | "
+                     f"{pair('tts_queue_ms')} | {_fmt(st['total_ms']['p50'])} | "
                      f"{_fmt(s['speculative_share'])} |")
     return "\n".join(lines)
 

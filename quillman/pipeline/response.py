@@ -18,13 +18,13 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 import numpy as np
 
 from quillman import errors, protocol
-from quillman.audio import encode_pcm16_base64
+from quillman.audio import encode_audio_base64
 from quillman.engines.llm.base import Delta, GenerationParams, GenerationRequest, Message, ToolCallDelta, Usage
 from quillman.pipeline.backends import Backends
 from quillman.pipeline.fanout import ordered_fanout
 from quillman.pipeline.sentences import SentenceSplitter, split_stream
 from quillman.pipeline.settings import ResponseSettings
-from quillman.scheduling import QueueWait, speech_seconds_estimate
+from quillman.scheduling import SPOKEN_REPLY_PACING, QueueWait, speech_seconds_estimate
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -360,6 +360,7 @@ class Response:
             tool_choice=settings.tool_choice,
             # The first words are due now: the user is waiting (a speculation, until its gate).
             deadline=time.time(),
+            pacing=SPOKEN_REPLY_PACING if settings.output_audio else None,
         )
         self.timings.llm_started = time.perf_counter()
         deltas = self._transcript_deltas(self.backends.generate(request))
@@ -382,7 +383,8 @@ class Response:
                 for start in range(0, len(pcm), chunk_samples):
                     piece = pcm[start:start + chunk_samples]
                     self._audio_s += len(piece) / settings.output_rate_hz
-                    self._event(protocol.OutputAudioDelta(delta=encode_pcm16_base64(piece), **self._part()))
+                    self._event(protocol.OutputAudioDelta(
+                        delta=encode_audio_base64(piece, settings.output_format), **self._part()))
         finally:
             await fanout.aclose()
 

@@ -29,7 +29,7 @@ import time
 from typing import Any, Awaitable, Callable
 
 from quillman import errors, protocol
-from quillman.audio import decode_pcm16_base64
+from quillman.audio import decode_audio_base64
 from quillman.config import LlmConfig, SessionConfig, VadConfig
 from quillman.metrics import SessionMetrics
 from quillman.pipeline.backends import Backends
@@ -38,6 +38,7 @@ from quillman.pipeline.limits import SessionLimits
 from quillman.pipeline.response import Response, Timings, UserInput
 from quillman.pipeline.settings import SessionSettings, response_settings
 from quillman.pipeline.tools import FunctionCalls, call_message
+from quillman.pipeline.transcription import PartialTranscripts
 from quillman.pipeline.turns import (
     SegmentCut,
     SpeechEnded,
@@ -124,6 +125,10 @@ class RealtimeSession:
                                  config.max_turn_s)
         self.conversation = Conversation(config.max_history_messages, llm.prompt_char_budget())
         self.function_calls = FunctionCalls()
+        self.partials = PartialTranscripts(
+            lambda pcm: self.backends.transcribe(pcm, self.settings.language), self.emit, self._spawn,
+            config.partial_transcript_interval_ms / 1000)
+        self.denoiser = None  # a NoiseSuppressor while audio.input.noise_reduction is set
         self.response: Response | None = None  # the visible response, if unfinished
         # Committed turns' responses waiting for it: one response is in progress at a time, the
         # one response.cancel reaches; each of these starts (its events flow) when it is done.
@@ -232,7 +237,8 @@ class RealtimeSession:
             event_id = event.event_id
             await self.handle_event(event)
         except errors.QuillmanError as exc:
-            exc.event_id = exc.event_id or event_id
+            if exc.event_id is None:  # an empty event_id is still the client's to get back
+                exc.event_id = event_id
             self.error(exc)
         except Exception:  # noqa: BLE001 - a bug must not end the session; the log has it
             logger.exception("[%s] internal error handling a client event", self.id)
@@ -275,20 +281,39 @@ class RealtimeSession:
         if update.instructions is not None:
             self.conversation.check_text(update.instructions, "the instructions", "session.instructions")
         settings = self.settings.apply(update, default_voice=self.config.voice)  # raises before any change
+        self._set_noise_reduction(settings.noise_reduction, settings.input_rate_hz)
         self.settings = settings
         self.turns.set_input_rate(settings.input_rate_hz)
         self.turns.cut_at_pauses = not settings.sequential
         self._abandon(self.turns.set_detection(settings.turn_detection))
 
+    def _set_noise_reduction(self, kind: str | None, rate_hz: int) -> None:
+        if kind is None:
+            self.denoiser = None
+        elif self.denoiser is None or self.denoiser.rate_hz != rate_hz:
+            try:
+                from quillman.engines.noise import NoiseSuppressor  # loads RNNoise only when asked for
+
+                self.denoiser = NoiseSuppressor(rate_hz)
+            except (ImportError, OSError):
+                logger.warning("noise reduction asked for but RNNoise (pyrnnoise) cannot load", exc_info=True)
+                raise errors.UnsupportedFeature(
+                    "audio.input.noise_reduction is not available on this server (RNNoise is not "
+                    "installed); send null", param="session.audio.input.noise_reduction") from None
+
     # --- audio in, turns --------------------------------------------------------------------
 
     async def append_audio(self, audio_b64: str) -> None:
-        pcm16 = decode_pcm16_base64(audio_b64)
+        pcm16 = decode_audio_base64(audio_b64, self.settings.input_format)
         now = time.perf_counter()
         seconds = len(pcm16) / self.settings.input_rate_hz
         self.limits.admit_audio(seconds, now)
         self.metrics.audio_in(seconds)
+        if self.denoiser is not None:
+            pcm16 = self.denoiser.process(pcm16)
         self._on_turn_events(await self.turns.append(pcm16, now))
+        if self.settings.wants_partials:
+            self.partials.on_audio(self.turns.turn, self.turns.timeline)
 
     def _on_turn_events(self, events: list[TurnEvent]) -> None:
         for turn_event in events:
@@ -301,7 +326,7 @@ class RealtimeSession:
                     self.emit(protocol.SpeechStartedEvent(audio_start_ms=start_ms, item_id=turn.item_id))
                 case SegmentCut(turn=turn, pcm=pieces, pause=pause):
                     self._transcribe(turn, pieces)
-                    if pause and self.settings.create_response:
+                    if pause and self.settings.responds:
                         turn.speculation = self._start_voice_response(turn, speculative=True)
                 case TurnResumed(turn=turn):
                     self._cancel_speculation(turn)
@@ -323,6 +348,7 @@ class RealtimeSession:
 
     def _abandon(self, turn: UserTurn | None) -> None:
         if turn is not None:
+            self.partials.drop(turn.item_id)
             self._cancel_speculation(turn)
             for task in turn.segments:
                 task.cancel()
@@ -339,13 +365,14 @@ class RealtimeSession:
         self.turns_committed += 1
         self.metrics.turn_committed()
         turn.transcript = self._spawn(turn.join_transcripts()(), "transcript")
+        self.partials.stop(turn.item_id)
         # The user's place in the conversation is fixed now; the text comes with the transcript.
         previous = self.conversation.add(turn.item_id, {"role": "user", "content": ""})
         self.emit(protocol.InputAudioBufferCommitted(item_id=turn.item_id, previous_item_id=previous))
         self.emit(protocol.ConversationItemAdded(
             item=protocol.user_audio_item(turn.item_id, None, "in_progress"), previous_item_id=previous))
         self._spawn(self._finish_user_item(turn, committed.duration_s), "user-item")
-        if not self.settings.create_response:
+        if not self.settings.responds:
             return
         # Started at the last pause (speculative) or, e.g. in the sequential baseline, only now.
         response = turn.speculation or self._start_voice_response(turn, speculative=False)
@@ -358,6 +385,7 @@ class RealtimeSession:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - reported once, on the item
+            self.partials.drop(turn.item_id)
             logger.warning("[%s] transcription of %s failed: %r", self.id, turn.item_id, exc)
             self.metrics.error(errors.TranscriptionFailed.code)
             failure = errors.TranscriptionFailed("transcription of the user's audio failed")
@@ -365,6 +393,7 @@ class RealtimeSession:
                                                              error=protocol.error_body(failure)))
             self.emit(protocol.ConversationItemDone(item=protocol.user_audio_item(turn.item_id, None, "incomplete")))
             return
+        self.partials.finish(turn.item_id, text)
         self.emit(protocol.InputAudioTranscriptionCompleted(
             item_id=turn.item_id, transcript=text,
             usage=protocol.TranscriptionUsage(seconds=round(max(duration_s, 0.0), 3))))
@@ -375,6 +404,8 @@ class RealtimeSession:
     # --- responses ----------------------------------------------------------------------------
 
     def create_text_response(self, options: protocol.ResponseOptions | None) -> None:
+        if self.settings.transcription_only:
+            raise errors.InvalidEvent("a transcription session makes no responses", param="type")
         if self.response is not None:
             raise errors.ResponseAlreadyActive(
                 f"response {self.response.id} is still in progress; cancel it or wait for response.done")

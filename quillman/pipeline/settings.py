@@ -2,7 +2,7 @@
 
 ``apply`` validates the whole update before it changes anything (a refused update changes
 nothing) and returns a new :class:`SessionSettings`. Settings a client may send that ask for
-features this server does not have (semantic VAD, noise reduction) are refused with
+features this server does not have (semantic VAD) are refused with
 ``unsupported_feature`` instead of being silently ignored; their empty / null values are
 accepted, since many clients always send them.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from quillman import errors, protocol
+from quillman.audio import G711_RATE_HZ, PCM16
 from quillman.config import LlmConfig, SessionConfig, VadConfig
 from quillman.engines.llm.base import Tool, ToolChoice
 from quillman.pipeline.tools import choice_wire, parse_tool_choice, parse_tools
@@ -33,12 +34,17 @@ class SessionSettings:
     sequential: bool = False  # quillman.pipeline = "sequential": the naive baseline
     tools: tuple[Tool, ...] = ()
     tool_choice: ToolChoice = "auto"
+    input_format: str = PCM16  # the wire format of appends / output deltas
+    output_format: str = PCM16
+    noise_reduction: str | None = None  # "near_field" | "far_field": denoise the input
+    transcription_only: bool = False  # session.type "transcription": no responses
+    partial_transcripts: bool = False  # input_audio_transcription.delta while the user speaks
 
     @classmethod
     def initial(cls, config: SessionConfig, vad: VadConfig, voices: list[str]) -> "SessionSettings":
         return cls(instructions=config.instructions, voice=config.voice, voices=tuple(voices or [config.voice]),
                    input_rate_hz=config.sample_rate_hz, output_rate_hz=config.sample_rate_hz,
-                   turn_detection=vad)
+                   turn_detection=vad, partial_transcripts=config.partial_transcripts)
 
     def apply(self, update: protocol.SessionUpdate, default_voice: str) -> "SessionSettings":
         audio = update.audio
@@ -47,20 +53,24 @@ class SessionSettings:
         in_format = audio_in.format if audio_in else None
         out_format = audio_out.format if audio_out else None
         for name, fmt in (("audio.input.format", in_format), ("audio.output.format", out_format)):
-            if fmt is not None and (fmt.type != "audio/pcm" or fmt.rate not in protocol.SUPPORTED_RATES_HZ):
+            if fmt is not None and fmt.type == PCM16 and fmt.rate not in protocol.SUPPORTED_RATES_HZ:
                 raise errors.UnsupportedAudioFormat(
                     f"{name} {fmt.type} at {fmt.rate} Hz is not supported; use audio/pcm (pcm16 mono) "
-                    f"at one of {', '.join(map(str, protocol.SUPPORTED_RATES_HZ))} Hz", param=name)
-        if audio_in is not None and audio_in.noise_reduction is not None:
-            raise errors.UnsupportedFeature(
-                "audio.input.noise_reduction is not supported by this server; send null",
-                param="session.audio.input.noise_reduction")
+                    f"at one of {', '.join(map(str, protocol.SUPPORTED_RATES_HZ))} Hz, "
+                    "or audio/pcmu / audio/pcma (8 kHz)", param=name)
         changes: dict = {}
         if update.tools is not None or update.tool_choice is not None:
             tools = parse_tools(update.tools, "session") if update.tools is not None else self.tools
             changes["tools"] = tools
             changes["tool_choice"] = (parse_tool_choice(update.tool_choice, tools, "session")
                                       if update.tool_choice is not None else kept_choice(self.tool_choice, tools))
+        if audio_in is not None and "noise_reduction" in audio_in.model_fields_set:
+            reduction = audio_in.noise_reduction
+            changes["noise_reduction"] = reduction.type if reduction is not None else None
+        if update.type is not None:
+            changes["transcription_only"] = update.type == "transcription"
+        if update.include is not None:
+            changes["partial_transcripts"] = protocol.INCLUDE_PARTIAL_TRANSCRIPTS in update.include
         if "turn_detection" in (audio_in.model_fields_set if audio_in else ()):
             changes.update(self._turn_detection(audio_in.turn_detection))
         if update.quillman is not None and update.quillman.pipeline is not None:
@@ -77,9 +87,11 @@ class SessionSettings:
             # Unknown names (OpenAI's "alloy", ...) keep working with the default voice.
             changes["voice"] = voice if voice in self.voices else default_voice
         if out_format is not None:
-            changes["output_rate_hz"] = out_format.rate
+            changes["output_format"] = out_format.type
+            changes["output_rate_hz"] = _wire_rate(out_format)
         if in_format is not None:
-            changes["input_rate_hz"] = in_format.rate
+            changes["input_format"] = in_format.type
+            changes["input_rate_hz"] = _wire_rate(in_format)
         if audio_in is not None and audio_in.transcription is not None and audio_in.transcription.language:
             changes["language"] = audio_in.transcription.language
         return replace(self, **changes)
@@ -100,27 +112,48 @@ class SessionSettings:
         return {"turn_detection": options, "create_response": td.create_response,
                 "interrupt_response": td.interrupt_response}
 
-    def session_object(self, session_id: str) -> protocol.SessionObject:
+    @property
+    def wants_partials(self) -> bool:
+        return self.transcription_only or self.partial_transcripts
+
+    @property
+    def responds(self) -> bool:
+        """Whether a committed turn starts a response (never in a transcription session)."""
+        return self.create_response and not self.transcription_only
+
+    def session_object(self, session_id: str) -> protocol.SessionObject | protocol.TranscriptionSessionObject:
         vad = self.turn_detection
         turn_detection = None if vad is None else protocol.ServerTurnDetection(
             threshold=vad.threshold, prefix_padding_ms=vad.prefix_padding_ms,
             silence_duration_ms=vad.silence_duration_ms, create_response=self.create_response,
             interrupt_response=self.interrupt_response)
+        audio_input = protocol.SessionAudioInput(
+            format=protocol.audio_format(self.input_format, self.input_rate_hz),
+            transcription=protocol.SessionTranscription(language=self.language),
+            turn_detection=turn_detection,
+            noise_reduction=protocol.ServerNoiseReduction(type=self.noise_reduction)
+            if self.noise_reduction else None)
+        include = [protocol.INCLUDE_PARTIAL_TRANSCRIPTS] if self.partial_transcripts else []
+        if self.transcription_only:
+            return protocol.TranscriptionSessionObject(
+                id=session_id, audio=protocol.TranscriptionAudioObject(input=audio_input), include=include)
         return protocol.SessionObject(
             id=session_id, instructions=self.instructions, output_modalities=list(self.output_modalities),
             max_output_tokens=self.max_output_tokens or "inf",
             audio=protocol.SessionAudioObject(
-                input=protocol.SessionAudioInput(
-                    format=protocol.PcmFormat(rate=self.input_rate_hz),
-                    transcription=protocol.SessionTranscription(language=self.language),
-                    turn_detection=turn_detection),
-                output=protocol.SessionAudioOutput(format=protocol.PcmFormat(rate=self.output_rate_hz),
-                                                   voice=self.voice)),
+                input=audio_input,
+                output=protocol.SessionAudioOutput(
+                    format=protocol.audio_format(self.output_format, self.output_rate_hz), voice=self.voice)),
             voices=list(self.voices),
             tools=[protocol.FunctionTool(name=t.name, description=t.description, parameters=t.parameters)
                    for t in self.tools],
             tool_choice=choice_wire(self.tool_choice),
-            quillman=protocol.QuillmanSessionInfo(pipeline="sequential" if self.sequential else "streaming"))
+            quillman=protocol.QuillmanSessionInfo(pipeline="sequential" if self.sequential else "streaming"),
+            include=include)
+
+
+def _wire_rate(fmt: protocol.AudioFormat) -> int:
+    return fmt.rate if fmt.type == PCM16 else G711_RATE_HZ
 
 
 def kept_choice(choice: ToolChoice, tools: tuple[Tool, ...]) -> ToolChoice:
@@ -149,6 +182,7 @@ class ResponseSettings:
     tool_choice: ToolChoice = "auto"
     repeat_penalty: float = 1.0
     frequency_penalty: float = 0.0
+    output_format: str = PCM16  # the wire format of the output audio deltas
 
 
 def response_settings(settings: SessionSettings, options: protocol.ResponseOptions | None,
@@ -185,4 +219,5 @@ def response_settings(settings: SessionSettings, options: protocol.ResponseOptio
         tool_choice=tool_choice,
         repeat_penalty=llm.repeat_penalty,
         frequency_penalty=llm.frequency_penalty,
+        output_format=settings.output_format,
     )

@@ -20,9 +20,10 @@ pytestmark = pytest.mark.e2e
 
 LEVEL_KEYS = {"mode", "concurrency", "wall_s", "turns", "completed", "failed", "cancelled", "lost",
               "turns_per_min", "latency_ms", "server_stages_ms", "wer_mean", "reply_rtf_mean",
-              "reply_audio_s_mean", "speculative_share", "cpu", "records"}
+              "reply_audio_s_mean", "speculative_share", "cpu", "records", "refused_sessions",
+              "underruns", "underrun_s_max"}
 RECORD_KEYS = {"caller", "turn", "question", "status", "latency_ms", "wer", "reply_text", "reply_audio_s",
-               "reply_rtf", "timings", "error", "mode"}
+               "reply_rtf", "timings", "error", "mode", "underrun_s"}
 
 
 def check_level(level: dict, mode: str, concurrency: int, turns: int) -> None:
@@ -33,7 +34,7 @@ def check_level(level: dict, mode: str, concurrency: int, turns: int) -> None:
     assert level["turns"] == level["completed"] == concurrency * turns
     assert len(level["records"]) == level["turns"]
     for r in level["records"]:
-        assert set(r) == RECORD_KEYS and r["mode"] == mode
+        assert set(r) == RECORD_KEYS and r["mode"] == mode and r["underrun_s"] >= 0
         assert r["status"] == "completed" and r["latency_ms"] > 0 and r["reply_audio_s"] > 0
         assert 0 <= r["wer"] <= 1.0, r
         for stage in ("turn_detected_ms", "transcript_ms", "first_token_ms", "first_audio_ms", "total_ms"):

@@ -127,7 +127,7 @@ async def test_bad_input_gets_errors_and_session_goes_on(ws_url, transcribe_repl
         "invalid_base64": '{"type": "input_audio_buffer.append", "audio": "@@@not base64@@@"}',
         "invalid_audio_length": '{"type": "input_audio_buffer.append", "audio": "AAAA"}',
         "unsupported_audio_format": '{"type": "session.update", "session": {"type": "realtime", '
-                                    '"audio": {"input": {"format": {"type": "audio/pcmu"}}}}}',
+                                    '"audio": {"input": {"format": {"type": "audio/pcm", "rate": 7000}}}}}',
         "invalid_event": '{"type": "conversation.item.create", "item": {"type": "message"}}',
         "response_cancel_not_active": '{"type": "response.cancel"}',
         "input_audio_buffer_commit_empty": '{"type": "input_audio_buffer.commit"}',

@@ -77,7 +77,6 @@ async def test_hostile_frames_get_one_error_each_and_the_socket_stays(ws_url):
             event = await next_of(client, "error", "session.updated", "conversation.item.added")
             assert event["type"] == "error" and event["error"]["code"] == code, (code, event)
         for session in ({"audio": {"input": {"turn_detection": {"type": "semantic_vad", "eagerness": "low"}}}},
-                        {"audio": {"input": {"noise_reduction": {"type": "near_field"}}}},
                         {"tool_choice": "required"}):
             refused = await update(client, session)
             assert refused["type"] == "error" and refused["error"]["code"] == "unsupported_feature", refused

@@ -8,6 +8,7 @@ from espeak-ng, synthesized once per test session.
 from __future__ import annotations
 
 import asyncio
+import time
 import base64
 import faulthandler
 import gc
@@ -252,7 +253,8 @@ class FakeBackends:
     # TTS -------------------------------------------------------------------------------------
     async def synthesize(self, text: str, voice: str, sample_rate_hz: int, deadline: float | None = None):
         index = len(self.tts_calls)
-        log = CallLog({"text": text, "voice": voice, "rate": sample_rate_hz}, started=True)
+        log = CallLog({"text": text, "voice": voice, "rate": sample_rate_hz, "deadline": deadline,
+                       "called_at": time.time()}, started=True)
         self.tts_calls.append(log)
         try:
             if self.tts_hang:

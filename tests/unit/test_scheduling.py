@@ -8,7 +8,8 @@ import time
 from quillman.scheduling import DeadlineGate, speech_seconds_estimate
 
 
-async def test_waiters_run_earliest_deadline_first():
+def one_at_a_time():
+    """A gate of capacity 1, the order jobs ran in, an event releasing the holding job."""
     gate = DeadlineGate(capacity=1)
     order: list[str] = []
     release = asyncio.Event()
@@ -18,6 +19,12 @@ async def test_waiters_run_earliest_deadline_first():
             order.append(name)
             if hold:
                 await release.wait()
+
+    return gate, order, release, job
+
+
+async def test_waiters_run_earliest_deadline_first():
+    gate, order, release, job = one_at_a_time()
 
     now = time.time()
     first = asyncio.create_task(job("running", now, hold=True))
@@ -33,15 +40,7 @@ async def test_waiters_run_earliest_deadline_first():
 
 
 async def test_a_cancelled_waiter_gives_its_turn_away():
-    gate = DeadlineGate(capacity=1)
-    release = asyncio.Event()
-    order: list[str] = []
-
-    async def job(name: str, deadline: float, hold: bool = False):
-        async with gate.slot(deadline):
-            order.append(name)
-            if hold:
-                await release.wait()
+    _, order, release, job = one_at_a_time()
 
     now = time.time()
     holder = asyncio.create_task(job("holder", now, hold=True))

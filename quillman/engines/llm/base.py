@@ -46,6 +46,18 @@ ToolChoice = Literal["auto", "none", "required"] | str
 
 
 @dataclass(frozen=True)
+class Pacing:
+    """How fast a spoken reply's tokens are needed: the first ``burst_tokens`` at once (the first
+    clause, which the listener waits for), the rest at ``tokens_per_s`` (a little faster than
+    speech). A batching engine may hold back a sequence that is more than ``lead_s`` ahead of
+    that pace while other sequences are due, instead of running every sequence flat out."""
+
+    burst_tokens: int
+    tokens_per_s: float
+    lead_s: float
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     messages: list[Message]
     params: GenerationParams
@@ -55,6 +67,8 @@ class GenerationRequest:
     # Unix time (time.time(), comparable across processes) by which the first token is due;
     # None: as soon as possible, behind requests that have a deadline.
     deadline: float | None = None
+    # None: every token as soon as possible (a text reply is read, not played).
+    pacing: Pacing | None = None
     tools: tuple[Tool, ...] = ()
     tool_choice: ToolChoice = "auto"
 

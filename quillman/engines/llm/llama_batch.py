@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 _END = object()
 _PENALTY_LAST_N = 64  # tokens the repetition penalties look back over
+# A step evaluating at least this many prompt tokens uses n_threads_batch (see _step).
+BATCH_THREADS_FROM_TOKENS = 64
 
 
 @dataclass
@@ -60,9 +62,21 @@ class _Job:
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
     started: float | None = None
 
+    burst_done: float | None = None  # Unix time the pacing's burst was complete
+
     def urgency(self) -> tuple[float, float]:
         deadline = self.request.deadline
         return (math.inf if deadline is None else deadline, self.submitted)
+
+    def next_token_due(self) -> float:
+        """Unix time the next token is needed (see Pacing); -inf: no pacing, always due."""
+        pacing = self.request.pacing
+        if pacing is None:
+            return -math.inf
+        if self.generated < pacing.burst_tokens or self.burst_done is None:
+            return self.urgency()[0]
+        ahead_s = (self.generated - pacing.burst_tokens) / pacing.tokens_per_s
+        return self.burst_done + ahead_s - pacing.lead_s
 
     def put(self, item: object) -> None:
         try:
@@ -114,6 +128,8 @@ class BatchedLlamaCpp:
         ctx_params.n_ubatch = ctx_params.n_batch
         ctx_params.n_threads = n_threads
         ctx_params.n_threads_batch = n_threads_batch
+        self._threads, self._threads_batch = n_threads, n_threads_batch
+        self._threads_now = -1
         self._ctx = _internals.LlamaContext(model=self._model, params=ctx_params, verbose=False)
         self._memory = llama_cpp.llama_get_memory(self._ctx.ctx)
         self._batch = _internals.LlamaBatch(n_tokens=ctx_params.n_batch, embd=0, n_seq_max=1, verbose=False)
@@ -318,16 +334,23 @@ class BatchedLlamaCpp:
         batch = self._batch.batch
         n = 0
         logits_at: list[tuple[_Slot, int]] = []
-        # Generating sequences first: one token each, every step.
-        for slot in active:
-            job = slot.job
-            if not job.to_eval and job.last_token is not None:
-                self._add(batch, n, job.last_token, len(slot.tokens), slot.seq_id, True)
-                slot.tokens.append(job.last_token)
-                logits_at.append((slot, n))
-                n += 1
+        # Generating sequences first: one token each, every step, except those ahead of their
+        # pace while others are due (a step costs about one token's work per sequence on a CPU:
+        # leaving them out gives the due ones the cores).
+        now = time.time()
+        generating = [s for s in active if not s.job.to_eval and s.job.last_token is not None]
+        due = [s for s in generating if s.job.next_token_due() <= now]
+        if due or any(s.job.urgency()[0] <= now for s in active if s.job.to_eval):
+            generating = due
+        for slot in generating:
+            token = slot.job.last_token
+            self._add(batch, n, token, len(slot.tokens), slot.seq_id, True)
+            slot.tokens.append(token)
+            logits_at.append((slot, n))
+            n += 1
         # Then prompt evaluation, most urgent first, within the step's token budget.
         budget = min(self._chunk, self._n_batch - n)
+        prompt_tokens = 0
         for slot in sorted((s for s in active if s.job.to_eval), key=lambda s: s.job.urgency()):
             if budget <= 0:
                 break
@@ -342,9 +365,19 @@ class BatchedLlamaCpp:
                     logits_at.append((slot, n))
                 n += 1
             budget -= len(take)
+            prompt_tokens += len(take)
         batch.n_tokens = n
         if n == 0:
             return
+        # llama.cpp would use n_threads_batch for any step of more than one token. Its threads
+        # meet at a spinning barrier after every op: with the other cores busy (TTS, ASR, other
+        # sessions) a descheduled thread stalls the step many times over. Decode steps and short
+        # prompt suffixes run on n_threads; only a long prompt (a cold session) gets the batch
+        # threads.
+        threads = self._threads_batch if prompt_tokens >= BATCH_THREADS_FROM_TOKENS else self._threads
+        if threads != self._threads_now:
+            self._ll.llama_set_n_threads(self._ctx.ctx, threads, threads)
+            self._threads_now = threads
         status = self._ll.llama_decode(self._ctx.ctx, batch)
         if status != 0:
             raise RuntimeError(f"llama_decode returned {status}")
@@ -367,6 +400,9 @@ class BatchedLlamaCpp:
         end = self._ll.llama_vocab_is_eog(self._vocab, token)
         if not end:
             job.generated += 1
+            pacing = job.request.pacing
+            if pacing is not None and job.generated == pacing.burst_tokens:
+                job.burst_done = time.time()
             text = job.decoder.decode(self._token_bytes(token))
             if text:
                 self._put_text(job, text)

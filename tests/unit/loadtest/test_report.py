@@ -138,7 +138,7 @@ def test_markdown_tables_have_one_row_per_level():
     text = bench.markdown_report(report)
     main = bench.markdown_table(levels).splitlines()
     assert len(main) == 2 + len(levels)
-    assert main[2].startswith("| streaming | 1 | 2/0/0 | 1050 |")
+    assert main[2].startswith("| streaming | 1 | 2/0/0 | 0 | 1050 |")
     assert "| sequential | 4 |" in text
     assert "| 1 | 1050 | 1650 | 1.57× |" in text
     assert "Largest concurrency with streaming v2v p95 < 1500 ms: 2" in text
@@ -149,13 +149,24 @@ def test_markdown_tables_have_one_row_per_level():
 
 def test_markdown_shows_missing_values_as_dashes():
     s = bench.summarize([record(None, status="lost")], 1, 5.0)
-    assert "| streaming | 1 | 0/0/1 | – | – | – |" in bench.markdown_table([s])
+    assert "| streaming | 1 | 0/0/1 | 0 | – | – | – |" in bench.markdown_table([s])
 
 
 def test_report_shape_is_json_serializable():
     levels = levels_for_sweep()
     report = bench.build_report("ws://x/v1/realtime", levels, {"turns": 2}, machine={"cpu": "t", "cores": 2})
     assert set(report) >= {"schema", "url", "started_at", "machine", "settings", "levels", "comparison", "slo", "totals"}
-    assert report["totals"] == {"turns": 12, "completed": 12, "failed": 0, "cancelled": 0, "lost": 0}
+    assert report["totals"] == {"turns": 12, "completed": 12, "failed": 0, "cancelled": 0, "lost": 0,
+                                "refused_sessions": 0, "underruns": 0}
     assert report["slo"] == {"threshold_ms": 1500.0, "quantile": "p95", "max_concurrency": 2}
     json.dumps(report)
+
+
+def test_refused_callers_and_underruns_are_counted():
+    refused = record(None, status="refused")
+    refused.error = "connect: InvalidStatus: server rejected WebSocket connection: HTTP 503"
+    starved = record(900.0)
+    starved.underrun_s = 0.4
+    s = bench.summarize([refused, starved, record(800.0)], 2, 5.0)
+    assert s["refused_sessions"] == 1 and s["failed"] == 0
+    assert s["underruns"] == 1 and s["underrun_s_max"] == 0.4

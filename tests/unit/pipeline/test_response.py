@@ -376,3 +376,31 @@ async def test_cancel_at_any_step_ends_the_response(backends, steps):
     assert done[0]["response"]["status"] in ("cancelled", "completed")
     if done[0]["response"]["status"] == "cancelled":
         assert backends.llm_calls[0].finalized
+
+
+async def test_sentences_carry_playback_deadlines_and_the_llm_the_session_and_pacing(backends):
+    import time
+
+    from quillman.scheduling import SPOKEN_REPLY_PACING
+
+    backends.reply = "One two three four, five six seven eight. Nine ten eleven twelve. Thirteen."
+    h = Harness(backends, user=user_input())
+    h.response.session_id = "sess_x"
+    before = time.time()
+    h.start()
+    await h.done()
+    request = backends.llm_calls[0].args["request"]
+    assert request.session_id == "sess_x" and request.pacing == SPOKEN_REPLY_PACING
+    assert before <= request.deadline <= time.time()
+    calls = backends.tts_calls
+    # The first sentence is due when asked for; each later one no earlier than the one before,
+    # and after the first one (its audio has to play first).
+    assert calls[0].args["deadline"] <= calls[0].args["called_at"] + 0.01
+    deadlines = [c.args["deadline"] for c in calls]
+    assert deadlines == sorted(deadlines) and deadlines[-1] > deadlines[0]
+
+
+async def test_a_text_reply_is_not_paced(backends):
+    h = Harness(backends, output_audio=False).start()
+    await h.done()
+    assert backends.llm_calls[0].args["request"].pacing is None

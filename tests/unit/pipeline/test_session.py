@@ -613,12 +613,10 @@ ERROR_CASES = [
     ("invalid_base64", {"type": "input_audio_buffer.append", "event_id": "ev6", "audio": "%%%not base64%%%"}, "ev6"),
     ("invalid_audio_length", {"type": "input_audio_buffer.append", "event_id": "ev7",
                               "audio": base64.b64encode(b"\x00\x01\x02").decode()}, "ev7"),
-    ("unsupported_audio_format", {"type": "session.update", "event_id": "ev8", "session": {
-        "audio": {"input": {"format": {"type": "audio/pcmu"}}}}}, "ev8"),
     ("unsupported_audio_format", {"type": "session.update", "event_id": "ev9", "session": {
         "audio": {"input": {"format": {"type": "audio/pcm", "rate": 12345}}}}}, "ev9"),
     ("unsupported_audio_format", {"type": "session.update", "event_id": "ev10", "session": {
-        "audio": {"output": {"format": {"type": "audio/pcma"}}}}}, "ev10"),
+        "audio": {"output": {"format": {"type": "audio/pcm", "rate": 7000}}}}}, "ev10"),
     ("input_audio_buffer_commit_empty", {"type": "input_audio_buffer.commit", "event_id": "ev11"}, "ev11"),
     ("response_cancel_not_active", {"type": "response.cancel", "event_id": "ev12"}, "ev12"),
 ]
@@ -848,7 +846,6 @@ async def test_instructions_too_long_are_refused(driver):
 @pytest.mark.parametrize("session", [
     {"tools": [{"type": "mcp", "server_label": "x", "server_url": "http://x"}]},
     {"audio": {"input": {"turn_detection": {"type": "semantic_vad", "eagerness": "high"}}}},
-    {"audio": {"input": {"noise_reduction": {"type": "near_field"}}}},
 ])
 async def test_features_not_built_yet_are_refused_with_a_code(driver, session):
     await driver.send({"type": "session.update", "session": session})

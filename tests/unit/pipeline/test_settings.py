@@ -28,7 +28,6 @@ def test_a_refused_update_changes_nothing():
 @pytest.mark.parametrize("session, param", [
     ({"tools": [{"type": "mcp", "server_label": "x"}]}, "session.tools[0].type"),
     ({"audio": {"input": {"turn_detection": {"type": "semantic_vad"}}}}, "session.audio.input.turn_detection.type"),
-    ({"audio": {"input": {"noise_reduction": {"type": "far_field"}}}}, "session.audio.input.noise_reduction"),
 ])
 def test_unimplemented_features_are_refused_not_ignored(session, param):
     with pytest.raises(errors.UnsupportedFeature) as refused:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from quillman.engines.llm.base import GenerationParams, GenerationRequest, Usage
+from quillman.engines.llm.base import GenerationParams, GenerationRequest, Pacing, Usage
 from quillman.engines.llm.llama_batch import BatchedLlamaCpp, common_prefix
 from quillman.engines.llm.llama_cpp import resolve_gguf_path
 from quillman.errors import ModelError
@@ -21,20 +21,21 @@ def chat(question: str) -> list[dict]:
     return [SYSTEM, {"role": "user", "content": question}]
 
 
-@pytest.fixture(scope="module")
-def engine():
+def smollm(n_slots: int, prefill_chunk_tokens: int):
     engine = BatchedLlamaCpp(resolve_gguf_path("smollm2-135m"), n_threads=1, n_threads_batch=1,
-                             n_ctx=512, n_slots=2, prefill_chunk_tokens=16)
+                             n_ctx=512, n_slots=n_slots, prefill_chunk_tokens=prefill_chunk_tokens)
     yield engine
     engine.close()
+
+
+@pytest.fixture(scope="module")
+def engine():
+    yield from smollm(n_slots=2, prefill_chunk_tokens=16)
 
 
 @pytest.fixture(scope="module")
 def one_slot():
-    engine = BatchedLlamaCpp(resolve_gguf_path("smollm2-135m"), n_threads=1, n_threads_batch=1,
-                             n_ctx=512, n_slots=1, prefill_chunk_tokens=64)
-    yield engine
-    engine.close()
+    yield from smollm(n_slots=1, prefill_chunk_tokens=64)
 
 
 async def collect(engine, request, log=None, name=None):
@@ -124,3 +125,20 @@ async def test_a_prompt_longer_than_the_context_fails_that_request_only(one_slot
         await collect(one_slot, GenerationRequest(chat("word " * 600), GREEDY))
     text, _ = await collect(one_slot, GenerationRequest(chat("Say yes."), GREEDY))
     assert text
+
+
+async def test_a_paced_reply_ahead_of_its_pace_gives_way_to_a_due_one(engine):
+    """A spoken reply well ahead of playback pauses while a new turn's first tokens are due."""
+    log: list[str] = []
+    slow = Pacing(burst_tokens=2, tokens_per_s=0.5, lead_s=0.0)  # after 2 tokens: one every 2 s
+    ahead = asyncio.create_task(collect(engine, GenerationRequest(
+        chat("Tell me a long story."), GenerationParams(max_tokens=6, temperature=0.0, top_p=1.0),
+        deadline=time.time(), pacing=slow), log, "paced"))
+    while log.count("paced") < 3:
+        await asyncio.sleep(0.005)
+    urgent = await collect(engine, GenerationRequest(chat("Say hello."), GREEDY, deadline=time.time()), log, "urgent")
+    assert urgent[0]
+    # While the urgent reply ran, the paced one (not due for seconds) made no progress.
+    first, last = log.index("urgent"), len(log) - 1 - log[::-1].index("urgent")
+    assert "paced" not in log[first:last + 1]
+    await ahead

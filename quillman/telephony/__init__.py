@@ -1,0 +1,1 @@
+"""Phone calls: Twilio Media Streams bridged onto the Realtime session (see docs/telephony.md)."""
