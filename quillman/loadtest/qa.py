@@ -157,7 +157,7 @@ async def score_setting(engine, name: str, setting: Setting, questions: list[dic
 WEATHER = Tool("get_weather", "Get the current weather for a city.", {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})
 CALCULATOR = Tool("calculate", "Evaluate an arithmetic expression such as 3 * (4 + 5).", {
-    "type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]})
+    "type": "object", "properties": {"expression": {"type": "string", "minLength": 1}}, "required": ["expression"]})
 CITIES = ["Paris", "London", "Berlin", "Madrid", "Rome", "Tokyo", "Sydney", "Toronto", "Chicago", "Moscow",
           "Cairo", "Lisbon", "Dublin", "Vienna", "Prague", "Oslo", "Athens", "Seoul", "Mumbai", "Boston",
           "Denver", "Miami", "Zurich", "Warsaw", "Nairobi"]

@@ -98,7 +98,8 @@ def tool_grammar(tools: tuple[Tool, ...]) -> str:
     converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
     calls = []
     for index, tool in enumerate(tools):
-        schema = converter.resolve_refs(tool.parameters or {"type": "object"}, f"tool{index}")
+        parameters = _bounded_strings(tool.parameters or {"type": "object"})
+        schema = converter.resolve_refs(parameters, f"tool{index}")
         arguments = converter.visit(schema, f"tool{index}-arguments")
         name = json.dumps(json.dumps(tool.name))  # a GBNF string literal of the JSON string
         calls.append(f'"{{\\"name\\": " {name} ", \\"arguments\\": " {arguments} "}}"')
@@ -106,6 +107,23 @@ def tool_grammar(tools: tuple[Tool, ...]) -> str:
     # One call per generation: a small model asked for "one or more" repeats its call.
     return (f'root ::= "{CALL_OPEN}" call "{CALL_CLOSE}"\n'
             f'call ::= {" | ".join(calls)}\n{rules}')
+
+
+MAX_STRING_CHARS = 48  # an argument string without its own maxLength
+
+
+def _bounded_strings(schema: Any) -> Any:
+    """The schema with a ``maxLength`` on every string that has none: a small model may write a
+    string forever, and a call cut by max_tokens is lost. Stricter, so still the tool's schema."""
+    if isinstance(schema, list):
+        return [_bounded_strings(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    bounded = {key: _bounded_strings(value) for key, value in schema.items()}
+    if bounded.get("type") == "string" and "maxLength" not in bounded and not any(
+            key in bounded for key in ("enum", "const", "pattern", "format")):
+        bounded["maxLength"] = MAX_STRING_CHARS
+    return bounded
 
 
 class ToolCallParser:

@@ -87,3 +87,13 @@ async def test_a_forced_call_has_schema_valid_arguments(engine):
     jsonschema.validate(arguments, WEATHER.parameters)
     assert not [d for d in deltas if isinstance(d, str) and d.strip()]  # a call only
     assert isinstance(deltas[-1], Usage)
+
+
+def test_strings_without_a_bound_get_one_in_the_grammar():
+    schema = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "string", "maxLength": 5},
+                                               "c": {"enum": ["x"]}, "d": {"type": "array", "items": {"type": "string"}}}}
+    bounded = tool_format._bounded_strings(schema)
+    assert bounded["properties"]["a"]["maxLength"] == tool_format.MAX_STRING_CHARS
+    assert bounded["properties"]["b"]["maxLength"] == 5 and "maxLength" not in bounded["properties"]["c"]
+    assert bounded["properties"]["d"]["items"]["maxLength"] == tool_format.MAX_STRING_CHARS
+    assert "maxLength" not in schema["properties"]["a"]  # the tool's own schema is unchanged
