@@ -109,7 +109,7 @@ def tool_grammar(tools: tuple[Tool, ...]) -> str:
             f'call ::= {" | ".join(calls)}\n{rules}')
 
 
-MAX_STRING_CHARS = 48  # an argument string without its own maxLength
+MAX_STRING_CHARS = 24  # strings without their own maxLength: a call must close within max_tokens
 
 
 def _bounded_strings(schema: Any) -> Any:
