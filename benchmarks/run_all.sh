@@ -2,8 +2,9 @@
 # Regenerate every number, table and the plot in docs/benchmarks.md, in one go:
 #   1. quillman bench: concurrency sweep (default 1,2,4), streaming and the sequential baseline
 #   2. benchmarks/engines.py: each engine plain vs behind its deployment
-#   3. benchmarks/update_docs.py: fills the generated blocks of docs/benchmarks.md
-# Outputs: docs/benchmarks/{bench.json,bench.md,latency.png,engines.json,engines.md}.
+#   3. quillman.loadtest.turns: the turn-taking set, offline (each signal) and live (both modes)
+#   4. benchmarks/update_docs.py: fills the generated blocks of docs/benchmarks.md
+# Outputs: docs/benchmarks/{bench.json,bench.md,latency.png,engines.json,engines.md,turns*.{json,md}}.
 #
 # Environment:
 #   QUILLMAN_URL=ws://127.0.0.1:8000/v1/realtime   target a running server (default: start one
@@ -38,6 +39,10 @@ fi
 echo "== engine micro-benchmarks" >&2
 "$PY" benchmarks/engines.py --config "$CONFIG" --repeats "${REPEATS:-5}" \
   --json "$OUT/engines.json" --markdown > "$OUT/engines.md"
+
+echo "== turn taking: labeled set, semantic_vad vs server_vad (docs/benchmarks.md#turn-taking)" >&2
+"$PY" -m quillman.loadtest.turns --offline --config "$CONFIG" --markdown --json "$OUT/turns-offline.json" > "$OUT/turns-offline.md"
+"$PY" -m quillman.loadtest.turns "${target[@]}" --markdown --json "$OUT/turns.json" > "$OUT/turns.md"
 
 echo "== docs/benchmarks.md" >&2
 "$PY" benchmarks/update_docs.py --bench "$OUT/bench.json" --engines "$OUT/engines.json" --note "${NOTE:-}"

@@ -45,14 +45,14 @@ class TurnResult:
         """How far the reply's playback starved: the most the wall clock since the first audio
         delta ran ahead of the audio received before each later delta (0: never under-ran).
         A player that starts at the first delta falls silent for this long in total at worst."""
-        deltas = [e for e in self.events if e["type"] == "response.output_audio.delta"]
+        deltas = [e for e in self.events if "_samples" in e]  # audio deltas, as collect_turn counted them
         if not deltas:
             return 0.0
         start = deltas[0]["_received"]
         received_s, worst = 0.0, 0.0
         for event in deltas:
             worst = max(worst, (event["_received"] - start) - received_s)
-            received_s += len(base64.b64decode(event["delta"])) / 2 / self.sample_rate_hz
+            received_s += event["_samples"] / self.sample_rate_hz
         return round(worst, 3)
 
 
@@ -228,6 +228,7 @@ class RealtimeClient:
                 if first_audio is None:
                     first_audio = event["_received"]
                 audio.append(decode_audio_base64(event["delta"], self.format))
+                event["_samples"] = len(audio[-1])  # for underrun_s
             elif kind == "error":
                 result.errors.append(event["error"])
             elif kind == "response.done":

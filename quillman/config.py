@@ -153,6 +153,10 @@ class VadConfig(_Strict):
     pause_ms: int = Field(192, ge=64, le=2000)
     min_speech_ms: int = Field(96, ge=32)
     max_segment_s: float = Field(8.0, ge=1, le=29)
+    # "semantic_vad": at each pause a model and the transcript judge whether the utterance is
+    # complete (quillman.pipeline.semantic); silence_duration_ms is then not used.
+    type: Literal["server_vad", "semantic_vad"] = "server_vad"
+    eagerness: Literal["low", "medium", "high", "auto"] = "auto"
 
     @model_validator(mode="after")
     def _pause_before_stop(self) -> "VadConfig":

@@ -47,7 +47,7 @@ class TurnDetection(_Lenient):
     create_response: bool = True
     interrupt_response: bool = True
     idle_timeout_ms: int | None = None
-    eagerness: str | None = None
+    eagerness: Literal["low", "medium", "high", "auto"] | None = None
 
 
 class Transcription(_Lenient):
@@ -411,7 +411,7 @@ def error_body(exc: errors.QuillmanError) -> ErrorBody:
 # the stage histograms of the metrics and the bench's tables all use these names.
 STAGES = ("turn_detected_ms", "transcript_ms", "first_token_ms", "first_sentence_ms",
           "first_audio_ms", "total_ms", "asr_last_segment_ms", "llm_ttft_ms", "tts_first_chunk_ms",
-          "llm_queue_ms", "tts_queue_ms")
+          "llm_queue_ms", "tts_queue_ms", "turn_decision_ms")
 
 
 class ResponseTimings(_Compact):
@@ -431,6 +431,9 @@ class ResponseTimings(_Compact):
     # the LLM's batch queue / the Speaker replica's deadline queue.
     llm_queue_ms: float | None = None
     tts_queue_ms: float | None = None
+    # When the end of turn was decided (the silence, or semantic_vad's judgment at a pause);
+    # ``metadata["turn_decision"]`` says which signal decided.
+    turn_decision_ms: float | None = None
     speculative: float = 0.0  # 1 when the reply was started before the end of turn
 
     def measured(self) -> dict[str, float]:
@@ -496,6 +499,13 @@ class ServerTurnDetection(_Wire):
     interrupt_response: bool
 
 
+class SemanticTurnDetection(_Wire):
+    type: Literal["semantic_vad"] = "semantic_vad"
+    eagerness: Literal["low", "medium", "high", "auto"]
+    create_response: bool
+    interrupt_response: bool
+
+
 class SessionTranscription(_Wire):
     model: str = "whisper"
     language: str | None = None
@@ -504,7 +514,7 @@ class SessionTranscription(_Wire):
 class SessionAudioInput(_Wire):
     format: PcmFormat | G711Format
     transcription: SessionTranscription
-    turn_detection: ServerTurnDetection | None
+    turn_detection: ServerTurnDetection | SemanticTurnDetection | None
     noise_reduction: ServerNoiseReduction | None = None
 
 

@@ -13,6 +13,7 @@ const FRAME_MS = 40; // input_audio_buffer.append frame length
 const VOICED_RMS = 0.02; // ~ -34 dBFS: a frame this loud counts as speech for the page's latency mark
 const MAX_SOCKET_BACKLOG = 1 << 20; // bytes; past this the server is stalled: drop mic frames
 const VOICE_KEY = "quillman.voice";
+const TURN_KEY = "quillman.turn_detection";
 const API_KEY_STORE = "quillman.apiKey";
 // Browsers can't set an Authorization header on a websocket: the key rides as a subprotocol,
 // as OpenAI's own browser clients do (the server accepts it as `openai-insecure-api-key.<key>`).
@@ -32,6 +33,7 @@ const ui = {
   serverStatusText: $("server-status-text"),
   voiceField: $("voice-field"),
   voiceSelect: $("voice-select"),
+  turnSelect: $("turn-select"),
   notice: $("notice"),
   noticeText: $("notice-text"),
   noticeDismiss: $("notice-dismiss"),
@@ -140,7 +142,12 @@ function runEffect(fx, prevCtx) {
     case FX.STOP_PLAYBACK:
       // The server may have finished sending a reply we are still playing: cutting its audio
       // interrupts it for the listener whatever response.done said.
-      if ((audio.player?.stop() || prevCtx.responseOpen) && prevCtx.responseId) markInterrupted(prevCtx.responseId);
+      {
+        const playedS = audio.player?.playedS ?? 0; // before stop() forgets what was scheduled
+        if ((audio.player?.stop() || prevCtx.responseOpen) && prevCtx.responseId) {
+          markInterrupted(prevCtx.responseId, playedS);
+        }
+      }
       break;
     case FX.CANCEL_RESPONSE:
       send({ type: "response.cancel" });
@@ -318,14 +325,24 @@ function sessionConfig() {
   const output = { format: { type: "audio/pcm", rate: SESSION_RATE } };
   const voice = selectedVoice();
   if (voice) output.voice = voice;
-  return {
-    type: "realtime",
-    audio: {
-      input: { format: { type: "audio/pcm", rate: SESSION_RATE }, turn_detection: { type: "server_vad" } },
-      output,
-    },
-    ...(DEMO_TOOLS_ON ? { tools: DEMO_TOOLS, tool_choice: "auto" } : {}),
-  };
+  const input = { format: { type: "audio/pcm", rate: SESSION_RATE } };
+  const turn = turnDetection();
+  if (turn) input.turn_detection = turn; // else the server's default mode
+  return { type: "realtime", audio: { input, output },
+           ...(DEMO_TOOLS_ON ? { tools: DEMO_TOOLS, tool_choice: "auto" } : {}) };
+}
+
+/** The picked turn_detection, or null for the server's default. */
+function turnDetection() {
+  const type = ui.turnSelect.value;
+  return type ? { type } : null;
+}
+
+function onTurnChange() {
+  localStorage.setItem(TURN_KEY, ui.turnSelect.value);
+  if (!isConnected(machine.state)) return;
+  const turn = turnDetection();
+  if (turn) send({ type: "session.update", session: { type: "realtime", audio: { input: { turn_detection: turn } } } });
 }
 
 // ---- microphone frames -----------------------------------------------------------------------------
@@ -406,6 +423,11 @@ function onServerEvent(ev) {
         audio.player?.enqueue(decodeAudio(ev.delta));
       }
       break;
+    case "response.output_item.added": {
+      const r = replies.get(ev.response_id);
+      if (r && ev.item?.id) r.itemId = ev.item.id;
+      break;
+    }
     case "response.done":
       onResponseDone(ev.response ?? {});
       break;
@@ -460,10 +482,22 @@ function onPlaybackStart(startTime) {
   dispatch({ type: "AUDIO_STARTED", responseId: machine.ctx.responseId });
 }
 
-function markInterrupted(responseId) {
+function markInterrupted(responseId, playedS = 0) {
   const r = replies.get(responseId);
-  if (r) r.interrupted = true;
+  if (r) {
+    r.interrupted = true;
+    r.playedMs = Math.round(playedS * 1000);
+    if (r.status !== "in_progress") sendTruncate(r);
+  }
   transcript.replyInterrupted(responseId);
+}
+
+/** The server keeps only what the listener heard of a cut-off reply in the conversation. It
+ * refuses to truncate a response still in progress, so this waits for that reply's response.done. */
+function sendTruncate(r) {
+  if (!r.itemId || r.truncated || !r.chunks) return; // no audio: no reply text to cut either
+  r.truncated = true;
+  send({ type: "conversation.item.truncate", item_id: r.itemId, content_index: 0, audio_end_ms: r.playedMs ?? 0 });
 }
 
 function onResponseDone(response) {
@@ -471,6 +505,7 @@ function onResponseDone(response) {
   if (r) {
     r.status = response.status ?? "completed";
     r.timings = response.timings ?? null;
+    if (r.interrupted) sendTruncate(r);
   }
   transcript.replyDone(response.id, {
     status: response.status,
@@ -683,6 +718,8 @@ ui.muteButton.addEventListener("click", () => setMuted(!muted));
 ui.noticeDismiss.addEventListener("click", () => dispatch({ type: "DISMISS_NOTICE" }));
 ui.textForm.addEventListener("submit", onSubmitText);
 ui.voiceSelect.addEventListener("change", onVoiceChange);
+ui.turnSelect.value = localStorage.getItem(TURN_KEY) ?? "";
+ui.turnSelect.addEventListener("change", onTurnChange);
 document.addEventListener("keydown", (e) => {
   // "M" toggles mute, except while typing.
   if (e.key.toLowerCase() !== "m" || e.ctrlKey || e.metaKey || e.altKey) return;

@@ -31,6 +31,17 @@ export class Player {
     this.chunksReceived = 0;
     this.chunksPlayed = 0;
     this.chunksDropped = 0;
+    this._starts = new Map(); // source -> [start time, duration], for playedS
+    this._playedEndedS = 0; // seconds of this stream in chunks that finished playing
+  }
+
+  /** Seconds of the current stream (since beginStream) the listener has heard: what a
+   * barge-in's `conversation.item.truncate` reports as `audio_end_ms`. Read it before stop(). */
+  get playedS() {
+    const now = this.ctx.currentTime;
+    let heard = this._playedEndedS;
+    for (const [start, duration] of this._starts.values()) heard += Math.min(Math.max(now - start, 0), duration);
+    return heard;
   }
 
   get playing() {
@@ -63,6 +74,7 @@ export class Player {
     this.nextTime += data.length / this.ctx.sampleRate;
 
     this.active.add(src);
+    this._starts.set(src, [startTime, data.length / this.ctx.sampleRate]);
     src.onended = () => this._ended(src);
     if (wasIdle) this.onStart(startTime);
     return startTime;
@@ -71,6 +83,7 @@ export class Player {
   /** A new reply begins: don't carry the last reply's resampler phase into it. */
   beginStream() {
     this.resampler.reset();
+    this._playedEndedS = 0;
   }
 
   /** Barge-in: silence now and forget everything queued. */
@@ -87,6 +100,7 @@ export class Player {
     }
     const hadAudio = this.active.size > 0;
     this.active.clear();
+    this._starts.clear();
     this.nextTime = 0;
     this.resampler.reset();
     return hadAudio;
@@ -94,6 +108,8 @@ export class Player {
 
   _ended(src) {
     if (!this.active.delete(src)) return;
+    this._playedEndedS += this._starts.get(src)?.[1] ?? 0;
+    this._starts.delete(src);
     src.disconnect();
     this.chunksPlayed++;
     if (this.active.size === 0) this.onDrained();

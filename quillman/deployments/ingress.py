@@ -32,6 +32,7 @@ from quillman import errors, security
 from quillman.config import AppConfig
 from quillman.engines.asr.base import Transcript
 from quillman.engines.llm.base import Delta, GenerationRequest
+from quillman.engines.smart_turn import load_smart_turn
 from quillman.scheduling import QueueWait
 from quillman.engines.vad import SileroVad
 from quillman.deployments.health import WHAT_TO_RUN, DeploymentWatch, read_serve_states
@@ -151,6 +152,7 @@ class Ingress:
         self.handles = {"Transcriber": transcriber, "LanguageModel": language_model, "Speaker": speaker}
         self.backends = HandleBackends(transcriber, language_model, speaker)
         self._voices: list[str] | None = None
+        self.end_of_turn = load_smart_turn()  # semantic_vad's audio model, in this process like Silero
         self.sessions: dict[str, RealtimeSession] = {}
         self.open_sockets = 0
         self.metrics = ServeMetrics()
@@ -253,7 +255,7 @@ class Ingress:
         return RealtimeSession(
             backends=self.backends, config=self.config.session, vad_config=self.config.vad,
             make_vad=SileroVad, send=send, llm=self.config.llm, voices=voices,
-            metrics=self.metrics,
+            metrics=self.metrics, end_of_turn=self.end_of_turn,
         )
 
     @staticmethod

@@ -34,14 +34,15 @@ QUESTIONS = [
 
 
 def espeak(text: str, sample_rate_hz: int = 24000, words_per_minute: int = 130,
-           voice: str = "en-us") -> np.ndarray:
-    """Speak ``text`` with espeak-ng; int16 mono at ``sample_rate_hz``."""
+           voice: str = "en-us", pitch: int | None = None) -> np.ndarray:
+    """Speak ``text`` with espeak-ng; int16 mono at ``sample_rate_hz`` (``pitch`` 0-99)."""
     binary = shutil.which("espeak-ng")
     if binary is None:
         raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng)")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "speech.wav"
-        subprocess.run([binary, "-v", voice, "-s", str(words_per_minute), "-w", str(path), text],
+        pitch_args = [] if pitch is None else ["-p", str(pitch)]
+        subprocess.run([binary, "-v", voice, "-s", str(words_per_minute), *pitch_args, "-w", str(path), text],
                        check=True, capture_output=True)
         pcm, rate = sf.read(path, dtype="int16")
     return resample(pcm, rate, sample_rate_hz)

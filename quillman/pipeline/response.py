@@ -36,6 +36,7 @@ class Timings:
 
     origin: float  # end of user speech (voice turn) or response.create (text turn)
     turn_detected: float | None = None
+    turn_decision: float | None = None  # when the turn detector decided the user had finished
     transcript: float | None = None
     first_token: float | None = None
     first_sentence: float | None = None
@@ -56,7 +57,8 @@ class Timings:
             return None if start is None or end is None else round((end - start) * 1000, 1)
 
         return protocol.ResponseTimings(
-            turn_detected_ms=rel(self.turn_detected), transcript_ms=rel(self.transcript),
+            turn_detected_ms=rel(self.turn_detected), turn_decision_ms=rel(self.turn_decision),
+            transcript_ms=rel(self.transcript),
             first_token_ms=rel(self.first_token), first_sentence_ms=rel(self.first_sentence),
             first_audio_ms=rel(self.first_audio), total_ms=rel(self.done),
             asr_last_segment_ms=self.asr_last_segment_ms,
@@ -128,7 +130,9 @@ class Response:
     # seconds (estimated until synthesized) of each sentence sent to TTS so far.
     _playback_start: float | None = None
     _sentence_s: list[float] = field(default_factory=list)
-    _pending_finish: tuple[str, str] | None = None
+    # A speculation that finished unseen: its status, built into events when the gate opens
+    # (so its response.done carries the turn's detection timings and metadata).
+    _pending_finish: tuple[str, protocol.StatusDetails | None] | None = None
 
     def __post_init__(self) -> None:
         self._held = [] if self.speculative else None
@@ -164,9 +168,10 @@ class Response:
         for event in held:
             self._send(event)
         if self._pending_finish is not None:  # it finished while unseen: report it now
-            status, text = self._pending_finish
+            status, details = self._pending_finish
             self._pending_finish = None
-            self.on_finished(self, status, text)
+            self._close_output(status, details)
+            self.on_finished(self, status, "".join(self._text))
 
     def cancel(self, reason: str) -> None:
         if self.task is not None and not self.task.done():
@@ -290,7 +295,6 @@ class Response:
             item = self._item("completed" if status == "completed" else "incomplete")
             self._event(protocol.OutputItemDone(response_id=self.id, output_index=self._message_index, item=item))
             self._event(protocol.ConversationItemDone(item=item))
-        self.timings.done = time.perf_counter()
         self._event(protocol.ResponseDone(response=self._response_object(status, details)))
 
     # --- the work -----------------------------------------------------------------------------
@@ -341,11 +345,12 @@ class Response:
         self.status = status
         if not self._created:
             self._open_output()
-        self._close_output(status, details)
+        self.timings.done = time.perf_counter()
         if self.visible:
+            self._close_output(status, details)
             self.on_finished(self, status, "".join(self._text))
         else:  # a speculation nobody has seen yet: it may still be dropped
-            self._pending_finish = (status, "".join(self._text))
+            self._pending_finish = (status, details)
 
     async def _generate(self, user_text: str | None) -> None:
         settings = self.settings

@@ -17,6 +17,8 @@ Flow of a spoken turn (server VAD):
   while the user may still be talking, and starts a *speculative* response held behind a gate;
   speech resumes -> the speculation is cancelled unseen; ``silence_duration_ms`` of silence ->
   ``speech_stopped`` + ``committed``, the speculation's gate opens and its events flow.
+  Under ``semantic_vad`` each pause is also judged (:mod:`~quillman.pipeline.semantic`): a
+  complete utterance ends the turn at that pause, an incomplete one waits up to the cap.
 Speech while a response is visible and unfinished cancels it (barge-in).
 """
 
@@ -26,6 +28,9 @@ import asyncio
 import collections
 import logging
 import time
+from dataclasses import replace
+
+import numpy as np
 from typing import Any, Awaitable, Callable
 
 from quillman import errors, protocol
@@ -34,6 +39,7 @@ from quillman.config import LlmConfig, SessionConfig, VadConfig
 from quillman.metrics import SessionMetrics
 from quillman.pipeline.backends import Backends
 from quillman.pipeline.conversation import Conversation
+from quillman.pipeline import semantic
 from quillman.pipeline.limits import SessionLimits
 from quillman.pipeline.response import Response, Timings, UserInput
 from quillman.pipeline.settings import SessionSettings, response_settings
@@ -111,13 +117,18 @@ class RealtimeSession:
         voices: list[str] | None = None,
         session_id: str | None = None,
         metrics: SessionMetrics | None = None,
+        end_of_turn: semantic.EndOfTurnModel | None = None,  # None: semantic_vad is refused
     ):
         self.id = session_id or protocol.new_id("sess")
         self.backends = backends
         self.metrics = metrics or SessionMetrics()
+        self.end_of_turn = end_of_turn
         self.config = config
         self.llm = llm
         self._send = send
+        if end_of_turn is None and vad_config.type == "semantic_vad":
+            logger.warning("no end-of-turn model: sessions start with server_vad instead of semantic_vad")
+            vad_config = vad_config.model_copy(update={"type": "server_vad"})
         self._outbox = Outbox(config.max_outbox_bytes)
         self.settings = SessionSettings.initial(config, vad_config, voices or [config.voice])
         self.limits = SessionLimits(config)
@@ -281,6 +292,10 @@ class RealtimeSession:
         if update.instructions is not None:
             self.conversation.check_text(update.instructions, "the instructions", "session.instructions")
         settings = self.settings.apply(update, default_voice=self.config.voice)  # raises before any change
+        if self.end_of_turn is None and settings.turn_detection and settings.turn_detection.type == "semantic_vad":
+            raise errors.UnsupportedFeature(
+                "semantic_vad needs the end-of-turn model, which this server has not loaded; use server_vad",
+                param="session.audio.input.turn_detection.type")
         self._set_noise_reduction(settings.noise_reduction, settings.input_rate_hz)
         self.settings = settings
         self.turns.set_input_rate(settings.input_rate_hz)
@@ -328,8 +343,11 @@ class RealtimeSession:
                     self._transcribe(turn, pieces)
                     if pause and self.settings.responds:
                         turn.speculation = self._start_voice_response(turn, speculative=True)
+                    if pause and self._semantic():
+                        turn.judgment = self._spawn(self._judge(turn, pieces), "turn-judgment")
                 case TurnResumed(turn=turn):
                     self._cancel_speculation(turn)
+                    self._cancel_judgment(turn)
                 case SpeechEnded(turn=turn, audio_end_ms=end_ms):
                     self.emit(protocol.SpeechStoppedEvent(audio_end_ms=end_ms, item_id=turn.item_id))
                 case TurnCommitted():
@@ -341,6 +359,30 @@ class RealtimeSession:
             turn.segments.append(self._spawn(
                 self.backends.transcribe(pcm, self.settings.language, time.time()), "asr"))
 
+    def _semantic(self) -> bool:
+        vad = self.settings.turn_detection
+        return self.end_of_turn is not None and vad is not None and vad.type == "semantic_vad"
+
+    async def _judge(self, turn: UserTurn, segment: list) -> None:
+        """Is the turn complete at this pause? Yes: it ends now. No: the cap will end it.
+        The audio model hears the speech since the previous pause (``segment``): measured on
+        the labeled set, a pause inside its window makes it call finished utterances unfinished."""
+        pcm = np.concatenate(segment) if segment else np.zeros(0, dtype=np.float32)
+        try:
+            decision = await semantic.judge(self.end_of_turn, pcm, turn.join_transcripts())
+        except Exception:  # noqa: BLE001 - a failed judgment leaves the turn to the cap
+            logger.warning("[%s] end-of-turn model failed; waiting for the cap", self.id, exc_info=True)
+            return
+        turn.decision = decision
+        if decision.complete:
+            turn.decided_at = time.perf_counter()
+            self._on_turn_events(self.turns.end_turn(turn))
+
+    def _cancel_judgment(self, turn: UserTurn) -> None:
+        if turn.judgment is not None:
+            turn.judgment.cancel()
+            turn.judgment = None
+
     def _cancel_speculation(self, turn: UserTurn) -> None:
         if turn.speculation is not None:
             turn.speculation.cancel("turn_detected")
@@ -350,12 +392,15 @@ class RealtimeSession:
         if turn is not None:
             self.partials.drop(turn.item_id)
             self._cancel_speculation(turn)
+            self._cancel_judgment(turn)
             for task in turn.segments:
                 task.cancel()
 
     def _commit(self, committed: TurnCommitted) -> None:
         now = time.perf_counter()
         turn = committed.turn
+        if turn.judgment is not None and turn.decided_at is None:
+            self._cancel_judgment(turn)  # the cap or a commit came first
         if committed.reason != "vad":
             self._cancel_speculation(turn)  # a commit is not the pause the speculation bet on
         if committed.reason == "max_turn":
@@ -377,6 +422,10 @@ class RealtimeSession:
         # Started at the last pause (speculative) or, e.g. in the sequential baseline, only now.
         response = turn.speculation or self._start_voice_response(turn, speculative=False)
         turn.speculation = None
+        signal = semantic.end_signal(self.settings.turn_detection, committed.reason, turn.decision)
+        response.timings.turn_decision = turn.decided_at or now
+        response.settings = replace(response.settings, metadata={**(response.settings.metadata or {}),
+                                                                  "turn_decision": signal})
         self._show(response, turn_detected=now)
 
     async def _finish_user_item(self, turn: UserTurn, duration_s: float) -> None:

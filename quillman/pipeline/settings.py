@@ -2,7 +2,7 @@
 
 ``apply`` validates the whole update before it changes anything (a refused update changes
 nothing) and returns a new :class:`SessionSettings`. Settings a client may send that ask for
-features this server does not have (semantic VAD) are refused with
+features this server does not have (MCP tools) are refused with
 ``unsupported_feature`` instead of being silently ignored; their empty / null values are
 accepted, since many clients always send them.
 """
@@ -99,13 +99,12 @@ class SessionSettings:
     def _turn_detection(self, td: protocol.TurnDetection | None) -> dict:
         if td is None:
             return {"turn_detection": None}
-        if td.type == "semantic_vad":
-            raise errors.UnsupportedFeature(
-                "turn_detection type 'semantic_vad' is not supported yet; use 'server_vad' or null",
-                param="session.audio.input.turn_detection.type")
         base = self.turn_detection or VadConfig()
         given = {key: getattr(td, key) for key in ("threshold", "prefix_padding_ms", "silence_duration_ms")
                  if getattr(td, key) is not None}
+        given["type"] = td.type
+        if td.type == "semantic_vad":  # its end of turn is the judgment, not a silence
+            given = {"type": td.type, "eagerness": td.eagerness or "auto"}
         options = base.model_copy(update=given)
         # A pause (segment + speculation) never outlasts the end of turn.
         options = options.model_copy(update={"pause_ms": min(options.pause_ms, options.silence_duration_ms)})
@@ -123,10 +122,16 @@ class SessionSettings:
 
     def session_object(self, session_id: str) -> protocol.SessionObject | protocol.TranscriptionSessionObject:
         vad = self.turn_detection
-        turn_detection = None if vad is None else protocol.ServerTurnDetection(
-            threshold=vad.threshold, prefix_padding_ms=vad.prefix_padding_ms,
-            silence_duration_ms=vad.silence_duration_ms, create_response=self.create_response,
-            interrupt_response=self.interrupt_response)
+        turn_detection = None
+        if vad is not None and vad.type == "semantic_vad":
+            turn_detection = protocol.SemanticTurnDetection(
+                eagerness=vad.eagerness, create_response=self.create_response,
+                interrupt_response=self.interrupt_response)
+        elif vad is not None:
+            turn_detection = protocol.ServerTurnDetection(
+                threshold=vad.threshold, prefix_padding_ms=vad.prefix_padding_ms,
+                silence_duration_ms=vad.silence_duration_ms, create_response=self.create_response,
+                interrupt_response=self.interrupt_response)
         audio_input = protocol.SessionAudioInput(
             format=protocol.audio_format(self.input_format, self.input_rate_hz),
             transcription=protocol.SessionTranscription(language=self.language),

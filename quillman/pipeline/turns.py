@@ -20,6 +20,7 @@ from quillman import errors, protocol
 from quillman.audio import StreamResampler, int16_to_float
 from quillman.config import VadConfig
 from quillman.engines.asr.base import ASR_SAMPLE_RATE_HZ, Transcript
+from quillman.pipeline.semantic import Decision, detector_options
 from quillman.pipeline.vad import (
     SegmentEnded,
     SpeechResumed,
@@ -113,6 +114,9 @@ class UserTurn:
     speech_end: float | None = None  # perf_counter instant of the last speech sample
     speculation: object | None = None  # the response started at the last pause (session's)
     transcript: asyncio.Task[str] | None = None
+    judgment: asyncio.Task | None = None  # semantic_vad: is it complete at the last pause?
+    decision: Decision | None = None  # what ended the turn (semantic_vad), when it did
+    decided_at: float | None = None
 
     def join_transcripts(self) -> Callable[[], Awaitable[str]]:
         """The transcript of the segments cut so far, in order, for whoever awaits it later.
@@ -185,12 +189,13 @@ class TurnTracker:
         self._make_vad = make_vad
         self._vad = make_vad()
         self.options = vad  # None: turn detection off, the client commits
-        self._detector = TurnDetector(vad or VadConfig(), self._vad.window_samples)
+        self._detector = TurnDetector(detector_options(vad or VadConfig()), self._vad.window_samples)
         self._resampler = StreamResampler(input_rate_hz, ASR_SAMPLE_RATE_HZ)
         self.input_rate_hz = input_rate_hz
         self.max_turn_s = max_turn_s
         self.timeline = AudioTimeline(keep_s=max_turn_s + 10)
         self._vad_cursor = 0  # next sample to analyse
+        self._analysed = 0  # end of the last window the turn detector has seen
         self._commit_cursor = 0  # start of audio not yet committed
         self.turn: UserTurn | None = None
         self.cut_at_pauses = True  # False: the sequential baseline transcribes whole turns
@@ -211,7 +216,7 @@ class TurnTracker:
         self.options = options
         if options is None:
             return self.abandon()
-        self._detector = TurnDetector(options, self._vad.window_samples)
+        self._detector = TurnDetector(detector_options(options), self._vad.window_samples)
         if not was_on:
             # Audio that came while detection was off was never analysed and may be gone
             # already: analysis starts at the present, with fresh VAD state.
@@ -248,7 +253,8 @@ class TurnTracker:
         probabilities = await asyncio.to_thread(self._vad, self.timeline.slice(start, start + usable))
         events: list[TurnEvent] = []
         for i, probability in enumerate(probabilities):
-            for vad_event in self._detector.process(float(probability), start + (i + 1) * window):
+            self._analysed = start + (i + 1) * window
+            for vad_event in self._detector.process(float(probability), self._analysed):
                 events.extend(self._on_vad_event(vad_event))
         return events
 
@@ -279,6 +285,18 @@ class TurnTracker:
             pieces.append(self.timeline.slice(turn.segment_start, stop))
             turn.segment_start = stop
         return pieces
+
+    def end_turn(self, turn: UserTurn) -> list[TurnEvent]:
+        """End ``turn`` at its pause now (semantic_vad judged it complete), as the silence would:
+        ``speech_stopped`` + commit. Nothing if it is no longer the paused turn in progress."""
+        if turn is not self.turn or self._detector.state != TurnDetector.PAUSED:
+            return []
+        speech_end = self._detector.last_speech_end
+        self._detector.reset()
+        # Audio the detector has not seen yet belongs to whatever comes next.
+        return [SpeechEnded(turn, samples_to_ms(speech_end)),
+                self._commit(turn, max(self._analysed, turn.segment_start), "vad",
+                             tail=turn.segment_start < speech_end)]
 
     # --- commit, clear -----------------------------------------------------------------------
 

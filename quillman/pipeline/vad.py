@@ -111,6 +111,10 @@ class TurnDetector:
                     events.append(SpeechStopped(self._last_speech_end))
         return events
 
+    @property
+    def last_speech_end(self) -> int:
+        return self._last_speech_end
+
     def reset(self) -> None:
         self.state = self.SILENCE
         self._candidate_windows = 0

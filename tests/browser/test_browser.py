@@ -281,6 +281,10 @@ def test_barge_in_stops_playback(server_url, sync_playwright, tmp_path):
             # if it had already sent everything, its response.done says completed.
             assert turns[0]["interrupted"] and turns[0]["status"] in ("cancelled", "completed"), turns[0]
             assert page.locator(".msg-assistant").first.locator(".msg-tag").inner_text() == "interrupted"
+            # The page told the server what was heard of it (conversation.item.truncate).
+            assert turns[0].get("truncated") and turns[0]["playedMs"] > 0, turns[0]
+            assert state["q"]["events"].get("conversation.item.truncated", 0) >= 1, state["q"]["events"]
+            assert not state["q"]["errors"], state["q"]["errors"]
             result["first_reply_server_status"] = turns[0]["status"]
             assert _wer(QUESTIONS[1], state["users"][-1]) <= MAX_WER, state["users"]
             assert turns[-1]["chunks"] > 0 and state["q"]["chunksPlayed"] > turns[-1]["playedAtStart"]

@@ -311,13 +311,14 @@ class SessionDriver:
 
     def __init__(self, backends: FakeBackends, config: SessionConfig | None = None,
                  vad_config: VadConfig | None = None,
-                 make_vad: Callable[[], Callable[[np.ndarray], np.ndarray]] = SileroVad):
+                 make_vad: Callable[[], Callable[[np.ndarray], np.ndarray]] = SileroVad,
+                 end_of_turn: Any = None):
         self.backends = backends
         self.events: list[dict[str, Any]] = []
         self._inbox: asyncio.Queue[str | None] = asyncio.Queue()
         self.session = RealtimeSession(
             backends, config or fast_session_config(), vad_config or VadConfig(), make_vad,
-            send=self._record, llm=LlmConfig(),
+            send=self._record, llm=LlmConfig(), end_of_turn=end_of_turn,
         )
         self.task: asyncio.Task | None = None
 
@@ -423,8 +424,8 @@ async def make_driver(backends):
     drivers: list[SessionDriver] = []
 
     async def make(config: SessionConfig | None = None, vad_config: VadConfig | None = None,
-                   fakes: FakeBackends | None = None) -> SessionDriver:
-        d = SessionDriver(fakes or backends, config, vad_config)
+                   fakes: FakeBackends | None = None, **options: Any) -> SessionDriver:
+        d = SessionDriver(fakes or backends, config, vad_config, **options)
         drivers.append(d)
         return await d.start()
 

@@ -10,8 +10,11 @@ from quillman.client import TurnResult
 
 
 def delta(received: float, seconds: float, rate: int = 24000) -> dict:
-    pcm = np.zeros(int(seconds * rate), dtype="<i2").tobytes()
-    return {"type": "response.output_audio.delta", "delta": base64.b64encode(pcm).decode(), "_received": received}
+    """An audio delta as RealtimeClient.collect_turn records it."""
+    samples = int(seconds * rate)
+    pcm = np.zeros(samples, dtype="<i2").tobytes()
+    return {"type": "response.output_audio.delta", "delta": base64.b64encode(pcm).decode(),
+            "_received": received, "_samples": samples}
 
 
 def test_audio_that_stays_ahead_never_underruns():

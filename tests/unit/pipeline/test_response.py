@@ -212,10 +212,14 @@ async def test_speculative_response_is_held_until_the_gate_opens(backends):
     h = Harness(backends, speculative=True, user=user_input()).start()
     await until(lambda: h.response.task.done())
     assert h.events == []  # it ran to the end unseen
+    h.response.timings.turn_decision = 0.9
     h.response.open_gate(1.0)
     assert h.skeleton() == GA_OPEN + GA_CLOSE_AUDIO
     assert h.response.visible
     assert h.finished == [("completed", backends.reply)]
+    # Its response.done is built when the gate opens: it knows when the turn was detected.
+    timings = h.of_type("response.done")[0]["response"]["timings"]
+    assert timings["turn_detected_ms"] == 1000.0 and timings["turn_decision_ms"] == 900.0
 
 
 async def test_speculative_response_streams_live_after_the_gate(backends):

@@ -845,7 +845,6 @@ async def test_instructions_too_long_are_refused(driver):
 
 @pytest.mark.parametrize("session", [
     {"tools": [{"type": "mcp", "server_label": "x", "server_url": "http://x"}]},
-    {"audio": {"input": {"turn_detection": {"type": "semantic_vad", "eagerness": "high"}}}},
 ])
 async def test_features_not_built_yet_are_refused_with_a_code(driver, session):
     await driver.send({"type": "session.update", "session": session})

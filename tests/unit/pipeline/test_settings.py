@@ -27,7 +27,6 @@ def test_a_refused_update_changes_nothing():
 
 @pytest.mark.parametrize("session, param", [
     ({"tools": [{"type": "mcp", "server_label": "x"}]}, "session.tools[0].type"),
-    ({"audio": {"input": {"turn_detection": {"type": "semantic_vad"}}}}, "session.audio.input.turn_detection.type"),
 ])
 def test_unimplemented_features_are_refused_not_ignored(session, param):
     with pytest.raises(errors.UnsupportedFeature) as refused:
@@ -49,6 +48,23 @@ def test_turn_detection_merges_over_the_current_options():
     assert settings.create_response is False
     off = settings.apply(update(audio={"input": {"turn_detection": None}}), "joe")
     assert off.turn_detection is None
+
+
+def test_semantic_vad_keeps_the_vad_options_and_reports_its_eagerness():
+    td = {"type": "semantic_vad", "eagerness": "high", "create_response": True, "interrupt_response": False}
+    settings = initial().apply(update(audio={"input": {"turn_detection": td}}), "joe")
+    assert settings.turn_detection.type == "semantic_vad" and settings.turn_detection.eagerness == "high"
+    assert settings.turn_detection.silence_duration_ms == VadConfig().silence_duration_ms
+    wire = settings.session_object("s").model_dump()["audio"]["input"]["turn_detection"]
+    assert wire == td
+    back = settings.apply(update(audio={"input": {"turn_detection": {"type": "server_vad"}}}), "joe")
+    assert back.session_object("s").model_dump()["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+    assert back.turn_detection.type == "server_vad"
+
+
+def test_an_unknown_eagerness_is_invalid():
+    with pytest.raises(ValueError):
+        update(audio={"input": {"turn_detection": {"type": "semantic_vad", "eagerness": "eager"}}})
 
 
 def test_unknown_voices_fall_back_to_the_default():
