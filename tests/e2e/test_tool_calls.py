@@ -84,7 +84,7 @@ async def test_the_agents_sdk_runs_the_tool_the_model_calls(ws_url):
     runner = RealtimeRunner(agent)
     session = await runner.run(model_config={
         "url": ws_url, "api_key": "unused-locally",
-        # The SDK's default turn detection is semantic_vad, which this server refuses.
+        # server_vad (the SDK's default is semantic_vad): a text turn needs no turn model.
         "initial_model_settings": {"output_modalities": ["text"], "tool_choice": "auto",
                                    "turn_detection": {"type": "server_vad"}}})
     seen: list[str] = []
