@@ -39,11 +39,32 @@ def _print_result(result: TurnResult, out_path: str | None) -> None:
         print(f"saved {out_path}")
 
 
+async def _demo_tools(client: RealtimeClient, args: argparse.Namespace) -> None:
+    if args.demo_tools:
+        from quillman.demo_tools import TOOLS
+
+        await client.send({"type": "session.update", "session": {"tools": TOOLS, "tool_choice": "auto"}})
+        await client.wait_for("session.updated")
+
+
+async def _answer_calls(client: RealtimeClient, args: argparse.Namespace, result: TurnResult) -> TurnResult:
+    if not args.demo_tools:
+        return result
+    from quillman.demo_tools import run_tool
+
+    for item in result.response.get("output", []):
+        if item.get("type") == "function_call":
+            print(f"tool call: {item['name']}({item['arguments']})")
+    return await client.answer_calls(result, run_tool, timeout=args.timeout)
+
+
 async def _talk(args: argparse.Namespace) -> TurnResult:
     pcm, rate = sf.read(args.input, dtype="int16", always_2d=True)
     async with RealtimeClient(args.url, chunk_ms=args.chunk_ms, api_key=args.api_key,
                               audio_format=FORMATS[args.format]) as client:
-        return await client.talk(pcm.mean(axis=1).astype(np.int16), rate, timeout=args.timeout)
+        await _demo_tools(client, args)
+        result = await client.talk(pcm.mean(axis=1).astype(np.int16), rate, timeout=args.timeout)
+        return await _answer_calls(client, args, result)
 
 
 def _print_transcript_line(kind: str, turn: TranscribedTurn) -> None:
@@ -69,7 +90,8 @@ async def _transcribe(args: argparse.Namespace) -> int:
 
 async def _say(args: argparse.Namespace) -> TurnResult:
     async with RealtimeClient(args.url, api_key=args.api_key) as client:
-        return await client.say(args.text, timeout=args.timeout)
+        await _demo_tools(client, args)
+        return await _answer_calls(client, args, await client.say(args.text, timeout=args.timeout))
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -150,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--url", default=DEFAULT_URL)
         p.add_argument("--timeout", type=float, default=120)
         p.add_argument("--api-key", default=None, help="defaults to $QUILLMAN_API_KEY")
+        p.add_argument("--demo-tools", action="store_true",
+                       help="declare the example tools (clock, calculator) and run the calls here")
 
     check = sub.add_parser("check-config", help="validate a Serve config file before deploying it")
     check.add_argument("path", nargs="+")

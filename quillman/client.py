@@ -189,6 +189,24 @@ class RealtimeClient:
         result.latency_ms = None if first_audio is None else round((first_audio - sent) * 1000, 1)
         return result
 
+    async def answer_calls(self, result: TurnResult, run_tool, timeout: float = 120) -> TurnResult:
+        """Run the calls the model made in ``result`` (``run_tool(name, arguments) -> output``),
+        send their outputs and collect the reply that uses them; repeated while it calls."""
+        for _ in range(4):  # a model that keeps calling is stopped here
+            calls = [item for item in result.response.get("output", []) if item.get("type") == "function_call"]
+            if not calls or result.status != "completed":
+                return result
+            for call in calls:
+                await self.send({"type": "conversation.item.create", "item": {
+                    "type": "function_call_output", "call_id": call["call_id"],
+                    "output": run_tool(call["name"], call["arguments"])}})
+            await self.send({"type": "response.create"})
+            following = await self.collect_turn(timeout=timeout)
+            following.user_transcript = result.user_transcript
+            following.errors = result.errors + following.errors
+            result = following
+        return result
+
     async def collect_turn(self, timeout: float = 120) -> TurnResult:
         """Collect events until ``response.done``; the result holds transcript, reply and timings."""
         result = TurnResult(sample_rate_hz=self.rate)

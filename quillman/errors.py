@@ -90,6 +90,32 @@ class UnsupportedFeature(InvalidRequest):
     code = "unsupported_feature"
 
 
+class InvalidTool(InvalidRequest):
+    """A tool definition that cannot be used: not a function, a bad name, a malformed schema."""
+
+    code = "invalid_tool"
+
+
+class ToolsTooLarge(InvalidRequest):
+    code = "tools_too_large"
+
+
+class InvalidToolChoice(InvalidRequest):
+    code = "invalid_tool_choice"
+
+
+class UnknownCallId(InvalidRequest):
+    """A ``function_call_output`` for a call the model never made (or already answered)."""
+
+    code = "unknown_call_id"
+
+
+class FunctionCallCancelled(InvalidRequest):
+    """A ``function_call_output`` for a call of a response that was cancelled."""
+
+    code = "function_call_cancelled"
+
+
 class ResponseAlreadyActive(InvalidRequest):
     code = "conversation_already_has_active_response"
 

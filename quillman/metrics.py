@@ -100,4 +100,5 @@ class ServeMetrics(SessionMetrics):
             self._sessions_active.set(self._active)
 
     def audio_out(self, seconds: float) -> None:
-        self._audio_out.inc(seconds)
+        if seconds > 0:  # Ray's counters refuse 0 (a text reply, a reply that is only a call)
+            self._audio_out.inc(seconds)

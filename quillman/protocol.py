@@ -157,10 +157,23 @@ class ConversationItem(_Lenient):
         return " ".join(part.as_text() for part in self.content).strip()
 
 
+class FunctionCallOutputInput(_Lenient):
+    """The client's result of a function call the model made (it ran the tool)."""
+
+    id: str | None = None
+    type: Literal["function_call_output"]
+    call_id: str = Field(min_length=1, max_length=256)
+    output: str
+
+
+_ITEM_TAGS = {"message", "function_call_output"}
+ClientItem = Annotated[Union[ConversationItem, FunctionCallOutputInput], Field(discriminator="type")]
+
+
 class ConversationItemCreate(_ClientEvent):
     type: Literal["conversation.item.create"]
     previous_item_id: str | None = None
-    item: ConversationItem
+    item: ClientItem
 
 
 class ResponseOptions(_Lenient):
@@ -260,7 +273,11 @@ def parse_client_event(frame: str | bytes) -> ClientEvent:
         return _CLIENT_EVENT.validate_python(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"][1:]) or event_type
+        # A tagged union (the item types) puts its tag in the location: not a field.
+        loc = [str(p) for p in first["loc"][1:] if p not in _ITEM_TAGS]
+        if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            loc.append("type")
+        where = ".".join(loc) or event_type
         raise errors.InvalidEvent(
             f"invalid '{event_type}': {where}: {first['msg']}", param=where, event_id=event_id
         ) from None
@@ -314,6 +331,37 @@ class MessageItem(_Wire):
     role: Literal["user", "assistant", "system"]
     status: ItemStatus = "completed"
     content: list[ItemContent]
+
+
+class FunctionCallItem(_Wire):
+    """A call the model made: the client runs the tool and answers with its ``call_id``."""
+
+    id: str
+    object: Literal["realtime.item"] = "realtime.item"
+    type: Literal["function_call"] = "function_call"
+    status: ItemStatus = "completed"
+    call_id: str
+    name: str
+    arguments: str
+
+
+class FunctionCallOutputItem(_Wire):
+    id: str
+    object: Literal["realtime.item"] = "realtime.item"
+    type: Literal["function_call_output"] = "function_call_output"
+    status: ItemStatus = "completed"
+    call_id: str
+    output: str
+
+
+Item = Union[MessageItem, FunctionCallItem, FunctionCallOutputItem]
+
+
+class FunctionTool(_Wire):
+    type: Literal["function"] = "function"
+    name: str
+    description: str
+    parameters: dict[str, Any]
 
 
 def user_audio_item(item_id: str, transcript: str | None, status: ItemStatus = "completed") -> MessageItem:
@@ -416,7 +464,7 @@ class ResponseObject(_Wire):
     object: Literal["realtime.response"] = "realtime.response"
     status: Literal["in_progress", "completed", "cancelled", "failed", "incomplete"]
     status_details: StatusDetails | None = None
-    output: list[MessageItem] = Field(default_factory=list)
+    output: list[MessageItem | FunctionCallItem] = Field(default_factory=list)
     output_modalities: list[Literal["audio", "text"]]
     usage: Usage | None = None
     metadata: dict[str, str] | None = None
@@ -494,8 +542,8 @@ class SessionObject(_Wire):
     output_modalities: list[Literal["audio", "text"]]
     max_output_tokens: int | Literal["inf"]
     audio: SessionAudioObject
-    tools: list = Field(default_factory=list)
-    tool_choice: Literal["auto"] = "auto"
+    tools: list[FunctionTool] = Field(default_factory=list)
+    tool_choice: ToolChoice = "auto"
     voices: list[str]
     quillman: QuillmanSessionInfo
     include: list[str] = Field(default_factory=list)
@@ -572,7 +620,7 @@ class InputAudioBufferCleared(ServerEvent):
 
 
 class _ItemEvent(ServerEvent):
-    item: MessageItem
+    item: Item
     previous_item_id: str | None = None
 
 
@@ -638,7 +686,7 @@ class ResponseDone(_ResponseEvent):
 class _OutputItemEvent(ServerEvent):
     response_id: str
     output_index: int
-    item: MessageItem
+    item: MessageItem | FunctionCallItem
 
 
 class OutputItemAdded(_OutputItemEvent):
@@ -695,3 +743,21 @@ class OutputTextDelta(_PartEvent):
 class OutputTextDone(_PartEvent):
     type: Literal["response.output_text.done"] = "response.output_text.done"
     text: str
+
+
+class _FunctionCallArgumentsEvent(ServerEvent):
+    response_id: str
+    item_id: str
+    output_index: int
+    call_id: str
+
+
+class FunctionCallArgumentsDelta(_FunctionCallArgumentsEvent):
+    type: Literal["response.function_call_arguments.delta"] = "response.function_call_arguments.delta"
+    delta: str
+
+
+class FunctionCallArgumentsDone(_FunctionCallArgumentsEvent):
+    type: Literal["response.function_call_arguments.done"] = "response.function_call_arguments.done"
+    name: str
+    arguments: str

@@ -6,6 +6,7 @@ import { FX, S, THINKING_TIMEOUT_MS, backoffDelay, initialState, isConnected, tr
 import { bytesToBase64, decodeAudio, meterLevel, pcm16ToBytes } from "./pcm.js";
 import { Player } from "./playback.js";
 import { Transcript } from "./transcript.js";
+import { DEMO_TOOLS, runTool } from "./demo-tools.js";
 
 const SESSION_RATE = 24000; // the only pcm rate the GA protocol names
 const FRAME_MS = 40; // input_audio_buffer.append frame length
@@ -17,6 +18,8 @@ const API_KEY_STORE = "quillman.apiKey";
 // Browsers can't set an Authorization header on a websocket: the key rides as a subprotocol,
 // as OpenAI's own browser clients do (the server accepts it as `openai-insecure-api-key.<key>`).
 const KEY_SUBPROTOCOL = "openai-insecure-api-key.";
+// The example tools are declared only when the page is opened as /#tools=demo.
+const DEMO_TOOLS_ON = new URLSearchParams(location.hash.slice(1)).get("tools") === "demo";
 
 // Paths are relative so the page also works behind a proxy prefix.
 const endpoint = (path) => new URL(path, document.baseURI);
@@ -325,7 +328,8 @@ function sessionConfig() {
   const input = { format: { type: "audio/pcm", rate: SESSION_RATE } };
   const turn = turnDetection();
   if (turn) input.turn_detection = turn; // else the server's default mode
-  return { type: "realtime", audio: { input, output } };
+  return { type: "realtime", audio: { input, output },
+           ...(DEMO_TOOLS_ON ? { tools: DEMO_TOOLS, tool_choice: "auto" } : {}) };
 }
 
 /** The picked turn_detection, or null for the server's default. */
@@ -510,6 +514,18 @@ function onResponseDone(response) {
     kind: r?.mark?.kind ?? null,
   });
   dispatch({ type: "RESPONSE_DONE", responseId: response.id, status: response.status });
+  answerCalls(response);
+}
+
+// The model called a demo tool: run it here, send the result, ask for the reply that uses it.
+function answerCalls(response) {
+  const calls = (response.output ?? []).filter((item) => item.type === "function_call");
+  if (!DEMO_TOOLS_ON || response.status !== "completed" || calls.length === 0) return;
+  for (const call of calls) {
+    send({ type: "conversation.item.create",
+           item: { type: "function_call_output", call_id: call.call_id, output: runTool(call.name, call.arguments) } });
+  }
+  send({ type: "response.create" });
 }
 
 // ---- user actions ----------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from quillman import errors, protocol
 from quillman.engines.llm.base import Message
+from quillman.pipeline.tools import message_chars, output_message, tool_history
 
 
 class Conversation:
@@ -42,8 +43,14 @@ class Conversation:
             del self.items[:dropped]
         return previous
 
-    def add_client_item(self, item: protocol.ConversationItem) -> tuple[protocol.MessageItem, str | None]:
+    def add_client_item(self, item: protocol.ConversationItem | protocol.FunctionCallOutputInput
+                        ) -> tuple[protocol.Item, str | None]:
         """``conversation.item.create``: the stored item and its ``previous_item_id``."""
+        if isinstance(item, protocol.FunctionCallOutputInput):
+            self.check_text(item.output, "the function call's output", "item.output")
+            item_id = item.id or protocol.new_id("item")
+            previous = self.add(item_id, output_message(item.call_id, item.output))
+            return protocol.FunctionCallOutputItem(id=item_id, call_id=item.call_id, output=item.output), previous
         text = item.text()
         self.check_text(text, "the item's text", "item.content")
         item_id = item.id or protocol.new_id("item")
@@ -71,15 +78,20 @@ class Conversation:
             entry["content"] = " ".join(words[:round(len(words) * audio_end_ms / 1000 / audio_s)])
 
     def messages(self, instructions: str, exclude_item_id: str | None = None,
-                 user_text: str | None = None) -> list[Message]:
-        """The LLM's prompt: system instructions, the history (oldest dropped to fit), the turn."""
-        history = [m for item_id, m in self.items if item_id != exclude_item_id and m["content"]]
+                 user_text: str | None = None, few_shot: tuple[tuple[str, str], ...] = ()) -> list[Message]:
+        """The LLM's prompt: system instructions, example exchanges, the history (oldest dropped
+        to fit), the turn."""
+        history = tool_history([m for item_id, m in self.items if item_id != exclude_item_id
+                                and (m["content"] or m.get("tool_calls"))])
         turn: list[Message] = [{"role": "user", "content": user_text}] if user_text else []
-        budget = self.max_prompt_chars - len(instructions) - sum(len(m["content"]) for m in turn)
+        examples: list[Message] = [{"role": role, "content": text} for pair in few_shot
+                                   for role, text in zip(("user", "assistant"), pair)]
+        budget = self.max_prompt_chars - len(instructions) - sum(len(m["content"]) for m in turn + examples)
         kept: list[Message] = []
         for message in reversed(history):
-            budget -= len(message["content"])
+            budget -= message_chars(message)
             if budget < 0:
                 break
             kept.append(message)
-        return [{"role": "system", "content": instructions}, *reversed(kept), *turn]
+        # The cut may separate a call from its output: check the pairs again.
+        return [{"role": "system", "content": instructions}, *examples, *tool_history(kept[::-1]), *turn]

@@ -19,7 +19,7 @@ import numpy as np
 
 from quillman import errors, protocol
 from quillman.audio import encode_audio_base64
-from quillman.engines.llm.base import Delta, GenerationParams, GenerationRequest, Message, Usage
+from quillman.engines.llm.base import Delta, GenerationParams, GenerationRequest, Message, ToolCallDelta, Usage
 from quillman.pipeline.backends import Backends
 from quillman.pipeline.fanout import ordered_fanout
 from quillman.pipeline.sentences import SentenceSplitter, split_stream
@@ -84,6 +84,22 @@ class UserInput:
 
 
 @dataclass
+class FunctionCall:
+    """A call the model made in this response: one ``function_call`` output item."""
+
+    output_index: int
+    call_id: str
+    name: str
+    item_id: str = field(default_factory=lambda: protocol.new_id("item"))
+    arguments: list[str] = field(default_factory=list)
+    done: bool = False
+
+    def item(self, status: protocol.ItemStatus) -> protocol.FunctionCallItem:
+        return protocol.FunctionCallItem(id=self.item_id, status=status, call_id=self.call_id,
+                                         name=self.name, arguments="".join(self.arguments))
+
+
+@dataclass
 class Response:
     settings: ResponseSettings
     backends: Backends
@@ -101,7 +117,10 @@ class Response:
     cancel_reason: str = "client_cancelled"
     task: asyncio.Task | None = None
     _held: list[protocol.ServerEvent] | None = None
-    _created: bool = False
+    _created: bool = False  # response.created sent
+    _message_index: int | None = None  # output index of the message item, once it is opened
+    calls: list[FunctionCall] = field(default_factory=list)
+    _calls_by_index: dict[int, FunctionCall] = field(default_factory=dict)
     _text: list[str] = field(default_factory=list)
     _audio_s: float = 0.0
     _input_tokens: int = 0
@@ -130,6 +149,8 @@ class Response:
         # Cancelled before its first step: _run never ran, so its response.done is sent here.
         if task.cancelled() and self.status == "in_progress" and self.visible:
             self._finish("cancelled", protocol.StatusDetails(type="cancelled", reason=self.cancel_reason))
+        elif not task.cancelled() and task.exception() is not None:  # a bug: not swallowed unseen
+            logger.error("response %s crashed", self.id, exc_info=task.exception())
 
     @property
     def audio_s(self) -> float:
@@ -172,7 +193,7 @@ class Response:
             self._send(event)
 
     def _part(self) -> dict[str, Any]:
-        return {"response_id": self.id, "item_id": self.item_id}
+        return {"response_id": self.id, "item_id": self.item_id, "output_index": self._message_index or 0}
 
     def _item(self, status: protocol.ItemStatus) -> protocol.MessageItem:
         return protocol.assistant_item(self.item_id, "".join(self._text), status, self.settings.output_audio)
@@ -184,9 +205,12 @@ class Response:
         item_status = "completed" if status == "completed" else "incomplete"
         timings = self.timings.as_wire()
         measured = timings.measured()
+        output: list[tuple[int, Any]] = [(call.output_index, call.item(item_status)) for call in self.calls]
+        if self._message_index is not None:
+            output.append((self._message_index, self._item(item_status)))
         return protocol.ResponseObject(
             id=self.id, status=status, status_details=details,
-            output=[self._item(item_status)] if self._created else [],
+            output=[item for _, item in sorted(output, key=lambda entry: entry[0])],
             output_modalities=self._modalities(),
             usage=protocol.Usage(
                 total_tokens=self._input_tokens + self._output_tokens,
@@ -201,20 +225,67 @@ class Response:
         )
 
     def _open_output(self) -> None:
-        audio = self.settings.output_audio
-        item = self._item("in_progress")
         self._event(protocol.ResponseCreated(response=protocol.ResponseObject(
             id=self.id, status="in_progress", output_modalities=self._modalities(),
             metadata=self.settings.metadata)))
-        self._event(protocol.OutputItemAdded(response_id=self.id, output_index=0, item=item))
-        self._event(protocol.ConversationItemAdded(item=item))
-        self._event(protocol.ContentPartAdded(part=protocol.content_part("", audio), **self._part()))
         self._created = True
+
+    def _next_output_index(self) -> int:
+        return len(self.calls) + (self._message_index is not None)
+
+    def _open_message(self) -> None:
+        """The assistant message item opens with its first text (a reply that is only a
+        function call has none)."""
+        if self._message_index is not None:
+            return
+        self._message_index = self._next_output_index()
+        item = self._item("in_progress")
+        self._event(protocol.OutputItemAdded(response_id=self.id, output_index=self._message_index, item=item))
+        self._event(protocol.ConversationItemAdded(item=item))
+        self._event(protocol.ContentPartAdded(part=protocol.content_part("", self.settings.output_audio),
+                                              **self._part()))
+
+    def _on_tool_call(self, delta: ToolCallDelta) -> FunctionCall | None:
+        """A tool-call delta: the first of a call opens its item, the others stream its
+        arguments. Returns the call when it was opened."""
+        call = self._calls_by_index.get(delta.index)
+        opened = None
+        if call is None:
+            self._close_calls("completed")  # calls come one after the other
+            call = opened = FunctionCall(output_index=self._next_output_index(),
+                                         call_id=delta.call_id or protocol.new_id("call"),
+                                         name=delta.name or "")
+            self.calls.append(call)
+            self._calls_by_index[delta.index] = call
+            item = call.item("in_progress")
+            self._event(protocol.OutputItemAdded(response_id=self.id, output_index=call.output_index, item=item))
+            self._event(protocol.ConversationItemAdded(item=item))
+        if delta.arguments and not call.done:
+            call.arguments.append(delta.arguments)
+            self._event(protocol.FunctionCallArgumentsDelta(
+                response_id=self.id, item_id=call.item_id, output_index=call.output_index,
+                call_id=call.call_id, delta=delta.arguments))
+        return opened
+
+    def _close_calls(self, status: str) -> None:
+        for call in self.calls:
+            if call.done:
+                continue
+            call.done = True
+            item = call.item("completed" if status == "completed" else "incomplete")
+            self._event(protocol.FunctionCallArgumentsDone(
+                response_id=self.id, item_id=call.item_id, output_index=call.output_index,
+                call_id=call.call_id, name=call.name, arguments=item.arguments))
+            self._event(protocol.OutputItemDone(response_id=self.id, output_index=call.output_index, item=item))
+            self._event(protocol.ConversationItemDone(item=item))
 
     def _close_output(self, status: str, details: protocol.StatusDetails | None) -> None:
         text = "".join(self._text)
         audio = self.settings.output_audio
-        if self._created:
+        self._close_calls(status)
+        if self._message_index is None and not self.calls:
+            self._open_message()  # every response without a call has its message item
+        if self._message_index is not None:
             if audio:
                 self._event(protocol.OutputAudioDone(**self._part()))
                 self._event(protocol.OutputAudioTranscriptDone(transcript=text, **self._part()))
@@ -222,7 +293,7 @@ class Response:
                 self._event(protocol.OutputTextDone(text=text, **self._part()))
             self._event(protocol.ContentPartDone(part=protocol.content_part(text, audio), **self._part()))
             item = self._item("completed" if status == "completed" else "incomplete")
-            self._event(protocol.OutputItemDone(response_id=self.id, output_index=0, item=item))
+            self._event(protocol.OutputItemDone(response_id=self.id, output_index=self._message_index, item=item))
             self._event(protocol.ConversationItemDone(item=item))
         self._event(protocol.ResponseDone(response=self._response_object(status, details)))
 
@@ -286,8 +357,12 @@ class Response:
         request = GenerationRequest(
             messages=self.prompt(user_text),
             params=GenerationParams(max_tokens=settings.max_output_tokens,
-                                    temperature=settings.temperature, top_p=settings.top_p),
+                                    temperature=settings.temperature, top_p=settings.top_p,
+                                    repeat_penalty=settings.repeat_penalty,
+                                    frequency_penalty=settings.frequency_penalty),
             session_id=self.session_id,
+            tools=settings.tools,
+            tool_choice=settings.tool_choice,
             # The first words are due now: the user is waiting (a speculation, until its gate).
             deadline=time.time(),
             pacing=SPOKEN_REPLY_PACING if settings.output_audio else None,
@@ -339,16 +414,27 @@ class Response:
                 self._cached_tokens = delta.cached_tokens
                 self.timings.llm_queue_ms = delta.queued_ms
                 continue
-            if not isinstance(delta, str):
-                continue  # tool calls are not spoken
+            if isinstance(delta, ToolCallDelta):
+                opened = self._on_tool_call(delta)
+                filler = self.settings.pipeline.tool_filler
+                # Something to hear while the client runs the tool (its arguments follow).
+                if opened is not None and filler and not self._text and self.settings.output_audio:
+                    yield self._text_delta(filler)
+                continue
             if self.timings.first_token is None:
                 self.timings.first_token = time.perf_counter()
             self._output_tokens += 1
-            self._text.append(delta)
-            delta_event = (protocol.OutputAudioTranscriptDelta if self.settings.output_audio
-                           else protocol.OutputTextDelta)
-            self._event(delta_event(delta=delta, **self._part()))
-            yield delta
+            self._close_calls("completed")  # text after a call: that call is complete
+            yield self._text_delta(delta)
+        self._close_calls("completed")
+
+    def _text_delta(self, delta: str) -> str:
+        self._open_message()
+        self._text.append(delta)
+        delta_event = (protocol.OutputAudioTranscriptDelta if self.settings.output_audio
+                       else protocol.OutputTextDelta)
+        self._event(delta_event(delta=delta, **self._part()))
+        return delta
 
     async def _synthesize(self, indexed: tuple[int, str]) -> AsyncIterator[np.ndarray]:
         index, sentence = indexed

@@ -43,6 +43,7 @@ from quillman.pipeline import semantic
 from quillman.pipeline.limits import SessionLimits
 from quillman.pipeline.response import Response, Timings, UserInput
 from quillman.pipeline.settings import SessionSettings, response_settings
+from quillman.pipeline.tools import FunctionCalls, call_message
 from quillman.pipeline.transcription import PartialTranscripts
 from quillman.pipeline.turns import (
     SegmentCut,
@@ -134,6 +135,7 @@ class RealtimeSession:
         self.turns = TurnTracker(make_vad, self.settings.turn_detection, self.settings.input_rate_hz,
                                  config.max_turn_s)
         self.conversation = Conversation(config.max_history_messages, llm.prompt_char_budget())
+        self.function_calls = FunctionCalls()
         self.partials = PartialTranscripts(
             lambda pcm: self.backends.transcribe(pcm, self.settings.language), self.emit, self._spawn,
             config.partial_transcript_interval_ms / 1000)
@@ -267,6 +269,8 @@ class RealtimeSession:
                 self._abandon(self.turns.clear())
                 self.emit(protocol.InputAudioBufferCleared())
             case protocol.ConversationItemCreate():
+                if isinstance(event.item, protocol.FunctionCallOutputInput):
+                    self.function_calls.answer(event.item.call_id)  # raises for unknown / cancelled
                 item, previous = self.conversation.add_client_item(event.item)
                 self.emit(protocol.ConversationItemAdded(item=item, previous_item_id=previous))
                 self.emit(protocol.ConversationItemDone(item=item, previous_item_id=previous))
@@ -477,9 +481,11 @@ class RealtimeSession:
         user_item_id = user.item_id if user else None
         last = self._queued[-1] if self._queued else self.response
         previous = last.task if last is not None else None
+        # The examples belong to the server's instructions: a client's own replace both.
+        few_shot = tuple(map(tuple, self.config.few_shot)) if settings.instructions == self.config.instructions else ()
         return Response(
             settings=settings, backends=self.backends, emit=self.emit,
-            prompt=lambda text: self.conversation.messages(settings.instructions, user_item_id, text),
+            prompt=lambda text: self.conversation.messages(settings.instructions, user_item_id, text, few_shot),
             on_finished=self._response_finished, timings=Timings(origin=origin),
             user=user, speculative=speculative, after=previous, session_id=self.id,
         )
@@ -507,5 +513,11 @@ class RealtimeSession:
             self.metrics.error(errors.ModelError.code)
         if text:
             self.conversation.record_reply(response.item_id, text, response.audio_s)
+        for call in response.calls:
+            # A call of a cancelled (or failed) response is not run: its output is refused.
+            self.function_calls.made(call.call_id, cancelled=status != "completed")
+            if status == "completed":
+                self.conversation.add(call.item_id, call_message(call.call_id, call.name,
+                                                                 "".join(call.arguments)))
         logger.info("[%s] response %s %s timings=%s reply=%r", self.id, response.id, status,
                     timings, text[:200])

@@ -2,7 +2,7 @@
 
 ``apply`` validates the whole update before it changes anything (a refused update changes
 nothing) and returns a new :class:`SessionSettings`. Settings a client may send that ask for
-features this server does not have (tools) are refused with
+features this server does not have (MCP tools) are refused with
 ``unsupported_feature`` instead of being silently ignored; their empty / null values are
 accepted, since many clients always send them.
 """
@@ -14,6 +14,8 @@ from dataclasses import dataclass, replace
 from quillman import errors, protocol
 from quillman.audio import G711_RATE_HZ, PCM16
 from quillman.config import LlmConfig, SessionConfig, VadConfig
+from quillman.engines.llm.base import Tool, ToolChoice
+from quillman.pipeline.tools import choice_wire, parse_tool_choice, parse_tools
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class SessionSettings:
     create_response: bool = True
     interrupt_response: bool = True
     sequential: bool = False  # quillman.pipeline = "sequential": the naive baseline
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = "auto"
     input_format: str = PCM16  # the wire format of appends / output deltas
     output_format: str = PCM16
     noise_reduction: str | None = None  # "near_field" | "far_field": denoise the input
@@ -54,8 +58,12 @@ class SessionSettings:
                     f"{name} {fmt.type} at {fmt.rate} Hz is not supported; use audio/pcm (pcm16 mono) "
                     f"at one of {', '.join(map(str, protocol.SUPPORTED_RATES_HZ))} Hz, "
                     "or audio/pcmu / audio/pcma (8 kHz)", param=name)
-        refuse_unsupported(update.tools, update.tool_choice, "session")
         changes: dict = {}
+        if update.tools is not None or update.tool_choice is not None:
+            tools = parse_tools(update.tools, "session") if update.tools is not None else self.tools
+            changes["tools"] = tools
+            changes["tool_choice"] = (parse_tool_choice(update.tool_choice, tools, "session")
+                                      if update.tool_choice is not None else kept_choice(self.tool_choice, tools))
         if audio_in is not None and "noise_reduction" in audio_in.model_fields_set:
             reduction = audio_in.noise_reduction
             changes["noise_reduction"] = reduction.type if reduction is not None else None
@@ -142,6 +150,9 @@ class SessionSettings:
                 output=protocol.SessionAudioOutput(
                     format=protocol.audio_format(self.output_format, self.output_rate_hz), voice=self.voice)),
             voices=list(self.voices),
+            tools=[protocol.FunctionTool(name=t.name, description=t.description, parameters=t.parameters)
+                   for t in self.tools],
+            tool_choice=choice_wire(self.tool_choice),
             quillman=protocol.QuillmanSessionInfo(pipeline="sequential" if self.sequential else "streaming"),
             include=include)
 
@@ -150,16 +161,11 @@ def _wire_rate(fmt: protocol.AudioFormat) -> int:
     return fmt.rate if fmt.type == PCM16 else G711_RATE_HZ
 
 
-def refuse_unsupported(tools: list | None, tool_choice: object, where: str) -> None:
-    """Tools are not implemented yet: a non-empty list, or a choice that needs one, is refused."""
-    if tools:
-        raise errors.UnsupportedFeature(
-            "function calling (tools) is not supported by this server yet; send an empty list",
-            param=f"{where}.tools")
-    if tool_choice not in (None, "auto", "none"):
-        raise errors.UnsupportedFeature(
-            "tool_choice other than 'auto' or 'none' needs tools, which this server does not support yet",
-            param=f"{where}.tool_choice")
+def kept_choice(choice: ToolChoice, tools: tuple[Tool, ...]) -> ToolChoice:
+    """A choice made for other tools: kept while it still fits them, else "auto"."""
+    fits = choice in ("auto", "none") or (bool(tools) and (
+        choice == "required" or choice in {tool.name for tool in tools}))
+    return choice if fits else "auto"
 
 
 @dataclass(frozen=True)
@@ -177,13 +183,24 @@ class ResponseSettings:
     pipeline: SessionConfig
     metadata: dict[str, str] | None = None
     sequential: bool = False  # the naive baseline: whole reply text, then one synthesis
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = "auto"
+    repeat_penalty: float = 1.0
+    frequency_penalty: float = 0.0
     output_format: str = PCM16  # the wire format of the output audio deltas
 
 
 def response_settings(settings: SessionSettings, options: protocol.ResponseOptions | None,
                       pipeline: SessionConfig, llm: LlmConfig) -> ResponseSettings:
     options = options or protocol.ResponseOptions()
-    refuse_unsupported(options.tools, options.tool_choice, "response")
+    tools = parse_tools(options.tools, "response") if options.tools is not None else settings.tools
+    if options.tool_choice is not None:
+        tool_choice = parse_tool_choice(options.tool_choice, tools, "response")
+    else:
+        tool_choice = kept_choice(settings.tool_choice, tools)
+    if tools and tool_choice != "none" and llm.backend == "vllm":
+        raise errors.UnsupportedFeature("function calling is not supported on the vllm backend yet",
+                                        param="response.tools")
     modalities = options.output_modalities or settings.output_modalities
     voice = settings.voice
     requested = options.audio.output.voice if options.audio and options.audio.output else None
@@ -203,5 +220,9 @@ def response_settings(settings: SessionSettings, options: protocol.ResponseOptio
         pipeline=pipeline,
         metadata=options.metadata,
         sequential=settings.sequential,
+        tools=tools,
+        tool_choice=tool_choice,
+        repeat_penalty=llm.repeat_penalty,
+        frequency_penalty=llm.frequency_penalty,
         output_format=settings.output_format,
     )

@@ -183,6 +183,7 @@ class FakeBackends:
         self.llm_fail_calls: dict[int, int] = {}  # call index -> raise after this many tokens
         self.llm_calls: list[CallLog] = []
         self.usage = None  # a quillman.engines.llm.base.Usage to end each stream with
+        self.tool_calls: dict[int, list] = {}  # call index -> ToolCallDeltas after its text
         # TTS
         self.samples_per_word = 240
         self.tts_chunks = 2
@@ -226,8 +227,9 @@ class FakeBackends:
         reply = self.replies.get(index, self.reply)
         hang_after = self.llm_hang_calls.get(index)
         fail_after = self.llm_fail_calls.get(index)
+        tokens = self.tokens(reply) if reply else []
         try:
-            for n, token in enumerate(self.tokens(reply)):
+            for n, token in enumerate(tokens):
                 if hang_after is not None and n == hang_after:
                     await self.llm_release.wait()
                 if fail_after is not None and n >= fail_after:
@@ -235,7 +237,9 @@ class FakeBackends:
                 await asyncio.sleep(self.token_delay_s)
                 log.outputs.append(token)
                 yield token
-            if hang_after is not None and hang_after >= len(self.tokens(reply)):
+            for delta in self.tool_calls.get(index, ()):
+                yield delta
+            if hang_after is not None and hang_after >= len(tokens):
                 await self.llm_release.wait()
             if self.usage is not None:  # as engines that count tokens end their stream
                 yield self.usage
@@ -287,7 +291,8 @@ def b64(pcm: np.ndarray) -> str:
 
 def fast_session_config(**overrides: Any) -> SessionConfig:
     """Session settings for tests: audio may be fed far faster than real time."""
-    values = {"max_audio_ahead_s": 3600.0, "model_timeout_s": 10.0}
+    # No example exchanges: tests check the prompt's exact messages (test_answers.py has them).
+    values = {"max_audio_ahead_s": 3600.0, "model_timeout_s": 10.0, "few_shot": []}
     # Fed faster than real time, a turn is hundreds of events in a few ms: no rate limit here.
     optional = {"max_events_per_s": 1e9, "event_burst": 10**9, "idle_timeout_s": 3600.0}
     values.update({k: v for k, v in optional.items() if k in SessionConfig.model_fields})

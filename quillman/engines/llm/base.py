@@ -21,6 +21,10 @@ class GenerationParams:
     max_tokens: int
     temperature: float
     top_p: float
+    # Penalties against repetition loops (small models fall into them); the neutral values
+    # here mean "off", the server's come from LlmConfig.
+    repeat_penalty: float = 1.0
+    frequency_penalty: float = 0.0
 
 
 # {"role": "system"|"user"|"assistant"|"tool", "content": str, ...}; assistant turns that called

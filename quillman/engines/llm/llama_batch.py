@@ -29,12 +29,14 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
+from quillman.engines.llm import tools as tool_format
 from quillman.engines.llm.base import Delta, GenerationRequest, SlotStats, Usage
 from quillman.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
 _END = object()
+_PENALTY_LAST_N = 64  # tokens the repetition penalties look back over
 # A step evaluating at least this many prompt tokens uses n_threads_batch (see _step).
 BATCH_THREADS_FROM_TOKENS = 64
 
@@ -55,6 +57,7 @@ class _Job:
     generated: int = 0
     last_token: int | None = None
     sampler: object = None
+    parser: tool_format.ToolCallParser | None = None  # when the model may call tools
     decoder: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
     started: float | None = None
@@ -155,6 +158,7 @@ class BatchedLlamaCpp:
     # --- asyncio side -------------------------------------------------------------------------
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        request = tool_format.resolve_auto(request)
         job = _Job(request=request, loop=asyncio.get_running_loop(), out=asyncio.Queue())
         with self._wake:
             if self._closed:
@@ -212,17 +216,21 @@ class BatchedLlamaCpp:
             job.put(_END)
             return
         try:
-            job.prompt = self._tokenize(job.request.messages)
-        except Exception as exc:  # noqa: BLE001 - a template or tokenizer error fails this request only
+            job.prompt = self._tokenize(job.request)
+            job.sampler = self._sampler(job.request)
+        except Exception as exc:  # noqa: BLE001 - a template, tokenizer or grammar error fails this request only
             job.put(ModelError(f"the prompt could not be prepared: {exc}"))
             return
+        if tool_format.tools_in_use(job.request.tools, job.request.tool_choice):
+            job.parser = tool_format.ToolCallParser()
         if len(job.prompt) + 1 >= self.n_ctx:
             job.put(ModelError(f"the prompt ({len(job.prompt)} tokens) does not fit the model's "
                                f"context ({self.n_ctx} tokens, llm.n_ctx)"))
             return
         self._waiting.append(job)
 
-    def _tokenize(self, messages: list) -> list[int]:
+    def _tokenize(self, request: GenerationRequest) -> list[int]:
+        messages = tool_format.render_messages(request.messages, request.tools, request.tool_choice)
         text = self._format(messages=messages).prompt
         # The template holds BOS and the special tokens itself.
         return self._model.tokenize(text.encode("utf-8"), add_bos=False, special=True)
@@ -262,12 +270,18 @@ class BatchedLlamaCpp:
         job.slot = slot
         job.cached = reuse
         job.to_eval = job.prompt[reuse:]
-        job.sampler = self._sampler(job.request)
         job.started = time.perf_counter()
 
     def _sampler(self, request: GenerationRequest):
         params = request.params
         sampler = self._internals.LlamaSampler()
+        tools = tool_format.tools_in_use(request.tools, request.tool_choice)
+        if tools:  # first: the other samplers only ever see tokens the grammar allows
+            self._add_grammar(sampler, tool_format.tool_grammar(tools),
+                              lazy=not tool_format.forced(request.tool_choice))
+        if params.repeat_penalty != 1.0 or params.frequency_penalty != 0.0:
+            sampler.add_penalties(self._ll.llama_vocab_n_tokens(self._vocab), _PENALTY_LAST_N,
+                                  params.repeat_penalty, params.frequency_penalty, 0.0)
         if params.temperature <= 0:
             sampler.add_greedy()
         else:
@@ -276,8 +290,26 @@ class BatchedLlamaCpp:
             sampler.add_dist(random.getrandbits(32))
         return sampler
 
+    def _add_grammar(self, sampler, grammar: str, lazy: bool) -> None:
+        ll = self._ll
+        vocab = self._vocab
+        if lazy:  # text until the model writes <tool_call>, then the grammar
+            patterns = (ctypes.c_char_p * 1)(tool_format.LAZY_TRIGGER.encode("utf-8"))
+            tokens = (ll.llama_token * 0)()
+            grammar_sampler = ll.llama_sampler_init_grammar_lazy_patterns(
+                vocab, grammar.encode("utf-8"), b"root", patterns, 1, tokens, 0)
+        else:
+            grammar_sampler = ll.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")
+        if not grammar_sampler:
+            sampler.close()
+            raise ValueError("the tools' JSON Schemas did not make a valid grammar")
+        ll.llama_sampler_chain_add(sampler.sampler, grammar_sampler)
+
     def _drop_if_cancelled(self, job: _Job) -> bool:
         if job.cancelled:
+            if job.sampler is not None:
+                job.sampler.close()
+                job.sampler = None
             job.put(_END)
         return job.cancelled
 
@@ -362,8 +394,9 @@ class BatchedLlamaCpp:
 
     def _sample(self, slot: _Slot, index: int) -> None:
         job = slot.job
+        # llama_sampler_sample accepts the token itself (a second accept would feed the grammar
+        # and the penalties twice).
         token = job.sampler.sample(self._ctx, index)
-        job.sampler.accept(token)
         end = self._ll.llama_vocab_is_eog(self._vocab, token)
         if not end:
             job.generated += 1
@@ -372,18 +405,29 @@ class BatchedLlamaCpp:
                 job.burst_done = time.time()
             text = job.decoder.decode(self._token_bytes(token))
             if text:
-                job.put(text)
+                self._put_text(job, text)
             job.last_token = token
         full = len(slot.tokens) + 1 >= self.n_ctx
         if end or job.generated >= job.request.params.max_tokens or full:
             tail = job.decoder.decode(b"", final=True)
             if tail:
-                job.put(tail)
+                self._put_text(job, tail)
+            if job.parser is not None:
+                for delta in job.parser.finish():
+                    job.put(delta)
             job.put(Usage(input_tokens=len(job.prompt), output_tokens=job.generated,
                           cached_tokens=job.cached,
                           queued_ms=round((job.started - job.submitted) * 1000, 1)))
             job.put(_END)
             self._release(slot)
+
+    @staticmethod
+    def _put_text(job: _Job, text: str) -> None:
+        if job.parser is None:
+            job.put(text)
+            return
+        for delta in job.parser.feed(text):
+            job.put(delta)
 
     def _token_bytes(self, token: int) -> bytes:
         n = self._ll.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, False)

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import aiohttp
 
 from quillman.config import LlmConfig
-from quillman.engines.llm.base import Delta, GenerationParams, Message, Usage
+from quillman.engines.llm.base import Delta, GenerationRequest, ToolCallDelta, Usage
 from quillman.errors import ConfigError, ModelError
 
 logger = logging.getLogger(__name__)
@@ -97,6 +97,13 @@ class OpenAICompatibleModel:
             "max_tokens": params.max_tokens, "temperature": params.temperature, "top_p": params.top_p,
             "stream_options": {"include_usage": True},  # a last chunk with the token counts
         }
+        if request.tools and request.tool_choice != "none":
+            # Passed through: the server's model decides (or is forced) and streams tool_calls.
+            body["tools"] = [{"type": "function", "function": {
+                "name": t.name, "description": t.description, "parameters": t.parameters}}
+                for t in request.tools]
+            body["tool_choice"] = request.tool_choice if request.tool_choice in ("auto", "required") \
+                else {"type": "function", "function": {"name": request.tool_choice}}
         try:
             response = await self._get_session().post(self.url, json=body)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
@@ -110,8 +117,7 @@ class OpenAICompatibleModel:
                 if data.strip() == "[DONE]":
                     break
                 chunk = json.loads(data)
-                delta = _delta_text(chunk, self.url)
-                if delta:
+                for delta in _deltas(chunk, self.url):
                     yield delta
                 usage = chunk.get("usage")
                 if isinstance(usage, dict) and "prompt_tokens" in usage:
@@ -128,10 +134,18 @@ class OpenAICompatibleModel:
                 response.close()
 
 
-def _delta_text(chunk: dict[str, Any], url: str) -> str | None:
+def _deltas(chunk: dict[str, Any], url: str) -> list[Delta]:
+    """The text and tool-call deltas of one streamed chunk (OpenAI chat ``delta.tool_calls``:
+    the first part of a call has its ``id`` and ``function.name``, later ones argument text)."""
     if "error" in chunk:
         raise ModelError(f"LLM server {url} sent an error: {str(chunk['error'])[:300]}")
     choices = chunk.get("choices") or []
     if not choices:
-        return None  # e.g. a final usage-only chunk
-    return (choices[0].get("delta") or {}).get("content")
+        return []  # e.g. a final usage-only chunk
+    delta = choices[0].get("delta") or {}
+    deltas: list[Delta] = [delta["content"]] if delta.get("content") else []
+    for call in delta.get("tool_calls") or ():
+        function = call.get("function") or {}
+        deltas.append(ToolCallDelta(index=int(call.get("index") or 0), arguments=function.get("arguments") or "",
+                                    call_id=call.get("id"), name=function.get("name")))
+    return deltas

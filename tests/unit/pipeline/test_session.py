@@ -844,7 +844,7 @@ async def test_instructions_too_long_are_refused(driver):
 
 
 @pytest.mark.parametrize("session", [
-    {"tools": [{"type": "function", "name": "get_weather"}]},
+    {"tools": [{"type": "mcp", "server_label": "x", "server_url": "http://x"}]},
 ])
 async def test_features_not_built_yet_are_refused_with_a_code(driver, session):
     await driver.send({"type": "session.update", "session": session})

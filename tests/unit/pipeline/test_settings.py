@@ -26,9 +26,7 @@ def test_a_refused_update_changes_nothing():
 
 
 @pytest.mark.parametrize("session, param", [
-    ({"tools": [{"type": "function", "name": "f"}]}, "session.tools"),
-    ({"tool_choice": "required"}, "session.tool_choice"),
-    ({"tool_choice": {"type": "function", "name": "f"}}, "session.tool_choice"),
+    ({"tools": [{"type": "mcp", "server_label": "x"}]}, "session.tools[0].type"),
 ])
 def test_unimplemented_features_are_refused_not_ignored(session, param):
     with pytest.raises(errors.UnsupportedFeature) as refused:
@@ -92,6 +90,6 @@ def test_the_servers_max_tokens_is_a_ceiling(session_tokens, response_tokens, ex
     assert response_settings(settings, options, SessionConfig(), LlmConfig(max_tokens=64)).max_output_tokens == expected
 
 
-def test_response_tools_are_refused_too():
-    with pytest.raises(errors.UnsupportedFeature):
+def test_response_tools_without_a_name_are_refused():
+    with pytest.raises(errors.InvalidTool):
         response_settings(initial(), protocol.ResponseOptions(tools=[{"type": "function"}]), SessionConfig(), LlmConfig())

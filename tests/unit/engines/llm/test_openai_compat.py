@@ -162,3 +162,31 @@ def test_base_url_is_required():
         load_language_model(LlmConfig(backend="openai", model="m"))
     with pytest.raises(ConfigError, match="llm.base_url"):
         load_language_model(LlmConfig(backend="openai", model="m", base_url="localhost:8001"))
+
+
+def test_streamed_tool_calls_become_tool_call_deltas():
+    from quillman.engines.llm.base import ToolCallDelta
+    from quillman.engines.llm.openai_compat import _deltas
+
+    # As llama-cpp-python's server streams a call: id and name on every chunk.
+    chunk = {"choices": [{"delta": {"tool_calls": [
+        {"index": 0, "id": "call_x", "type": "function", "function": {"name": "get_weather", "arguments": '{"ci'}}]}}]}
+    assert _deltas(chunk, "u") == [ToolCallDelta(index=0, arguments='{"ci', call_id="call_x", name="get_weather")]
+    assert _deltas({"choices": [{"delta": {"content": "Hi"}}]}, "u") == ["Hi"]
+
+
+async def test_tools_are_passed_through(chat_server):
+    from quillman.engines.llm.base import Tool
+
+    model = OpenAICompatibleModel(chat_server.url, "m")
+    tool = Tool("get_weather", "Weather.", {"type": "object", "properties": {"city": {"type": "string"}}})
+    try:
+        request = GenerationRequest(MESSAGES, PARAMS, tools=(tool,), tool_choice="get_weather")
+        [delta async for delta in model.stream(request)]
+        body = chat_server.requests[-1]
+        assert body["tools"][0]["function"]["name"] == "get_weather"
+        assert body["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+        [delta async for delta in model.stream(GenerationRequest(MESSAGES, PARAMS, tools=(tool,), tool_choice="none"))]
+        assert "tools" not in chat_server.requests[-1]
+    finally:
+        await model.aclose()

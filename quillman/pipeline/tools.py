@@ -1,0 +1,160 @@
+"""Function calling in a session: the client's tool definitions, and the calls the model made.
+
+The tools come from ``session.tools`` / ``response.tools`` (Realtime function tools, JSON Schema
+``parameters``) and are checked when they arrive, so that a bad definition gets an ``error``
+then (``invalid_tool``, ``tools_too_large``, ``invalid_tool_choice``) instead of failing a turn
+later. The client runs each call and answers with a ``function_call_output`` item naming its
+``call_id``: :class:`FunctionCalls` knows which calls exist, and refuses outputs for unknown
+ones (``unknown_call_id``) and for calls of a cancelled response (``function_call_cancelled``).
+
+In the conversation a call is an assistant message with OpenAI-chat ``tool_calls`` and its output
+a ``tool`` message; :func:`tool_history` keeps the prompt valid for any model: a call is shown
+only with its output, right after it (a call whose output never came, or came after later
+turns, does not break the history).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from quillman import errors
+from quillman.engines.llm.base import Message, Tool, ToolChoice
+from quillman.engines.llm.tools import valid_tool_name
+
+MAX_TOOLS = 32
+MAX_TOOLS_JSON_BYTES = 32 * 1024  # all definitions together: they are part of every prompt
+
+
+def parse_tools(raw: list[dict] | None, where: str) -> tuple[Tool, ...]:
+    """Realtime tool definitions -> engine tools; refused with a stable code when unusable."""
+    if not raw:
+        return ()
+    param = f"{where}.tools"
+    if len(raw) > MAX_TOOLS:
+        raise errors.ToolsTooLarge(f"{len(raw)} tools; at most {MAX_TOOLS} are accepted", param=param)
+    size = len(json.dumps(raw))
+    if size > MAX_TOOLS_JSON_BYTES:
+        raise errors.ToolsTooLarge(f"the tool definitions have {size} bytes of JSON; at most "
+                                   f"{MAX_TOOLS_JSON_BYTES} are accepted", param=param)
+    tools = tuple(_tool(definition, f"{param}[{index}]") for index, definition in enumerate(raw))
+    names = [tool.name for tool in tools]
+    if len(set(names)) != len(names):
+        raise errors.InvalidTool("tool names must be unique", param=param)
+    return tools
+
+
+def _tool(definition: dict, param: str) -> Tool:
+    if definition.get("type", "function") != "function":
+        raise errors.UnsupportedFeature(
+            f"tools of type {str(definition.get('type'))[:40]!r} are not supported; use 'function'",
+            param=f"{param}.type")
+    name = definition.get("name")
+    if not valid_tool_name(name):
+        raise errors.InvalidTool("a tool needs a name of 1-64 letters, digits, '_' or '-'", param=f"{param}.name")
+    description = definition.get("description") or ""
+    if not isinstance(description, str):
+        raise errors.InvalidTool("the tool's description must be a string", param=f"{param}.description")
+    parameters = definition.get("parameters") or {"type": "object", "properties": {}}
+    _check_schema(parameters, f"{param}.parameters")
+    return Tool(name=name, description=description, parameters=parameters)
+
+
+def _check_schema(schema: Any, param: str) -> None:
+    import jsonschema
+
+    if not isinstance(schema, dict) or schema.get("type", "object") != "object":
+        raise errors.InvalidTool("parameters must be a JSON Schema of type 'object'", param=param)
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise errors.InvalidTool(f"parameters is not a valid JSON Schema: {exc.message}"[:300],
+                                 param=param) from None
+    if "$ref" in json.dumps(schema) and "$defs" not in schema and "definitions" not in schema:
+        raise errors.InvalidTool("parameters may only $ref its own $defs", param=param)
+
+
+def parse_tool_choice(choice: Any, tools: tuple[Tool, ...], where: str) -> ToolChoice:
+    param = f"{where}.tool_choice"
+    if choice is None or choice == "auto":
+        return "auto"
+    if choice in ("none", "required"):
+        if choice == "required" and not tools:
+            raise errors.InvalidToolChoice("tool_choice 'required' needs tools", param=param)
+        return choice
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        name = choice.get("name")
+        if name not in {tool.name for tool in tools}:
+            raise errors.InvalidToolChoice(f"tool_choice names {str(name)[:64]!r}, which is not one of "
+                                           "the tools", param=param)
+        return name
+    raise errors.InvalidToolChoice("tool_choice must be 'auto', 'none', 'required' or "
+                                   '{"type": "function", "name": ...}', param=param)
+
+
+def choice_wire(choice: ToolChoice) -> str | dict:
+    return choice if choice in ("auto", "none", "required") else {"type": "function", "name": choice}
+
+
+def call_message(call_id: str, name: str, arguments: str) -> Message:
+    return {"role": "assistant", "content": "",
+            "tool_calls": [{"id": call_id, "type": "function",
+                            "function": {"name": name, "arguments": arguments}}]}
+
+
+def output_message(call_id: str, output: str) -> Message:
+    return {"role": "tool", "tool_call_id": call_id, "content": output}
+
+
+class FunctionCalls:
+    """The calls the model made in this session: "pending" (the client runs it), "answered",
+    or "cancelled" (its response was cancelled: an output for it is refused)."""
+
+    def __init__(self, max_calls: int = 256) -> None:
+        self._state: dict[str, str] = {}
+        self._max = max_calls
+
+    def made(self, call_id: str, cancelled: bool) -> None:
+        self._state[call_id] = "cancelled" if cancelled else "pending"
+        while len(self._state) > self._max:  # the oldest are forgotten
+            del self._state[next(iter(self._state))]
+
+    def answer(self, call_id: str) -> None:
+        """Accept an output for ``call_id`` or raise the error the client gets."""
+        state = self._state.get(call_id)
+        if state == "cancelled":
+            raise errors.FunctionCallCancelled(
+                f"call {call_id!r} belongs to a cancelled response; its output is not used",
+                param="item.call_id")
+        if state != "pending":
+            raise errors.UnknownCallId(f"no pending function call has call_id {call_id[:64]!r}",
+                                       param="item.call_id")
+        self._state[call_id] = "answered"
+
+
+def tool_history(history: list[Message]) -> list[Message]:
+    """The history with each call next to its output, and calls without one (or outputs
+    without their call) left out: valid for every chat template and OpenAI-style server."""
+    outputs = {m["tool_call_id"]: m for m in history if m["role"] == "tool"}
+    shown: list[Message] = []
+    for message in history:
+        if message["role"] == "tool":
+            continue  # placed after its call
+        calls = [c for c in message.get("tool_calls") or () if c["id"] in outputs]
+        if message.get("tool_calls"):
+            if not calls:
+                if message.get("content"):
+                    shown.append({"role": "assistant", "content": message["content"]})
+                continue
+            shown.append({**message, "tool_calls": calls})
+            shown.extend(outputs[c["id"]] for c in calls)
+            continue
+        shown.append(message)
+    return shown
+
+
+def message_chars(message: Message) -> int:
+    """A message's size in the prompt budget (a call's arguments count too)."""
+    calls = message.get("tool_calls") or ()
+    return len(message.get("content") or "") + sum(
+        len(c["function"]["name"]) + len(c["function"]["arguments"]) + 16 for c in calls)

@@ -1,0 +1,181 @@
+"""Function calling in a session: the GA Realtime events of a call, its output, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from quillman.engines.llm.base import ToolCallDelta
+
+WEATHER = {"type": "function", "name": "get_weather", "description": "Weather of a city.",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+
+
+def call(index: int, call_id: str, name: str, *arguments: str) -> list[ToolCallDelta]:
+    return [ToolCallDelta(index=index, call_id=call_id, name=name),
+            *(ToolCallDelta(index=index, arguments=part) for part in arguments)]
+
+
+async def codes(driver) -> list[str]:
+    await driver.drain()
+    return [e["code"] for e in driver.errors()]
+
+
+@pytest.fixture
+async def driver(make_driver, session_config):
+    driver = await make_driver(session_config())
+    await driver.send({"type": "session.update", "session": {
+        "output_modalities": ["text"], "tools": [WEATHER], "tool_choice": "auto"}})
+    return driver
+
+
+async def test_a_call_is_a_function_call_item_with_its_events(driver, backends):
+    backends.replies[0] = ""
+    backends.tool_calls[0] = call(0, "call_1", "get_weather", '{"city": ', '"Paris"}')
+    start = len(driver.events)
+    done = await driver.text_turn("What's the weather in Paris?")
+    assert driver.session.settings.tools[0].name == "get_weather"
+    request = backends.llm_calls[0].args["request"]
+    assert request.tools[0].name == "get_weather" and request.tool_choice == "auto"
+    added = driver.of_type("response.output_item.added")[-1]
+    assert added["item"] == {"id": added["item"]["id"], "object": "realtime.item", "type": "function_call",
+                             "status": "in_progress", "call_id": "call_1", "name": "get_weather", "arguments": ""}
+    deltas = [e["delta"] for e in driver.of_type("response.function_call_arguments.delta")]
+    assert "".join(deltas) == '{"city": "Paris"}'
+    args_done = driver.of_type("response.function_call_arguments.done")[-1]
+    assert args_done["name"] == "get_weather" and json.loads(args_done["arguments"]) == {"city": "Paris"}
+    assert args_done["call_id"] == "call_1" and args_done["output_index"] == 0
+    assert done["response"]["status"] == "completed"
+    assert [item["type"] for item in done["response"]["output"]] == ["function_call"]
+    assert done["response"]["output"][0]["arguments"] == '{"city": "Paris"}'
+    order = driver.types(start)
+    order = order[order.index("response.created"):]
+    assert order.index("response.function_call_arguments.done") < order.index("response.output_item.done") \
+        < order.index("conversation.item.done") < order.index("response.done")
+
+
+async def test_the_output_goes_into_the_next_prompt(driver, backends):
+    backends.replies[0] = ""
+    backends.tool_calls[0] = call(0, "call_1", "get_weather", '{"city": "Paris"}')
+    await driver.text_turn("What's the weather in Paris?")
+    await driver.send({"type": "conversation.item.create",
+                       "item": {"type": "function_call_output", "call_id": "call_1", "output": '{"temp_c": 21}'}})
+    await driver.send({"type": "response.create"})
+    done = await driver.wait_for("response.done", count=2)
+    assert done["response"]["status"] == "completed" and driver.errors() == []
+    added = [e for e in driver.of_type("conversation.item.added") if e["item"]["type"] == "function_call_output"]
+    assert added[0]["item"]["call_id"] == "call_1"
+    messages = backends.llm_calls[1].args["messages"]
+    assert messages[-2]["tool_calls"][0]["id"] == "call_1"
+    assert messages[-1] == {"role": "tool", "tool_call_id": "call_1", "content": '{"temp_c": 21}'}
+    # Answered once: a second output for it is refused.
+    await driver.send({"type": "conversation.item.create",
+                       "item": {"type": "function_call_output", "call_id": "call_1", "output": "again"}})
+    assert await codes(driver) == ["unknown_call_id"]
+
+
+async def test_text_then_two_calls_follow_the_same_shapes(driver, backends):
+    backends.replies[0] = "Let me check."
+    backends.tool_calls[0] = [*call(0, "call_a", "get_weather", '{"city": "Paris"}'),
+                              *call(1, "call_b", "get_weather", '{"city": "Rome"}')]
+    done = await driver.text_turn("Weather in Paris and Rome?")
+    output = done["response"]["output"]
+    assert [item["type"] for item in output] == ["message", "function_call", "function_call"]
+    assert [item.get("call_id") for item in output[1:]] == ["call_a", "call_b"]
+    indexes = [e["output_index"] for e in driver.of_type("response.function_call_arguments.done")]
+    assert indexes == [1, 2]
+
+
+async def test_an_unknown_call_id_is_refused(driver):
+    await driver.send({"type": "conversation.item.create",
+                       "item": {"type": "function_call_output", "call_id": "call_nope", "output": "x"}})
+    assert await codes(driver) == ["unknown_call_id"]
+
+
+async def test_the_output_of_a_cancelled_responses_call_is_refused(driver, backends):
+    backends.replies[0] = ""
+    backends.tool_calls[0] = call(0, "call_1", "get_weather", '{"city": "Paris"}')
+    backends.llm_hang_calls[0] = 0  # the call is made, then the stream hangs: the client cancels
+    await driver.send({"type": "conversation.item.create", "item": {
+        "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Weather?"}]}})
+    await driver.send({"type": "response.create"})
+    await driver.wait_for("response.function_call_arguments.delta")
+    await driver.send({"type": "response.cancel"})
+    done = await driver.wait_for("response.done")
+    assert done["response"]["status"] == "cancelled"
+    assert done["response"]["output"][0]["status"] == "incomplete"
+    await driver.send({"type": "conversation.item.create",
+                       "item": {"type": "function_call_output", "call_id": "call_1", "output": "x"}})
+    assert await codes(driver) == ["function_call_cancelled"]
+    # The session goes on, and the cancelled call is not in the history.
+    backends.llm_hang_calls.clear()
+    await driver.text_turn("Hello?")
+    assert not any(m.get("tool_calls") for m in backends.llm_calls[-1].args["messages"])
+
+
+async def test_a_call_whose_output_never_comes_does_not_wedge_the_session(driver, backends):
+    backends.replies[0] = ""
+    backends.tool_calls[0] = call(0, "call_1", "get_weather", '{"city": "Paris"}')
+    await driver.text_turn("Weather in Paris?")
+    done = await driver.text_turn("Never mind. Tell me a joke.")
+    assert done["response"]["status"] == "completed"
+    messages = backends.llm_calls[-1].args["messages"]
+    # An unanswered call is left out: the prompt stays valid for any chat template or server.
+    assert not any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
+
+
+@pytest.mark.parametrize("tools, code", [
+    ([{"type": "function", "name": "bad name!"}], "invalid_tool"),
+    ([{"type": "function", "name": "f", "parameters": {"type": "object", "properties": 5}}], "invalid_tool"),
+    ([{"type": "function", "name": "f", "parameters": {"type": "string"}}], "invalid_tool"),
+    ([{"type": "function", "name": "f"}, {"type": "function", "name": "f"}], "invalid_tool"),
+    ([{"type": "function", "name": f"f{i}"} for i in range(33)], "tools_too_large"),
+    ([{"type": "function", "name": "f", "description": "x" * 40000}], "tools_too_large"),
+])
+async def test_bad_tool_lists_are_refused_with_stable_codes(driver, tools, code):
+    await driver.send({"type": "session.update", "session": {"tools": tools}})
+    assert await codes(driver) == [code]
+    assert [t.name for t in driver.session.settings.tools] == ["get_weather"]  # nothing changed
+
+
+async def test_a_forced_choice_must_name_a_declared_tool(driver, backends):
+    await driver.send({"type": "session.update", "session": {"tool_choice": {"type": "function", "name": "nope"}}})
+    assert await codes(driver) == ["invalid_tool_choice"]
+    await driver.text_turn("Weather?", tool_choice={"type": "function", "name": "get_weather"})
+    assert backends.llm_calls[-1].args["request"].tool_choice == "get_weather"
+    updated = driver.of_type("session.updated")[-1]["session"]
+    assert updated["tools"][0]["name"] == "get_weather" and updated["tool_choice"] == "auto"
+
+
+async def test_the_filler_is_spoken_while_the_client_runs_the_tool(make_driver, backends, session_config):
+    driver = await make_driver(session_config(tool_filler="One moment."))
+    await driver.send({"type": "session.update", "session": {"tools": [WEATHER]}})
+    backends.replies[0] = ""
+    backends.tool_calls[0] = call(0, "call_1", "get_weather", '{"city": "Paris"}')
+    done = await driver.text_turn("Weather in Paris?")
+    assert [item["type"] for item in done["response"]["output"]] == ["function_call", "message"]
+    assert backends.tts_calls and "One moment" in backends.tts_calls[0].args["text"]
+    assert done["response"]["output"][1]["content"][0]["transcript"] == "One moment."
+
+
+async def test_a_call_from_a_spoken_turn_can_be_answered(make_driver, backends, session_config, short_speech_24k):
+    driver = await make_driver(session_config())
+    await driver.send({"type": "session.update", "session": {
+        "tools": [WEATHER], "tool_choice": {"type": "function", "name": "get_weather"}}})
+    backends.reply = ""
+    backends.tool_calls = {i: call(0, f"call_{i}", "get_weather", '{"city": "Paris"}') for i in range(4)}
+    await driver.append(short_speech_24k.pcm)
+    done = await driver.wait_for("response.done")
+    call_id = done["response"]["output"][0]["call_id"]
+    await driver.send({"type": "conversation.item.create",
+                       "item": {"type": "function_call_output", "call_id": call_id, "output": "sunny"}})
+    assert await codes(driver) == []
+
+
+async def test_a_forced_choice_is_kept_while_its_tool_is(driver):
+    await driver.send({"type": "session.update", "session": {"tool_choice": {"type": "function", "name": "get_weather"}}})
+    await driver.send({"type": "session.update", "session": {"tools": [WEATHER, {**WEATHER, "name": "other"}]}})
+    assert driver.session.settings.tool_choice == "get_weather"
+    await driver.send({"type": "session.update", "session": {"tools": []}})
+    assert driver.session.settings.tool_choice == "auto" and await codes(driver) == []
