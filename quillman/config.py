@@ -83,9 +83,9 @@ class LlmConfig(_EngineConfig):
     # Sequences in the batch: conversations whose prompt cache is kept, and generations that
     # run at once; more wait for a free slot (earliest deadline first).
     n_slots: int = Field(8, ge=1, le=64)
-    # Prompt tokens evaluated per batch step: bounds the stall a new prompt causes to the
-    # replies already streaming.
-    prefill_chunk_tokens: int = Field(128, ge=8, le=2048)
+    # Prompt tokens evaluated per batch step: bounds how long a more urgent reply waits behind
+    # a prompt being evaluated (on one CPU core ~85 prompt tokens/s for SmolLM2-135M).
+    prefill_chunk_tokens: int = Field(32, ge=8, le=2048)
     max_tokens: int = Field(64, ge=1)
     temperature: float = Field(0.2, ge=0)
     top_p: float = Field(0.9, gt=0, le=1)

@@ -27,9 +27,10 @@ from quillman.engines.llm.base import Pacing
 SECONDS_PER_WORD_ESTIMATE = 0.3
 
 
-# A spoken reply's tokens: the first clause (up to first_chunk_max_words, ~1.3 tokens a word)
-# at once, then a little faster than speech (~3 words/s = ~4 tokens/s), kept 2 s ahead.
-SPOKEN_REPLY_PACING = Pacing(burst_tokens=20, tokens_per_s=6.0, lead_s=2.0)
+# A spoken reply's tokens: the first clause (the first TTS chunk is cut after 4-12 words, ~1.3
+# tokens a word) at once, then a little faster than speech (~3 words/s = ~4 tokens/s), kept 1 s
+# ahead of when playback needs them.
+SPOKEN_REPLY_PACING = Pacing(burst_tokens=12, tokens_per_s=6.0, lead_s=1.0)
 
 
 @dataclass(frozen=True)
