@@ -71,6 +71,11 @@ class _Job:
         deadline = self.request.deadline
         return (math.inf if deadline is None else deadline, self.submitted)
 
+    def in_burst(self) -> bool:
+        """Still on the prompt or the first clause (the part the listener is waiting for)."""
+        pacing = self.request.pacing or READING_PACE
+        return bool(self.to_eval) or self.generated < pacing.burst_tokens
+
     def next_token_due(self) -> float:
         """Unix time the next token is needed (see Pacing); inf: no deadline at all."""
         if self.to_eval:  # the prompt: due with the first token
@@ -242,7 +247,7 @@ class BatchedLlamaCpp:
         self._waiting = [job for job in self._waiting if not self._drop_if_cancelled(job)]
         self._waiting.sort(key=_Job.urgency)
         for job in list(self._waiting):
-            slot = self._slot_for(job.request.session_id)
+            slot = self._slot_for(job)
             if slot is None:
                 break  # every slot is generating: wait for one (in deadline order)
             self._waiting.remove(job)
@@ -251,21 +256,22 @@ class BatchedLlamaCpp:
             self.stats.active = sum(slot.job is not None for slot in self._slots)
             self.stats.waiting = len(self._waiting)
 
-    def _slot_for(self, session_id: str | None) -> _Slot | None:
+    def _slot_for(self, job: _Job) -> _Slot | None:
         free = [slot for slot in self._slots if slot.job is None]
         if not free:
             return None
+        session_id = job.request.session_id
         if session_id is not None:
             for slot in free:
                 if slot.session_id == session_id:
                     return slot
-        # An empty slot, else the least recently used idle one (its session's cache is lost).
-        return min(free, key=lambda slot: (slot.session_id is not None, slot.last_used))
+        # Another session's idle slot: the one sharing the longest prefix with this prompt (the
+        # system prompt and few-shot turns every session starts with), least recently used
+        # among equals; that session's cache beyond the shared prefix is lost.
+        return max(free, key=lambda slot: (common_prefix(slot.tokens, job.prompt), -slot.last_used))
 
     def _start(self, job: _Job, slot: _Slot) -> None:
-        reuse = common_prefix(slot.tokens, job.prompt) if slot.session_id == job.request.session_id \
-            or job.request.session_id is None else 0
-        reuse = min(reuse, len(job.prompt) - 1)  # the last prompt token is evaluated for its logits
+        reuse = min(common_prefix(slot.tokens, job.prompt), len(job.prompt) - 1)  # the last prompt token is evaluated for its logits
         self._ll.llama_memory_seq_rm(self._memory, slot.seq_id, reuse, -1)
         slot.tokens = slot.tokens[:reuse]
         slot.session_id = job.request.session_id
@@ -344,7 +350,11 @@ class BatchedLlamaCpp:
         # step. When nothing is due (every reply ahead of its pace), all sequences run.
         now = time.time()
         ready = [s for s in active if s.job.to_eval or s.job.last_token is not None]
-        due = sorted((s for s in ready if s.job.next_token_due() <= now), key=lambda s: s.job.next_token_due())
+        # A new turn's prompt and first clause go before paced tokens of replies already
+        # speaking, even those behind their pace: on an overloaded machine plain EDF would
+        # let late replies starve new turns (their tokens' due times are already past).
+        due = sorted((s for s in ready if s.job.next_token_due() <= now),
+                     key=lambda s: (not s.job.in_burst(), s.job.next_token_due()))
         chosen = due[:1] if due else ready
         generating = [s for s in chosen if not s.job.to_eval]
         for slot in generating:

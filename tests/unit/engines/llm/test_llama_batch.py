@@ -84,11 +84,16 @@ async def test_a_session_reuses_its_prompt_prefix(engine):
     assert second.cached_tokens >= first.input_tokens - 1  # the whole earlier prompt was kept
 
 
-async def test_the_least_recently_used_session_gives_up_its_slot(one_slot):
-    _, a1 = await collect(one_slot, GenerationRequest(chat("Hi, I am A."), GREEDY, session_id="A"))
-    _, b = await collect(one_slot, GenerationRequest(chat("Hi, I am B."), GREEDY, session_id="B"))
-    _, a2 = await collect(one_slot, GenerationRequest(chat("Hi, I am A."), GREEDY, session_id="A"))
-    assert b.cached_tokens == 0 and a2.cached_tokens == 0  # one slot: each evicted the other
+async def test_a_new_session_reuses_the_shared_prefix_and_evicts_the_idle_history(one_slot):
+    first = chat("Tell me about the moon.")
+    reply, a1 = await collect(one_slot, GenerationRequest(first, GREEDY, session_id="A"))
+    _, b = await collect(one_slot, GenerationRequest(chat("Name a fruit."), GREEDY, session_id="B"))
+    follow_up = first + [{"role": "assistant", "content": reply}, {"role": "user", "content": "And the sun?"}]
+    _, a2 = await collect(one_slot, GenerationRequest(follow_up, GREEDY, session_id="A"))
+    # B started from A's slot: the system prompt they share was not evaluated again ...
+    assert 0 < b.cached_tokens < a1.input_tokens - 3
+    # ... and A's history was gone when A came back (one slot): only the shared prefix was left.
+    assert a2.cached_tokens < a1.input_tokens - 3
 
 
 async def test_waiting_requests_start_earliest_deadline_first(one_slot):
