@@ -83,10 +83,21 @@ class RealtimeClient:
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
 
-    async def connect(self, session: dict[str, Any] | None = None) -> None:
+    async def connect(self, session: dict[str, Any] | None = None, retry_refused_s: float = 0.0) -> None:
+        """Open the session; ``retry_refused_s``: for that long, a server at capacity (503) is
+        asked again after the ``Retry-After`` it sends (capped at 1 s here)."""
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
-        self.ws = await websockets.connect(self.url, max_size=None, open_timeout=30,
-                                           additional_headers=headers)
+        give_up = time.perf_counter() + retry_refused_s
+        while True:
+            try:
+                self.ws = await websockets.connect(self.url, max_size=None, open_timeout=30,
+                                                   additional_headers=headers)
+                break
+            except websockets.exceptions.InvalidStatus as exc:
+                response = exc.response
+                if response.status_code != 503 or time.perf_counter() >= give_up:
+                    raise
+                await asyncio.sleep(min(1.0, float(response.headers.get("Retry-After", 1))))
         self._reader = asyncio.create_task(self._read())
         created = await self.wait_for("session.created", timeout=30)
         self.session = created["session"]

@@ -81,7 +81,9 @@ async def text_request(client: RealtimeClient, text: str) -> None:
 async def hang_up_cycle(ws_url: str, index: int, clips: list[np.ndarray], seen: Counter) -> None:
     point = HANG_UP_AT[index % len(HANG_UP_AT)]
     client = RealtimeClient(ws_url)
-    await client.connect()
+    # Sessions just hung up may still hold admission slots for a moment: come back, as a
+    # client told Retry-After does.
+    await client.connect(retry_refused_s=60)
     try:
         if point in ("audio_sent", "input_audio_buffer.committed"):
             # A question and the silence after it, faster than real time (within the allowed lead).

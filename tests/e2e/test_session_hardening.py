@@ -69,7 +69,7 @@ async def test_hostile_frames_get_one_error_each_and_the_socket_stays(ws_url):
         "invalid_json": deep,
         "input_too_long": huge_text,
         "unsupported_feature": json.dumps({"type": "session.update", "session": {"tools": [
-            {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]}}),
+            {"type": "mcp", "server_label": "files", "server_url": "http://127.0.0.1:9"}]}}),
     }
     async with RealtimeClient(ws_url) as client:
         for code, frame in cases.items():

@@ -244,7 +244,7 @@ async def test_uncommitted_audio_is_capped_without_vad(make_driver, backends):
 
 
 async def test_history_is_halved_and_the_system_prompt_kept(make_driver, backends):
-    d = await make_driver(tiny_limits(max_history_messages=4, instructions="SYSTEM PROMPT"))
+    d = await make_driver(tiny_limits(max_history_messages=4, instructions="SYSTEM PROMPT", few_shot=[]))
     for i in range(6):
         backends.replies[i] = f"answer {i}."
         done = await d.text_turn(f"question {i}")
