@@ -76,9 +76,10 @@ async def test_hostile_frames_get_one_error_each_and_the_socket_stays(ws_url):
             await client.ws.send(frame)
             event = await next_of(client, "error", "session.updated", "conversation.item.added")
             assert event["type"] == "error" and event["error"]["code"] == code, (code, event)
-        for session in ({"tool_choice": "required"},):
+        for session, code in (({"tool_choice": "required"}, "invalid_tool_choice"),
+                              ({"tools": [{"type": "mcp", "server_label": "x"}]}, "unsupported_feature")):
             refused = await update(client, session)
-            assert refused["type"] == "error" and refused["error"]["code"] == "unsupported_feature", refused
+            assert refused["type"] == "error" and refused["error"]["code"] == code, refused
             assert refused["error"]["param"].startswith("session.")
         # What many clients always send is accepted.
         accepted = await update(client, {"tools": [], "tool_choice": "auto",
