@@ -118,7 +118,7 @@ SCALE = float(os.environ.get("QUILLMAN_FUZZ_SCALE", "1"))
 # sequence as found (the regression tests below hold the minimal ones); deeper runs shrink it.
 SHRINK = os.environ.get("QUILLMAN_FUZZ_SHRINK", "1" if SCALE > 1 else "0") != "0"
 MACHINE_SETTINGS = settings(
-    max_examples=max(1, int(50 * SCALE)),
+    max_examples=max(1, int(30 * SCALE)),  # CI budget; QUILLMAN_FUZZ_SCALE=4 for a long run
     stateful_step_count=max(5, int(30 * math.sqrt(max(SCALE, 1.0)))),
     deadline=None, database=None, print_blob=True,
     phases=[Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if SHRINK else []),
