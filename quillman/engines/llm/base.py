@@ -9,7 +9,7 @@ engines that queue work serve the earliest deadline first).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Literal, Protocol
 
 
@@ -99,15 +99,6 @@ class Usage:
 # A stream's deltas: text and tool-call parts as they are generated, then (where the backend
 # tells) one Usage.
 Delta = str | ToolCallDelta | Usage
-
-
-@dataclass
-class SlotStats:
-    """What a batching engine reports about its load (for admission and autoscaling)."""
-
-    active: int = 0  # sequences generating or evaluating their prompt
-    waiting: int = 0  # requests queued for a free sequence
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 class LanguageModel(Protocol):

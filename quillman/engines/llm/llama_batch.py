@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 from quillman.engines.llm import tools as tool_format
-from quillman.engines.llm.base import Delta, GenerationRequest, Pacing, SlotStats, Usage
+from quillman.engines.llm.base import Delta, GenerationRequest, Pacing, Usage
 from quillman.errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -158,7 +158,6 @@ class BatchedLlamaCpp:
         self._waiting: list[_Job] = []  # tokenized, no slot yet (worker thread only)
         self._closed = False
         self._piece = ctypes.create_string_buffer(64)
-        self.stats = SlotStats()
         self._worker = threading.Thread(target=self._run, name="llama-batch", daemon=True)
         self._worker.start()
         logger.info("llama.cpp batched engine: %d slots x %d tokens, chunk %d", n_slots, n_ctx, self._chunk)
@@ -186,10 +185,6 @@ class BatchedLlamaCpp:
             with self._wake:
                 job.cancelled = True
                 self._wake.notify()
-
-    def load(self) -> SlotStats:
-        with self._lock:
-            return SlotStats(active=self.stats.active, waiting=self.stats.waiting + len(self._incoming))
 
     def close(self) -> None:
         with self._wake:
@@ -252,9 +247,6 @@ class BatchedLlamaCpp:
                 break  # every slot is generating: wait for one (in deadline order)
             self._waiting.remove(job)
             self._start(job, slot)
-        with self._lock:
-            self.stats.active = sum(slot.job is not None for slot in self._slots)
-            self.stats.waiting = len(self._waiting)
 
     def _slot_for(self, job: _Job) -> _Slot | None:
         free = [slot for slot in self._slots if slot.job is None]
