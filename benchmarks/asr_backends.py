@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
     import torch
+    import transformers  # noqa: F401  imported here, so the conversion time is the conversion's
 
     torch.set_num_threads(args.threads)
     clips = [int16_to_float(espeak(question, ASR_SAMPLE_RATE_HZ)) for question in QUESTIONS]
