@@ -8,6 +8,8 @@ mapping exactly, int8 dequantization included, on a tiny random Whisper.
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -26,7 +28,7 @@ from quillman.loadtest.speech import QUESTIONS, espeak, word_error_rate  # noqa:
 from tiny_whisper import build_tiny_whisper  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
-    __import__("shutil").which("espeak-ng") is None, reason="needs espeak-ng"
+    shutil.which("espeak-ng") is None, reason="needs espeak-ng"
 )
 
 
