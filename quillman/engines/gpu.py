@@ -21,13 +21,14 @@ logger = logging.getLogger(__name__)
 GPU_EXTRA_HINT = "pip install 'quillman[gpu]'"
 
 
-def import_optional(module: str, setting: str, package: str | None = None) -> ModuleType:
+def import_optional(module: str, setting: str, package: str | None = None,
+                    install_hint: str = GPU_EXTRA_HINT) -> ModuleType:
     """Import a GPU-profile package, or say which setting needs it and how to install it."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
         raise ConfigError(
-            f"{setting} needs the Python package {package or module} ({GPU_EXTRA_HINT}); "
+            f"{setting} needs the Python package {package or module} ({install_hint}); "
             f"import failed: {exc}"
         ) from exc
 

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 from quillman.config import LlmConfig
-from quillman.engines.gpu import import_optional, require_cuda, resolve_model_dir, staggered_start
+from quillman.engines.gpu import (GPU_EXTRA_HINT, import_optional, require_cuda, resolve_model_dir,
+                                  staggered_start)
 from quillman.engines.llm.base import Delta, GenerationRequest, Message, Usage
 from quillman.errors import ConfigError, ModelError
 
@@ -40,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 _SETTING = "llm.backend 'vllm'"
 _GIB = 1024**3
+CPU_INSTALL_HINT = "make install-vllm, or pip install 'quillman[cpu-vllm]' after torch==2.13.0"
 # The KV cache on CPU when llm.kv_cache_memory_bytes is unset.
 CPU_KV_CACHE_BYTES = _GIB
 # Substrings of vLLM's start-up errors that mean "the memory budget does not fit".
@@ -146,7 +148,8 @@ class VllmModel:
 
     @classmethod
     def from_config(cls, config: LlmConfig) -> "VllmModel":
-        vllm = import_optional("vllm", _SETTING)
+        hint = CPU_INSTALL_HINT if config.device == "cpu" else GPU_EXTRA_HINT
+        vllm = import_optional("vllm", _SETTING, install_hint=hint)
         check_build(config.device)
         on_cpu = config.device == "cpu"
         if not on_cpu:

@@ -112,6 +112,8 @@ def test_missing_vllm_package_is_a_clear_error(fake_vllm, model_dir, monkeypatch
     install(monkeypatch, {"vllm": None})
     with pytest.raises(ConfigError, match=r"needs the Python package vllm \(pip install 'quillman\[gpu\]'\)"):
         load_language_model(LlmConfig(backend="vllm", model=str(model_dir)))
+    with pytest.raises(ConfigError, match=r"needs the Python package vllm \(make install-vllm"):
+        load_language_model(LlmConfig(backend="vllm", device="cpu", model=str(model_dir)))
 
 
 def test_missing_model_is_a_clear_error(fake_vllm, tmp_path, monkeypatch):
