@@ -171,6 +171,14 @@ class ModelError(QuillmanError):
     type = "server_error"
 
 
+class ModelUnavailable(ModelError):
+    """A stage has no running replica while a turn waits on it (its node was lost, or it failed
+    to start): the turn ends ``failed`` at once instead of waiting for a replacement; the session
+    goes on, and its next turn is answered once Serve has started one (``GET /healthz``)."""
+
+    code = "model_unavailable"
+
+
 class TranscriptionFailed(ModelError):
     """ASR of a user turn failed: reported once, as ``input_audio_transcription.failed``."""
 
