@@ -215,7 +215,7 @@ def test_cpu_nodes_is_cpu_cluster_pinned_to_the_nodes_of_the_simulated_cluster()
     for name, deployment in deployments.items():
         [(resource, units)] = deployment["ray_actor_options"]["resources"].items()
         replicas = deployment.get("autoscaling_config", {}).get("max_replicas") or deployment["num_replicas"]
-        # Room for every replica plus the one a rolling update starts before stopping an old one.
+        # Room for every replica plus one: a rolling update starts a new replica while the old drains.
         assert capacity[resource] >= units * (replicas + 1), name
     text = (CONFIGS / "cpu-nodes.yaml").read_text()
     for resources in CPU_NODES.values():  # the header's `ray start` lines are the layout's
