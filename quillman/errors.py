@@ -172,9 +172,10 @@ class ModelError(QuillmanError):
 
 
 class ModelUnavailable(ModelError):
-    """A stage has no running replica while a turn waits on it (its node was lost, or it failed
-    to start): the turn ends ``failed`` at once instead of waiting for a replacement; the session
-    goes on, and its next turn is answered once Serve has started one (``GET /healthz``)."""
+    """The replica working on a turn was lost (it crashed, or its node went away), or its stage
+    has no running replica while the turn waits on it: the turn ends ``failed`` at once instead
+    of waiting for a replacement; the session goes on, and its next turn is answered once Serve
+    has started one (``GET /healthz``)."""
 
     code = "model_unavailable"
 

@@ -26,7 +26,7 @@ from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from ray import serve
-from ray.exceptions import ActorUnavailableError
+from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from quillman import errors, security
@@ -88,8 +88,8 @@ async def refuse(websocket: WebSocket, refusal: errors.HandshakeRefused) -> None
 
 def unavailable_error(name: str) -> errors.ModelUnavailable:
     return errors.ModelUnavailable(
-        f"{ROLES[name]} is unavailable: its replica cannot be reached or none is running (a node "
-        "was lost, or it failed to start); the turn ended. Serve starts a new one: try again shortly")
+        f"{ROLES[name]} is unavailable: the replica working on this turn was lost (it crashed, or "
+        "its node went away) or none is running; the turn ended. Serve starts a new one: try again shortly")
 
 
 class HandleBackends:
@@ -101,9 +101,8 @@ class HandleBackends:
     replacement takes. So every wait longer than ``poll_s`` asks ``unavailable(name)``
     (:meth:`DeploymentWatch.unavailable`); when the stage has nothing running, the request is
     cancelled and the turn fails at once with :class:`~quillman.errors.ModelUnavailable`, as it
-    does when a stream is cut by its replica's node going away (ActorUnavailableError). A
-    replica that dies on a live node (ActorDiedError) stays a ``model_error``: Serve restarts
-    it within seconds.
+    does when the replica dies under a request (Ray's ActorDiedError, or ActorUnavailableError
+    when its node is gone: which one comes first is a matter of Ray's timing).
     """
 
     def __init__(self, transcriber: DeploymentHandle, language_model: DeploymentHandle,
@@ -116,15 +115,15 @@ class HandleBackends:
         self._poll_s = poll_s
 
     async def _answer(self, name: str, awaitable: Awaitable[T]) -> T:
-        """``awaitable``'s result, unless deployment ``name`` is out of reach meanwhile: its
-        replica unreachable (Ray's ActorUnavailableError, e.g. its node is gone) or none running."""
+        """``awaitable``'s result, unless deployment ``name`` is out of reach meanwhile: the
+        replica working on it gone (it crashed, or its node went away) or none running."""
         task = asyncio.ensure_future(awaitable)
         try:
             while not (await asyncio.wait({task}, timeout=self._poll_s))[0]:
                 if await self._unavailable(name):
                     raise unavailable_error(name)
             return task.result()
-        except ActorUnavailableError:
+        except RayActorError:  # ActorDiedError, ActorUnavailableError: the replica is gone
             raise unavailable_error(name) from None
         finally:
             task.cancel()  # a no-op once done

@@ -8,7 +8,7 @@ import types
 
 import numpy as np
 import pytest
-from ray.exceptions import ActorUnavailableError
+from ray.exceptions import ActorDiedError, ActorUnavailableError
 
 from quillman import errors
 from quillman.deployments.ingress import HandleBackends
@@ -18,10 +18,11 @@ pytestmark = pytest.mark.usefixtures("hang_guard")
 
 
 class Cut:
-    """A stream whose replica's node went away after the first item."""
+    """A stream whose replica went away after the first item."""
 
-    def __init__(self):
+    def __init__(self, error: Exception):
         self.items = [np.ones(10, np.int16)]
+        self.error = error
         self.cancelled = False
 
     def __aiter__(self):
@@ -30,7 +31,7 @@ class Cut:
     async def __anext__(self):
         if self.items:
             return self.items.pop(0)
-        raise ActorUnavailableError("The actor is temporarily unavailable: RpcError: connection reset", None)
+        raise self.error
 
     def cancel(self):
         self.cancelled = True
@@ -94,8 +95,12 @@ async def test_a_stream_cut_off_mid_reply_fails_after_what_it_yielded():
     assert failure.value.code == "model_unavailable" and "speech synthesis" in failure.value.message
 
 
-async def test_a_stream_whose_replica_becomes_unreachable_fails_as_unavailable():
-    stream = Cut()
+@pytest.mark.parametrize("error", [
+    ActorUnavailableError("The actor is temporarily unavailable: RpcError: connection reset", None),  # node gone
+    ActorDiedError(),  # the replica process died
+], ids=["unreachable", "died"])
+async def test_a_stream_whose_replica_is_lost_fails_as_unavailable(error):
+    stream = Cut(error)
     with pytest.raises(errors.ModelUnavailable) as failure:
         async for _ in backends(set(), tts=stream).synthesize("Hello there.", "joe", 24000):
             pass
