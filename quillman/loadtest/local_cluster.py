@@ -36,6 +36,10 @@ from quillman.server_process import ROOT, STOP_TIMEOUT_S, _default_sigint, _exec
 logger = logging.getLogger(__name__)
 
 NODE_START_TIMEOUT_S = 120.0
+# Each node's object store; Ray's default is 30 % of the machine's memory per node, which several
+# nodes on one machine (beside the test suite's server) would ask for each. The app passes only
+# small arrays (audio clips, tokens) between stages.
+OBJECT_STORE_BYTES = 200 * 1024 * 1024
 STARTED = "Ray runtime started."
 # The nodes configs/cpu-nodes.yaml pins its stages to (its header has the same `ray start` lines):
 # node name -> custom resources; a replica takes 1 of its stage's.
@@ -114,7 +118,7 @@ class LocalCluster:
         log_path = self.workdir / f"node-{name}.log"
         command = [_executable("ray"), "start", "--block", f"--temp-dir={temp_dir}",
                    f"--num-cpus={self.num_cpus}", "--num-gpus=0", f"--resources={json.dumps(resources)}",
-                   "--disable-usage-stats", *node_ports(), *flags]
+                   f"--object-store-memory={OBJECT_STORE_BYTES}", "--disable-usage-stats", *node_ports(), *flags]
         with open(log_path, "wb") as log:
             process = subprocess.Popen(command, cwd=self.workdir, env=self.env, stdout=log,
                                        stderr=subprocess.STDOUT, start_new_session=True,
