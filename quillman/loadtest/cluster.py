@@ -68,12 +68,6 @@ async def text_session(ws_url: str, instructions: str | None = None) -> Realtime
     return client
 
 
-async def ask(client: RealtimeClient, text: str) -> None:
-    await client.send({"type": "conversation.item.create", "item": {
-        "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}})
-    await client.send({"type": "response.create"})
-
-
 # --- a node lost mid-turn ----------------------------------------------------------------------
 
 
@@ -97,10 +91,10 @@ async def lose_the_speech_node(cluster: LocalCluster, ws_url: str, url: str,
         before = await voice.talk(spoken_question(questions[0]), 24000)
         text = await text_session(ws_url, STORYTELLER)
         try:
-            await ask(voice, LONG_STORY)
+            await voice.ask(LONG_STORY)
             while (await voice.next_event())["type"] != "response.output_audio.delta":
                 pass  # its speech is being synthesized on the speech node: the node goes now
-            await ask(text, LONG_STORY)
+            await text.ask(LONG_STORY)
             killed = time.monotonic()
             await asyncio.to_thread(cluster.kill, "speech")
             lost, untouched = await asyncio.gather(voice.collect_turn(), text.collect_turn())
@@ -135,7 +129,7 @@ async def update_in_place(cluster: LocalCluster, ws_url: str, config: Path, time
     old = await text_session(ws_url)
     try:
         old_instructions = old.session["instructions"]
-        await ask(old, LONG_STORY)
+        await old.ask(LONG_STORY)
         await old.wait_for("response.output_text.delta")
         deployed = time.monotonic()
         await asyncio.to_thread(cluster.deploy, config)
@@ -150,11 +144,11 @@ async def update_in_place(cluster: LocalCluster, ws_url: str, config: Path, time
             await asyncio.sleep(1)
         new_version_after_s = time.monotonic() - deployed
         try:
-            await ask(new, "What is the capital of France?")
+            await new.ask("What is the capital of France?")
             new_turn = await new.collect_turn()
         finally:
             await new.close()
-        await ask(old, "Thank you. Say that again, shorter.")
+        await old.ask("Thank you. Say that again, shorter.")
         old_next_turn = await old.collect_turn()
         return Update(open_turn, old_instructions, new_version_after_s, new_turn, old_next_turn,
                       old.session["instructions"])
