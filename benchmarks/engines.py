@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))  # runnable from a checkout without installing
 from quillman.audio import int16_to_float  # noqa: E402
 from quillman.config import AppConfig  # noqa: E402
 from quillman.engines.asr.base import ASR_SAMPLE_RATE_HZ  # noqa: E402
-from quillman.engines.llm.base import GenerationParams, Usage  # noqa: E402
+from quillman.engines.llm.base import GenerationParams, GenerationRequest, Usage  # noqa: E402
 from quillman.loadtest.report import median, percentile  # noqa: E402
 from quillman.loadtest.speech import QUESTIONS, espeak  # noqa: E402
 
@@ -158,15 +158,15 @@ def _tokens_per_s(m: dict[str, float]) -> float | None:
 async def bench_llm(engine: Any, handle: Any, config: AppConfig, repeats: int) -> list[dict[str, Any]]:
     params = GenerationParams(max_tokens=LLM_MAX_TOKENS, temperature=0.0, top_p=1.0)
     stream_handle = handle.options(stream=True)
-    conversations = [chat(question, config) for question in LLM_PROMPTS]
+    conversations = [GenerationRequest(chat(question, config), params) for question in LLM_PROMPTS]
     # Warm both sides (the system prompt then sits in llama.cpp's prefix cache on both, as in a
     # session; each call evaluates its question, since consecutive calls differ).
-    await measure_stream(lambda: engine.stream(conversations[-1], params))
-    await measure_stream(lambda: stream_handle.generate.remote(conversations[-1], params))
+    await measure_stream(lambda: engine.stream(conversations[-1]))
+    await measure_stream(lambda: stream_handle.generate.remote(conversations[-1]))
     results = await interleaved(
         conversations, repeats,
-        lambda messages: measure_stream(lambda: engine.stream(messages, params)),
-        lambda messages: measure_stream(lambda: stream_handle.generate.remote(messages, params)))
+        lambda request: measure_stream(lambda: engine.stream(request)),
+        lambda request: measure_stream(lambda: stream_handle.generate.remote(request)))
     rows = []
     for question, (plain, ray) in zip(LLM_PROMPTS, results):
         row = {

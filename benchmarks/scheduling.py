@@ -1,15 +1,16 @@
-"""LLM/TTS scheduling A/B: the concurrency sweep on the batched, deadline-ordered graph and on the
-old serial one, in one run, as one table and one plot.
+"""Graph variants A/B: the concurrency sweep on each, in one run, as one table and one plot.
 
-  python benchmarks/scheduling.py [--concurrency 1,2,4,8] [--turns 3] [--out docs/benchmarks]
-                                  [--doc docs/benchmarks.md] [--note "shared machine"]
+  python benchmarks/scheduling.py [--variants batched,serial] [--concurrency 1,2,4,8] [--turns 3]
+                                  [--out docs/benchmarks] [--doc docs/benchmarks.md] [--note "..."]
 
-"serial" is serve_config.yaml with the pre-scheduling settings: llm.scheduler serial (one
-generation at a time behind a lock), two syntheses / transcriptions at once per replica in
-arrival order (no deadline gate). Each variant gets its own `serve run` (started and stopped
-here); the callers, questions and pauses are the same. Writes scheduling-<variant>.json,
-scheduling.md and scheduling.png under --out, and with --doc fills the ``scheduling`` block of
-docs/benchmarks.md.
+Variants: "batched" is serve_config.yaml (llama.cpp, batched and deadline-ordered); "serial" is
+it with the pre-scheduling settings: llm.scheduler serial (one generation at a time behind a
+lock), two syntheses / transcriptions at once per replica in arrival order (no deadline gate);
+"vllm" is configs/cpu-vllm.yaml (vLLM's continuous batching on this CPU, the rest the same).
+Each variant gets its own `serve run` (started and stopped here); the callers, questions and
+pauses are the same. Writes <name>-<variant>.json, <name>.md and <name>.png under --out (name:
+--block), and with --doc fills the ``--block`` block of docs/benchmarks.md ("scheduling" for
+batched,serial; "vllm-cpu" for batched,vllm).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from quillman.loadtest.report import _fmt  # noqa: E402
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from update_docs import replace_block  # noqa: E402
 
-VARIANTS = ("batched", "serial")
+VARIANTS = ("batched", "serial", "vllm")
 
 
 def serial_config(base: Path, folder: Path) -> Path:
@@ -62,7 +63,7 @@ def run_variant(config: Path, args: argparse.Namespace, out: Path) -> dict[str, 
 
 
 def table(reports: dict[str, dict[str, Any]]) -> str:
-    lines = ["| scheduler | callers | turns ok/failed/lost | refused | v2v p50 | v2v p95 | v2v p99 | "
+    lines = ["| variant | callers | turns ok/failed/lost | refused | v2v p50 | v2v p95 | v2v p99 | "
              "LLM TTFT p50/p95 | LLM queued p50/p95 | TTS first chunk p50/p95 | TTS queued p50/p95 | "
              "under-runs | CPU mean % |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -89,7 +90,7 @@ def plot(reports: dict[str, dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for variant, style in zip(reports, ("-o", "--s")):
+    for variant, style in zip(reports, ("-o", "--s", "-.^")):
         levels = sorted(reports[variant]["levels"], key=lambda s: s["concurrency"])
         xs = [s["concurrency"] for s in levels]
         for q, alpha in (("p50", 1.0), ("p95", 0.6)):
@@ -98,7 +99,7 @@ def plot(reports: dict[str, dict[str, Any]], path: Path) -> None:
     ax.set_xlabel("concurrent callers")
     ax.set_ylabel("voice-to-voice latency (ms)")
     ax.set_xscale("log", base=2)
-    ax.set_title("LLM/TTS scheduling: batched + deadlines vs serial")
+    ax.set_title(" vs ".join(reports))
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -110,23 +111,25 @@ def main() -> int:
     parser.add_argument("--concurrency", default="1,2,4,8")
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--pause-s", type=float, default=1.0)
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default="batched,serial", help=f"of {', '.join(VARIANTS)}")
+    parser.add_argument("--block", default="scheduling", help="output name and docs block")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"))
-    parser.add_argument("--doc", help="fill the scheduling block of this markdown file")
+    parser.add_argument("--doc", help="fill the --block block of this markdown file")
     parser.add_argument("--note", default="", help="how the machine was")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     reports: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        configs = {"batched": Path(args.config), "serial": serial_config(Path(args.config), Path(tmp))}
+        configs = {"batched": Path(args.config), "serial": serial_config(Path(args.config), Path(tmp)),
+                   "vllm": ROOT / "configs" / "cpu-vllm.yaml"}
         for variant in args.variants.split(","):
             print(f"== {variant}", file=sys.stderr)
-            reports[variant] = run_variant(configs[variant], args, out / f"scheduling-{variant}.json")
+            reports[variant] = run_variant(configs[variant], args, out / f"{args.block}-{variant}.json")
     text = table(reports)
-    (out / "scheduling.md").write_text(text + "\n")
+    (out / f"{args.block}.md").write_text(text + "\n")
     print(text)
-    plot(reports, out / "scheduling.png")
+    plot(reports, out / f"{args.block}.png")
     if args.doc:
         doc = Path(args.doc)
         first = next(iter(reports.values()))
@@ -134,8 +137,8 @@ def main() -> int:
         header = (f"Taken {first['started_at']} on {m.get('cpu')}, {m.get('cores')} cores"
                   f"{' — ' + args.note if args.note else ''}; {args.turns} turns per caller and level, "
                   f"callers {args.concurrency}. ms; server stages p50 / p95.")
-        doc.write_text(replace_block(doc.read_text(), "scheduling", f"{header}\n\n{text}\n\n"
-                                     "![latency vs callers](benchmarks/scheduling.png)"))
+        doc.write_text(replace_block(doc.read_text(), args.block, f"{header}\n\n{text}\n\n"
+                                     f"![latency vs callers](benchmarks/{args.block}.png)"))
     return 0
 
 

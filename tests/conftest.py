@@ -14,6 +14,9 @@ import yaml
 from quillman.server_process import DEFAULT_HTTP_URL, ROOT, healthy, serve_run
 
 SERVER_URL = DEFAULT_HTTP_URL
+# Models built from shipped weights (Whisper base assembled, GGUF converted for vLLM) are cached
+# in the repository's git-ignored .cache/ between runs; servers started here inherit it.
+os.environ.setdefault("QUILLMAN_CACHE_DIR", str(ROOT / ".cache" / "quillman"))
 
 
 @pytest.fixture(scope="session")

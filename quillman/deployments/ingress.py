@@ -426,6 +426,22 @@ class Ingress:
         return JSONResponse({"status": overall, "deployments": deployments},
                             status_code=200 if healthy else 503)
 
+    @app.get("/stats")
+    async def stats(self, request: Request) -> JSONResponse:
+        """What the language model's scheduler holds now, as one LanguageModel replica reports
+        it (vLLM: running and waiting requests, KV cache use; ``{}`` for engines that keep none).
+        Needs a key when keys are configured."""
+        if (denied := self._key_refusal(request)) is not None:
+            return denied
+        try:
+            llm = await asyncio.wait_for(self.handles["LanguageModel"].scheduler_stats.remote(),
+                                         HEALTH_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - a plain 503; the details go to the log
+            logger.warning("/stats: the language model did not answer", exc_info=True)
+            return JSONResponse({"error": "the language model did not answer; see /healthz"},
+                                status_code=503)
+        return JSONResponse({"LanguageModel": llm})
+
     @app.get("/voices")
     async def voices(self) -> dict[str, Any]:
         return {"voices": await self._get_voices(), "default": self.config.session.voice}

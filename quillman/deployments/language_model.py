@@ -34,6 +34,12 @@ class LanguageModel(ModelDeployment):
         finally:
             await stream.aclose()
 
+    async def scheduler_stats(self) -> dict:
+        """The engine's scheduler now (vLLM: running and waiting requests, KV cache use); empty
+        for engines that report none."""
+        report = getattr(self.engine, "scheduler_stats", None)
+        return report() if report is not None else {}
+
     async def _warm(self) -> float:
         # The engine streams asynchronously (blocking work already runs in its own threads).
         return await warm_language_model(self.engine)

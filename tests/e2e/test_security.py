@@ -6,7 +6,7 @@ These tests run against a server of their own (port 8001) started with API keys
 Refusals happen before the socket is accepted: the upgrade request gets an HTTP answer with a
 JSON ``error`` body: 401 ``invalid_api_key``, 403 ``origin_not_allowed``, 503
 ``server_at_capacity`` with ``Retry-After``. No session is created for a refused socket.
-With keys, ``/prewarm`` and the API docs (``/docs``, ``/openapi.json``) need one too (Bearer
+With keys, ``/prewarm``, ``/stats`` and the API docs (``/docs``, ``/openapi.json``) need one too (Bearer
 header, the same 401 body); ``/healthz``, ``/voices`` and the web client stay open.
 """
 
@@ -140,7 +140,7 @@ async def test_the_pipeline_alias_is_guarded_too(server_url):
 
 # --- HTTP routes -----------------------------------------------------------------------------------
 
-PROTECTED_ROUTES = ["/prewarm", "/docs", "/openapi.json"]
+PROTECTED_ROUTES = ["/prewarm", "/stats", "/docs", "/openapi.json"]
 
 
 @pytest.mark.parametrize("path", PROTECTED_ROUTES)
@@ -172,6 +172,8 @@ async def test_the_api_docs_with_a_key(server_url):
     async with httpx.AsyncClient(timeout=30, headers=bearer()) as client:
         schema = await client.get(f"{server_url}/openapi.json")
         docs = await client.get(f"{server_url}/docs")
+        stats = await client.get(f"{server_url}/stats")
+    assert stats.status_code == 200 and stats.json() == {"LanguageModel": {}}  # llama.cpp reports none
     assert schema.status_code == 200
     assert {"/prewarm", "/healthz", "/voices"} <= set(schema.json()["paths"])
     assert docs.status_code == 200 and "SwaggerUIBundle" in docs.text

