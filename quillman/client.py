@@ -188,11 +188,15 @@ class RealtimeClient:
             done.set()
             await asyncio.gather(sender, return_exceptions=True)
 
-    async def say(self, text: str, timeout: float = 120) -> TurnResult:
+    async def ask(self, text: str) -> None:
+        """Send a user text item and ask for a reply (``collect_turn`` reads it)."""
         await self.send({"type": "conversation.item.create", "item": {
             "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}})
-        sent = time.perf_counter()
         await self.send({"type": "response.create"})
+
+    async def say(self, text: str, timeout: float = 120) -> TurnResult:
+        sent = time.perf_counter()
+        await self.ask(text)
         result = await self.collect_turn(timeout=timeout)
         result.user_transcript = text
         first_audio = next((e["_received"] for e in result.events

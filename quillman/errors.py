@@ -171,6 +171,15 @@ class ModelError(QuillmanError):
     type = "server_error"
 
 
+class ModelUnavailable(ModelError):
+    """The replica working on a turn was lost (it crashed, or its node went away), or its stage
+    has no running replica while the turn waits on it: the turn ends ``failed`` at once instead
+    of waiting for a replacement; the session goes on, and its next turn is answered once Serve
+    has started one (``GET /healthz``)."""
+
+    code = "model_unavailable"
+
+
 class TranscriptionFailed(ModelError):
     """ASR of a user turn failed: reported once, as ``input_audio_transcription.failed``."""
 

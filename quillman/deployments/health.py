@@ -38,6 +38,13 @@ class DeploymentState:
     def starting(self) -> bool:
         return self.status in STARTING
 
+    @property
+    def unavailable(self) -> bool:
+        """Serve holds requests to a deployment without replicas until one starts; with none
+        running and the deployment failed (a replica crashed, its node was lost, it cannot
+        start) that wait may take minutes. Not while UPDATING: a rolling update's gap is short."""
+        return self.failed and self.replicas == 0
+
 
 _EXCEPTION_LINE = re.compile(r"^\s*((?:[A-Za-z_][\w.]*)?(?:Error|Exception|Exit)\b.*)$", re.M)
 _RAY_INTERNALS = re.compile(r"\s*\((?:[^()]*\b(?:pid|ip|actor_id|repr)=[^()]*)+\)|\b(?:pid|ip|actor_id)=\S+")
@@ -102,6 +109,10 @@ class DeploymentWatch:
                 self._read_at = time.monotonic()
                 self._log_new_failures()
             return self._states
+
+    async def unavailable(self, name: str) -> bool:
+        state = (await self.states()).get(name)
+        return state is not None and state.unavailable
 
     async def failures(self) -> dict[str, dict[str, str]]:
         """name -> :func:`failure_report`, for each failed deployment."""

@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 from urllib.parse import parse_qsl
 
 import numpy as np
@@ -26,6 +26,7 @@ from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from quillman import errors, security
@@ -35,7 +36,7 @@ from quillman.engines.llm.base import Delta, GenerationRequest
 from quillman.engines.smart_turn import load_smart_turn
 from quillman.scheduling import QueueWait
 from quillman.engines.vad import SileroVad
-from quillman.deployments.health import WHAT_TO_RUN, DeploymentWatch, read_serve_states
+from quillman.deployments.health import ROLES, WHAT_TO_RUN, DeploymentWatch, read_serve_states
 from quillman.metrics import ServeMetrics
 from quillman.pipeline.session import RealtimeSession
 from quillman.telephony import twilio_protocol
@@ -48,6 +49,8 @@ WEB_DIR = Path(os.environ.get("QUILLMAN_WEB_DIR", Path(__file__).resolve().paren
 HEALTH_TIMEOUT_S = 5.0
 PREWARM_POLL_S = 1.0  # how often a waiting /prewarm looks for a deployment that failed to start
 RETRY_AFTER_S = 5  # told to clients refused at capacity
+UNAVAILABLE_POLL_S = 1.0  # a model request waiting this long asks whether its stage has replicas
+T = TypeVar("T")
 
 # FastAPI's own docs routes are off: the Ingress serves /openapi.json, /docs and /redoc itself, so
 # that they can ask for a key when keys are configured (Serve copies this app's routes when it
@@ -83,22 +86,66 @@ async def refuse(websocket: WebSocket, refusal: errors.HandshakeRefused) -> None
         await websocket.close(code=refusal.close_code, reason=refusal.message)
 
 
+def unavailable_error(name: str) -> errors.ModelUnavailable:
+    return errors.ModelUnavailable(
+        f"{ROLES[name]} is unavailable: the replica working on this turn was lost (it crashed, or "
+        "its node went away) or none is running; the turn ended. Serve starts a new one: try again shortly")
+
+
 class HandleBackends:
-    """The session's view of the three deployments; cancelling a caller cancels the request."""
+    """The session's view of the three deployments; cancelling a caller cancels the request.
+
+    A request to a deployment that has no running replica waits in Serve's handle until one
+    starts, and a request whose replica became unreachable (its node was lost) is retried there
+    the same way: the turn would hang until the session's model timeout, however long the
+    replacement takes. So every wait longer than ``poll_s`` asks ``unavailable(name)``
+    (:meth:`DeploymentWatch.unavailable`); when the stage has nothing running, the request is
+    cancelled and the turn fails at once with :class:`~quillman.errors.ModelUnavailable`, as it
+    does when the replica dies under a request (Ray's ActorDiedError, or ActorUnavailableError
+    when its node is gone: which one comes first is a matter of Ray's timing).
+    """
 
     def __init__(self, transcriber: DeploymentHandle, language_model: DeploymentHandle,
-                 speaker: DeploymentHandle):
+                 speaker: DeploymentHandle, unavailable: Callable[[str], Awaitable[bool]],
+                 poll_s: float = UNAVAILABLE_POLL_S):
         self._asr = transcriber
         self._llm = language_model.options(stream=True)
         self._tts = speaker.options(stream=True)
+        self._unavailable = unavailable
+        self._poll_s = poll_s
+
+    async def _answer(self, name: str, awaitable: Awaitable[T]) -> T:
+        """``awaitable``'s result, unless deployment ``name`` is out of reach meanwhile: the
+        replica working on it gone (it crashed, or its node went away) or none running."""
+        task = asyncio.ensure_future(awaitable)
+        try:
+            while not (await asyncio.wait({task}, timeout=self._poll_s))[0]:
+                if await self._unavailable(name):
+                    raise unavailable_error(name)
+            return task.result()
+        except RayActorError:  # ActorDiedError, ActorUnavailableError: the replica is gone
+            raise unavailable_error(name) from None
+        finally:
+            task.cancel()  # a no-op once done
+
+    async def _stream(self, name: str, stream: Any) -> AsyncIterator[Any]:
+        try:
+            while True:
+                try:
+                    item = await self._answer(name, anext(stream))
+                except StopAsyncIteration:
+                    return
+                yield item
+        finally:
+            stream.cancel()
 
     async def transcribe(self, pcm: np.ndarray, language: str | None,
                          deadline: float | None = None) -> Transcript:
         response = self._asr.transcribe.remote(pcm, language, deadline)
         try:
-            return await response
-        except asyncio.CancelledError:
-            response.cancel()
+            return await self._answer("Transcriber", response)
+        except BaseException:
+            response.cancel()  # a no-op once answered
             raise
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
@@ -106,21 +153,14 @@ class HandleBackends:
         # (configs/cpu-cluster.yaml) a conversation's turns reach the replica holding its
         # prompt cache. The default router ignores it.
         llm = self._llm.options(session_id=request.session_id) if request.session_id else self._llm
-        stream = llm.generate.remote(request)
-        try:
-            async for delta in stream:
-                yield delta
-        finally:
-            stream.cancel()
+        async for delta in self._stream("LanguageModel", llm.generate.remote(request)):
+            yield delta
 
     async def synthesize(self, text: str, voice: str, sample_rate_hz: int,
                          deadline: float | None = None) -> AsyncIterator[QueueWait | np.ndarray]:
         stream = self._tts.synthesize.remote(text, voice, sample_rate_hz, deadline)
-        try:
-            async for item in stream:
-                yield item
-        finally:
-            stream.cancel()
+        async for item in self._stream("Speaker", stream):
+            yield item
 
 
 _PLACEHOLDER = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>QuiLLMan</title></head>
@@ -150,7 +190,6 @@ class Ingress:
                  speaker: DeploymentHandle, config: AppConfig):
         self.config = AppConfig.model_validate(config)
         self.handles = {"Transcriber": transcriber, "LanguageModel": language_model, "Speaker": speaker}
-        self.backends = HandleBackends(transcriber, language_model, speaker)
         self._voices: list[str] | None = None
         self.end_of_turn = load_smart_turn()  # semantic_vad's audio model, in this process like Silero
         self.sessions: dict[str, RealtimeSession] = {}
@@ -158,6 +197,7 @@ class Ingress:
         self.metrics = ServeMetrics()
         app_name = serve.get_replica_context().app_name
         self.deployment_watch = DeploymentWatch(lambda: read_serve_states(app_name))
+        self.backends = HandleBackends(transcriber, language_model, speaker, self.deployment_watch.unavailable)
         self.api_keys = security.configured_keys(self.config.server)
         if self.api_keys:
             logger.info("API keys required (%d configured)", len(self.api_keys))

@@ -3,6 +3,7 @@ placement agrees with its engine settings; the KubeRay manifest embeds the clust
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -200,3 +201,22 @@ def test_each_model_stage_has_a_startup_timeout_longer_than_its_delay():
         AppConfig.model_validate({"llm": {"startup_delay_s": 60, "startup_timeout_s": 30}})
     with pytest.raises(ValidationError):
         AppConfig.model_validate({"asr": {"startup_timeout_s": 0}})
+
+
+def test_cpu_nodes_is_cpu_cluster_pinned_to_the_nodes_of_the_simulated_cluster():
+    from quillman.loadtest.local_cluster import CPU_NODES
+
+    nodes = yaml.safe_load((CONFIGS / "cpu-nodes.yaml").read_text())
+    cluster = yaml.safe_load((CONFIGS / "cpu-cluster.yaml").read_text())
+    assert nodes["applications"][0]["args"] == cluster["applications"][0]["args"]
+    [(_, deployments)] = validate_serve_config(nodes)
+    assert set(deployments) == DEPLOYMENTS
+    capacity = {k: v for resources in CPU_NODES.values() for k, v in resources.items()}
+    for name, deployment in deployments.items():
+        [(resource, units)] = deployment["ray_actor_options"]["resources"].items()
+        replicas = deployment.get("autoscaling_config", {}).get("max_replicas") or deployment["num_replicas"]
+        # Room for every replica plus one: a rolling update starts a new replica while the old drains.
+        assert capacity[resource] >= units * (replicas + 1), name
+    text = (CONFIGS / "cpu-nodes.yaml").read_text()
+    for resources in CPU_NODES.values():  # the header's `ray start` lines are the layout's
+        assert json.dumps(resources).replace('"', "") in text.replace('"', ""), resources

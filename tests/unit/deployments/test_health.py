@@ -70,3 +70,11 @@ async def test_a_controller_that_does_not_answer_keeps_the_last_record():
     watch = DeploymentWatch(read, max_age_s=0.0)
     assert (await watch.states())["Speaker"].status == "HEALTHY"
     assert (await watch.states())["Speaker"].status == "HEALTHY"
+
+
+def test_a_stage_is_unavailable_only_when_failed_with_nothing_running():
+    assert DeploymentState("UNHEALTHY", replicas=0).unavailable  # its node was lost
+    assert DeploymentState("DEPLOY_FAILED", replicas=0).unavailable
+    assert not DeploymentState("UNHEALTHY", replicas=1).unavailable  # Serve retries on the other
+    assert not DeploymentState("UPDATING", replicas=0).unavailable  # a rolling update's short gap
+    assert not DeploymentState("HEALTHY", replicas=1).unavailable

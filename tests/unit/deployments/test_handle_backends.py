@@ -1,0 +1,124 @@
+"""HandleBackends over fake DeploymentHandles: a request that waits on a stage without running
+replicas (its node lost) fails at once with model_unavailable instead of hanging the turn."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+
+import numpy as np
+import pytest
+from ray.exceptions import ActorDiedError, ActorUnavailableError
+
+from quillman import errors
+from quillman.deployments.ingress import HandleBackends
+from quillman.engines.llm.base import GenerationParams, GenerationRequest
+
+pytestmark = pytest.mark.usefixtures("hang_guard")
+
+
+class Cut:
+    """A stream whose replica went away after the first item."""
+
+    def __init__(self, error: Exception):
+        self.items = [np.ones(10, np.int16)]
+        self.error = error
+        self.cancelled = False
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if self.items:
+            return self.items.pop(0)
+        raise self.error
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class Pending:
+    """A DeploymentResponse (awaitable, cancellable) or streaming generator that yields
+    ``items`` and then waits forever, like Serve's handle holding a request for a replica."""
+
+    def __init__(self, items=()):
+        self.items = list(items)
+        self.cancelled = False
+
+    def __await__(self):
+        return asyncio.get_running_loop().create_future().__await__()
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if self.items:
+            return self.items.pop(0)
+        await asyncio.get_running_loop().create_future()
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class Handle:
+    def __init__(self, response: Pending):
+        self.response = response
+        remote = types.SimpleNamespace(remote=lambda *args: response)
+        self.transcribe = self.generate = self.synthesize = remote
+
+    def options(self, **_):
+        return self
+
+
+def backends(down: set[str], asr=None, llm=None, tts=None) -> HandleBackends:
+    async def unavailable(name: str) -> bool:
+        return name in down
+
+    return HandleBackends(Handle(asr or Pending()), Handle(llm or Pending()), Handle(tts or Pending()),
+                          unavailable, poll_s=0.01)
+
+
+async def test_a_transcription_waiting_on_a_stage_without_replicas_fails_as_unavailable():
+    response = Pending()
+    with pytest.raises(errors.ModelUnavailable, match="speech recognition"):
+        await backends({"Transcriber"}, asr=response).transcribe(np.zeros(160, np.float32), "en")
+    assert response.cancelled
+
+
+async def test_a_stream_cut_off_mid_reply_fails_after_what_it_yielded():
+    stream = Pending(items=[np.ones(10, np.int16)])
+    received = []
+    with pytest.raises(errors.ModelUnavailable) as failure:
+        async for pcm in backends({"Speaker"}, tts=stream).synthesize("Hello there.", "joe", 24000):
+            received.append(pcm)
+    assert len(received) == 1 and stream.cancelled
+    assert failure.value.code == "model_unavailable" and "speech synthesis" in failure.value.message
+
+
+@pytest.mark.parametrize("error", [
+    ActorUnavailableError("The actor is temporarily unavailable: RpcError: connection reset", None),  # node gone
+    ActorDiedError(),  # the replica process died
+], ids=["unreachable", "died"])
+async def test_a_stream_whose_replica_is_lost_fails_as_unavailable(error):
+    stream = Cut(error)
+    with pytest.raises(errors.ModelUnavailable) as failure:
+        async for _ in backends(set(), tts=stream).synthesize("Hello there.", "joe", 24000):
+            pass
+    assert stream.cancelled and "RpcError" not in failure.value.message
+
+
+async def test_a_slow_answer_of_a_stage_with_replicas_is_waited_for():
+    stream = Pending(items=["Hi", "!"])
+    request = GenerationRequest(messages=[{"role": "user", "content": "hi"}], params=GenerationParams(max_tokens=8, temperature=0.0, top_p=1.0))
+    deltas = []
+
+    async def read():
+        async for delta in backends({"Speaker"}, llm=stream).generate(request):
+            deltas.append(delta)
+
+    reader = asyncio.ensure_future(read())
+    await asyncio.sleep(0.1)  # ten polls: the LanguageModel is not the stage that is down
+    assert deltas == ["Hi", "!"] and not reader.done()
+    reader.cancel()
+    await asyncio.gather(reader, return_exceptions=True)
+    assert stream.cancelled
