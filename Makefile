@@ -20,7 +20,10 @@ LLAMA_CPU ?= $(if $(filter 1,$(NATIVE)),native,x86-64-v3)
 LLAMA_CMAKE_ARGS_x86-64-v3 := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 LLAMA_CMAKE_ARGS_avx512 := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 LLAMA_CMAKE_ARGS_native := -DGGML_NATIVE=ON
-LLAMA_CMAKE_ARGS ?= $(LLAMA_CMAKE_ARGS_$(LLAMA_CPU))
+# LLAVA_BUILD=OFF: llama-cpp-python's multimodal library (mtmd: clip and ~50 vision/audio model
+# files) is for image and audio chat handlers, which this project never loads (llama_cpp imports
+# it only inside them); skipping it shortens the compile.
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF $(LLAMA_CMAKE_ARGS_$(LLAMA_CPU))
 # pip's wheel cache keys a built wheel on the sdist, not on CMAKE_ARGS, so a wheel built with other
 # flags would be reused silently. The wheel is built with --no-cache-dir into a project-local
 # folder named after the version and a hash of the flags: other flags, other folder.

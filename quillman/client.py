@@ -9,11 +9,12 @@ first reply audio arrived.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, AsyncIterator, Callable
 
 import numpy as np
 import websockets
@@ -187,6 +188,31 @@ class RealtimeClient:
         finally:
             done.set()
             await asyncio.gather(sender, return_exceptions=True)
+
+    @contextlib.asynccontextmanager
+    async def talking_over(self, question: np.ndarray, interruption: np.ndarray,
+                           while_replying: Callable[[], Any] | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Speak ``question`` (pcm at the session's rate), and when its reply's first audio
+        arrives (``while_replying()`` is called then) talk over it with ``interruption``; yields
+        the interrupted response (its ``response.done``). The interruption streams on (then
+        silence, as a live mic) inside the block, where its own turn can be collected."""
+        done, interrupt = asyncio.Event(), asyncio.Event()
+        senders = [asyncio.create_task(self.stream_audio(question, stop=done))]
+        try:
+            while (await self.next_event())["type"] != "response.output_audio.delta":
+                pass
+            done.set()
+            await senders[0]
+            if while_replying is not None:
+                while_replying()
+            senders.append(asyncio.create_task(self.stream_audio(interruption, stop=interrupt)))
+            while (event := await self.next_event())["type"] != "response.done":
+                pass
+            yield event["response"]
+        finally:
+            done.set()
+            interrupt.set()
+            await asyncio.gather(*senders, return_exceptions=True)
 
     async def ask(self, text: str) -> None:
         """Send a user text item and ask for a reply (``collect_turn`` reads it)."""

@@ -88,21 +88,9 @@ async def test_barge_in_cancels_reply(ws_url):
         await client.send({"type": "session.update", "session": {
             "type": "realtime", "instructions": "Tell very long, detailed stories."}})
         await client.wait_for("session.updated")
-        done, interrupt = asyncio.Event(), asyncio.Event()
-        sender = asyncio.create_task(client.stream_audio(
-            spoken("Tell me a long story about a dragon and a knight."), stop=done))
-        try:
-            while (await client.next_event())["type"] != "response.output_audio.delta":
-                pass
-            done.set()
-            await sender
-            # The user talks over the reply.
-            sender = asyncio.create_task(client.stream_audio(spoken("Stop. What time is it?"), stop=interrupt))
-            cancelled = None
-            while cancelled is None:
-                event = await client.next_event()
-                if event["type"] == "response.done":
-                    cancelled = event["response"]
+        # The user talks over the reply.
+        async with client.talking_over(spoken("Tell me a long story about a dragon and a knight."),
+                                       spoken("Stop. What time is it?")) as cancelled:
             assert cancelled["status"] == "cancelled", cancelled
             assert cancelled["status_details"]["reason"] == "turn_detected"
             # The interruption is a turn of its own and gets its answer. ("Stop." may be taken as
@@ -114,10 +102,6 @@ async def test_barge_in_cancels_reply(ws_url):
                 assert next_turn.status == "cancelled"
             assert next_turn.status == "completed"
             assert next_turn.reply_text.strip()
-        finally:
-            done.set()
-            interrupt.set()
-            await asyncio.gather(sender, return_exceptions=True)
 
 
 async def test_bad_input_gets_errors_and_session_goes_on(ws_url, transcribe_reply):
