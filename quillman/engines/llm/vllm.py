@@ -48,7 +48,7 @@ CPU_KV_CACHE_BYTES = _GIB
 _MEMORY_HINTS = ("gpu_memory_utilization", "kv cache", "memory", "max_model_len", "out of memory")
 
 
-def engine_kwargs(config: LlmConfig, model_path: str, on_cpu: bool = False) -> dict[str, Any]:
+def engine_kwargs(config: LlmConfig, model_path: str) -> dict[str, Any]:
     """``AsyncEngineArgs`` keyword arguments for ``config``; unset optional knobs stay vLLM's."""
     kwargs: dict[str, Any] = {
         "model": model_path,
@@ -63,7 +63,7 @@ def engine_kwargs(config: LlmConfig, model_path: str, on_cpu: bool = False) -> d
         kwargs["max_model_len"] = config.max_model_len
     if config.kv_cache_memory_bytes is not None:
         kwargs["kv_cache_memory_bytes"] = config.kv_cache_memory_bytes
-    elif on_cpu:
+    elif config.device == "cpu":
         kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
     if config.max_num_seqs is not None:
         kwargs["max_num_seqs"] = config.max_num_seqs
@@ -159,7 +159,7 @@ class VllmModel:
         if not on_cpu:
             check_memory_budget(torch, config)
         try:
-            args = vllm.AsyncEngineArgs(**engine_kwargs(config, model_path, on_cpu=on_cpu))
+            args = vllm.AsyncEngineArgs(**engine_kwargs(config, model_path))
         except TypeError as exc:  # a knob this vLLM release doesn't have
             raise ConfigError(
                 f"the installed vLLM rejects an llm.* setting ({exc}); upgrade vllm or unset it"

@@ -83,7 +83,7 @@ def test_loader_builds_vllm_with_the_memory_settings(fake_vllm, model_dir):
     # (vLLM would reserve gpu_memory_utilization of the machine's RAM).
     assert "max_model_len" not in engine_kwargs(LlmConfig(backend="vllm"), "/m")
     assert "kv_cache_memory_bytes" not in engine_kwargs(LlmConfig(backend="vllm"), "/m")
-    assert engine_kwargs(LlmConfig(backend="vllm"), "/m", on_cpu=True)["kv_cache_memory_bytes"] == CPU_KV_CACHE_BYTES
+    assert engine_kwargs(LlmConfig(backend="vllm", device="cpu"), "/m")["kv_cache_memory_bytes"] == CPU_KV_CACHE_BYTES
 
 
 def test_the_cpu_build_needs_no_gpu(fake_vllm, model_dir, monkeypatch):
