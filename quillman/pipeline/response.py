@@ -10,6 +10,7 @@ it; the ``finally`` blocks of the async iterators cancel the Ray requests.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -367,6 +368,8 @@ class Response:
             deadline=time.time(),
             pacing=SPOKEN_REPLY_PACING if settings.output_audio else None,
         )
+        if logger.isEnabledFor(logging.DEBUG):  # the exact prompt: what "answers the wrong question" needs
+            logger.debug("[%s] %s prompt: %s", self.session_id, self.id, json.dumps(request.messages))
         self.timings.llm_started = time.perf_counter()
         deltas = self._transcript_deltas(self.backends.generate(request))
         if not settings.output_audio:

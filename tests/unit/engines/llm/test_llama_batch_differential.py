@@ -1,0 +1,276 @@
+"""Differential test of the batched llama.cpp engine: its answers equal a fresh context's.
+
+The batched engine keeps each conversation's evaluated prompt in a slot's KV cache and reuses
+the common prefix on the next request; requests share decode steps, prompts are evaluated in
+chunks, requests are cancelled mid-prompt and mid-generation (barge-in, a speculation the user
+talked over), slots pass from one session to another. Any slip in that bookkeeping (the KV cache
+holding other tokens than the engine believes) makes a reply that answers the wrong prompt:
+"The capital city of France is Paris." again, for a question about the moon.
+
+A Hypothesis state machine drives the real engine on the shipped SmolLM2 weights with random
+interleavings of: sessions (more than the engine's slots, so slots are evicted and reused across
+sessions, and requests without a session), prompts that extend a session's history, repeat it,
+or diverge from it (a speculative request's partial transcript, then the final one), requests
+left to finish, cancelled right away (before or during prompt evaluation) or after some tokens,
+deadlines and pacing. At temperature 0 every request that completes must produce exactly the
+text a fresh llama.cpp context (its own model, cleared KV cache, the whole prompt in one batch)
+produces for the same prompt with the same sampler chain.
+
+Scale: ``QUILLMAN_FUZZ_SCALE`` multiplies the number of runs (CI: a few dozen compared
+sequences; ``QUILLMAN_FUZZ_SCALE=60`` compares over 2,000). Run with ``-s`` for the counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import os
+import time
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
+
+from quillman.config import SessionConfig
+from quillman.engines.llm.base import GenerationParams, GenerationRequest, Pacing, Usage
+from quillman.engines.llm.llama_batch import BatchedLlamaCpp
+from quillman.engines.llm.llama_cpp import resolve_gguf_path
+
+SCALE = float(os.environ.get("QUILLMAN_FUZZ_SCALE", "1"))
+N_SLOTS = 2
+N_CTX = 1024
+CHUNK = 16  # prompt tokens per step: a ~110-token prompt takes several steps (mid-prompt cancels)
+SESSIONS = ["s0", "s1", "s2", None]  # three sessions on two slots, and requests without one
+
+QUESTIONS = [
+    "What is the capital city of France?", "Tell me a short fact about the moon.",
+    "Name a fruit that is yellow.", "How many legs does a spider have?",
+    "What colour is the sky?", "Who wrote Romeo and Juliet?", "What is two plus two?",
+    "Why do leaves fall in autumn?", "What is the largest ocean?", "How do I boil an egg?",
+    "Tell me", "What is the capital",  # partial transcripts: a speculation's prompt
+]
+
+
+def base_messages() -> list[dict]:
+    """The server's prompt head: its instructions and few-shot exchanges."""
+    config = SessionConfig()
+    messages = [{"role": "system", "content": config.instructions}]
+    for question, answer in config.few_shot:
+        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return messages
+
+
+class FreshContext:
+    """The reference: greedy decoding of one prompt in a llama.cpp context of its own, cleared
+    before every prompt, the whole prompt evaluated in one batch."""
+
+    def __init__(self, model_path: str, engine: BatchedLlamaCpp):
+        import llama_cpp
+        from llama_cpp import _internals
+
+        self._ll = llama_cpp
+        self._engine = engine  # for its prompt rendering and sampler chain (stateless)
+        self._model = _internals.LlamaModel(path_model=model_path, params=llama_cpp.llama_model_default_params(),
+                                            verbose=False)
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = N_CTX
+        params.n_batch = params.n_ubatch = N_CTX
+        params.n_threads = params.n_threads_batch = 1
+        self._ctx = _internals.LlamaContext(model=self._model, params=params, verbose=False)
+        self._memory = llama_cpp.llama_get_memory(self._ctx.ctx)
+        self._batch = _internals.LlamaBatch(n_tokens=N_CTX, embd=0, n_seq_max=1, verbose=False)
+        self._vocab = self._model.vocab
+        self._piece = __import__("ctypes").create_string_buffer(64)
+        self._cache: dict[tuple, str] = {}
+
+    def answer(self, request: GenerationRequest) -> str:
+        key = (repr(request.messages), request.params)
+        if key not in self._cache:
+            self._cache[key] = self._generate(request)
+        return self._cache[key]
+
+    def _decode(self, tokens: list[int], start: int) -> None:
+        batch = self._batch.batch
+        for i, token in enumerate(tokens):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, start + i, 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = i == len(tokens) - 1
+        batch.n_tokens = len(tokens)
+        assert self._ll.llama_decode(self._ctx.ctx, batch) == 0
+
+    def _generate(self, request: GenerationRequest) -> str:
+        prompt = self._engine._tokenize(request)  # noqa: SLF001 - the same rendering, by design
+        sampler = self._engine._sampler(request)  # noqa: SLF001 - the same sampler chain
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._ll.llama_memory_clear(self._memory, True)
+        self._decode(prompt, 0)
+        position, text, generated = len(prompt), [], 0
+        try:
+            while True:
+                token = sampler.sample(self._ctx, -1)
+                if self._ll.llama_vocab_is_eog(self._vocab, token):
+                    break
+                generated += 1
+                n = self._ll.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, False)
+                text.append(decoder.decode(self._piece.raw[:max(n, 0)]))
+                if generated >= request.params.max_tokens or position + 1 >= N_CTX:
+                    break
+                self._decode([token], position)
+                position += 1
+        finally:
+            sampler.close()
+        return "".join(text) + decoder.decode(b"", final=True)
+
+
+@dataclass
+class InFlight:
+    request: GenerationRequest
+    session: str | None
+    task: asyncio.Task
+    stop_after: int | None  # close the stream after this many text deltas (None: to the end)
+    deltas: list[str] = field(default_factory=list)
+    usage: Usage | None = None
+
+
+@dataclass
+class Counts:
+    compared: int = 0
+    cancelled: int = 0
+    cached_tokens: int = 0
+    mismatches: list[str] = field(default_factory=list)
+
+
+COUNTS = Counts()
+
+
+@pytest.fixture(scope="module")
+def engines():
+    path = resolve_gguf_path("smollm2-135m")
+    engine = BatchedLlamaCpp(path, n_threads=1, n_threads_batch=1, n_ctx=N_CTX, n_slots=N_SLOTS,
+                             prefill_chunk_tokens=CHUNK)
+    yield engine, FreshContext(path, engine)
+    engine.close()
+
+
+def make_machine(engine: BatchedLlamaCpp, reference: FreshContext):
+    class EngineMachine(RuleBasedStateMachine):
+        """Sessions talk to the engine; completed replies are checked against the reference."""
+
+        @initialize()
+        def setup(self) -> None:
+            self.loop = asyncio.new_event_loop()
+            self.histories: dict[str | None, list[dict]] = {s: base_messages() for s in SESSIONS}
+            self.last_prompt: dict[str | None, list[dict]] = {}
+            self.inflight: list[InFlight] = []
+
+        # --- requests ----------------------------------------------------------------------
+
+        def _submit(self, session: str | None, messages: list[dict], max_tokens: int, stop_after: int | None,
+                    deadline_s: float | None, paced: bool) -> None:
+            request = GenerationRequest(
+                messages=messages, params=GenerationParams(max_tokens=max_tokens, temperature=0.0, top_p=1.0,
+                                                           repeat_penalty=1.1),
+                session_id=session, deadline=None if deadline_s is None else time.time() + deadline_s,
+                pacing=Pacing(burst_tokens=3, tokens_per_s=60.0, lead_s=0.05) if paced else None)
+            entry = InFlight(request, session, task=None, stop_after=stop_after)  # type: ignore[arg-type]
+
+            async def consume() -> None:
+                stream = engine.stream(request)
+                try:
+                    async for delta in stream:
+                        if isinstance(delta, Usage):
+                            entry.usage = delta
+                            continue
+                        entry.deltas.append(delta)
+                        if entry.stop_after is not None and len(entry.deltas) >= entry.stop_after:
+                            return  # mid-generation cancel: the stream is closed below
+                finally:
+                    await stream.aclose()
+
+            entry.task = self.loop.create_task(consume())
+            self.last_prompt[session] = messages
+            self.inflight.append(entry)
+            self.loop.run_until_complete(asyncio.sleep(0))  # the request reaches the engine
+
+        @rule(session=st.sampled_from(SESSIONS), question=st.sampled_from(QUESTIONS),
+              max_tokens=st.integers(3, 10), stop_after=st.one_of(st.none(), st.integers(1, 4)),
+              deadline_s=st.one_of(st.none(), st.floats(0, 2)), paced=st.booleans())
+        def ask(self, session, question, max_tokens, stop_after, deadline_s, paced):
+            """The session's history and a new user message (a new turn)."""
+            messages = self.histories[session] + [{"role": "user", "content": question}]
+            self._submit(session, messages, max_tokens, stop_after, deadline_s, paced)
+
+        @precondition(lambda self: self.last_prompt)
+        @rule(data=st.data(), max_tokens=st.integers(3, 10), stop_after=st.one_of(st.none(), st.integers(1, 4)))
+        def repeat_or_diverge(self, data, max_tokens, stop_after):
+            """The session's previous prompt again, or with its last user message replaced (the
+            committed turn after a speculation on a partial transcript)."""
+            session = data.draw(st.sampled_from(sorted(self.last_prompt, key=str)))
+            messages = list(self.last_prompt[session])
+            if data.draw(st.booleans()):
+                messages[-1] = {"role": "user", "content": data.draw(st.sampled_from(QUESTIONS))}
+            self._submit(session, messages, max_tokens, stop_after, None, data.draw(st.booleans()))
+
+        @precondition(lambda self: self.inflight)
+        @rule(data=st.data())
+        def cancel(self, data):
+            """Barge-in / a dropped speculation: wherever the request is (waiting for a slot,
+            evaluating its prompt, generating)."""
+            entry = data.draw(st.sampled_from(self.inflight))
+            entry.task.cancel()
+
+        @rule(steps=st.integers(1, 5))
+        def let_it_run(self, steps):
+            self.loop.run_until_complete(asyncio.sleep(0.01 * steps))
+
+        @precondition(lambda self: self.inflight)
+        @rule(data=st.data())
+        def finish_one(self, data):
+            self._settle(data.draw(st.sampled_from(self.inflight)))
+
+        # --- checks ------------------------------------------------------------------------
+
+        def _settle(self, entry: InFlight) -> None:
+            try:
+                self.loop.run_until_complete(asyncio.wait_for(asyncio.shield(entry.task), 120))
+            except asyncio.CancelledError:
+                pass
+            self.inflight.remove(entry)
+            if entry.task.cancelled() or entry.usage is None:
+                COUNTS.cancelled += 1
+                return
+            text = "".join(entry.deltas)
+            expected = reference.answer(entry.request)
+            COUNTS.compared += 1
+            COUNTS.cached_tokens += entry.usage.cached_tokens
+            if text != expected:
+                COUNTS.mismatches.append(f"{entry.request.messages[-1]['content']!r} (session {entry.session}, "
+                                         f"cached {entry.usage.cached_tokens}): {text!r} != fresh {expected!r}")
+            assert text == expected, COUNTS.mismatches[-1]
+            if entry.session is not None and entry.request.messages == self.last_prompt.get(entry.session):
+                # The reply joins the session's history: the next turn extends this prompt.
+                self.histories[entry.session] = entry.request.messages + [{"role": "assistant", "content": text}]
+
+        @invariant()
+        def engine_alive(self):
+            assert engine._worker.is_alive()  # noqa: SLF001
+
+        def teardown(self):
+            for entry in list(self.inflight):
+                self._settle(entry)
+            self.loop.close()
+
+    return EngineMachine
+
+
+def test_batched_engine_matches_a_fresh_context(engines):
+    engine, reference = engines
+    machine = make_machine(engine, reference)
+    run_state_machine_as_test(machine, settings=settings(
+        max_examples=max(1, int(4 * SCALE)), stateful_step_count=30, deadline=None, derandomize=SCALE <= 1,
+        suppress_health_check=list(HealthCheck), database=None))
+    print(f"\ndifferential: {COUNTS.compared} sequences compared, {COUNTS.cancelled} cancelled, "
+          f"{COUNTS.cached_tokens} prompt tokens reused, {len(COUNTS.mismatches)} mismatches")
+    assert COUNTS.compared >= 4 * SCALE
