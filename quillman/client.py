@@ -22,6 +22,7 @@ import websockets
 from quillman.audio import G711_RATE_HZ, PCM16, decode_audio_base64, encode_audio_base64, resample
 
 DEFAULT_URL = "ws://127.0.0.1:8000/v1/realtime"
+SERVER_VAD = {"type": "server_vad"}
 
 
 @dataclass
@@ -64,8 +65,12 @@ def wire_format(audio_format: str, rate: int) -> dict[str, Any]:
 
 class RealtimeClient:
     def __init__(self, url: str = DEFAULT_URL, sample_rate_hz: int = 24000, chunk_ms: int = 20,
-                 api_key: str | None = None, audio_format: str = PCM16):
+                 api_key: str | None = None, audio_format: str = PCM16,
+                 turn_detection: dict[str, Any] | None = SERVER_VAD):
+        """``turn_detection``: what the session is switched to on connect; None keeps the
+        server's default (what a client that does not choose gets)."""
         self.url = url
+        self.turn_detection = turn_detection
         self.api_key = api_key if api_key is not None else os.environ.get("QUILLMAN_API_KEY")
         self.format = audio_format  # audio/pcm, audio/pcmu or audio/pcma, both ways
         self.rate = sample_rate_hz if audio_format == PCM16 else G711_RATE_HZ
@@ -102,9 +107,11 @@ class RealtimeClient:
         self._reader = asyncio.create_task(self._read())
         created = await self.wait_for("session.created", timeout=30)
         self.session = created["session"]
+        audio_in: dict[str, Any] = {"format": wire_format(self.format, self.rate)}
+        if self.turn_detection is not None:
+            audio_in["turn_detection"] = self.turn_detection
         update = {"type": "realtime", "audio": {
-            "input": {"format": wire_format(self.format, self.rate), "turn_detection": {"type": "server_vad"}},
-            "output": {"format": wire_format(self.format, self.rate)}}}
+            "input": audio_in, "output": {"format": wire_format(self.format, self.rate)}}}
         if session:
             update.update(session)
         await self.send({"type": "session.update", "session": update})

@@ -64,13 +64,21 @@ class Progress:
             sys.stderr.write("\n")
 
 
+# A run's variants: "streaming" is what a client that chooses nothing gets (the streaming
+# pipeline with the server's default turn detection: semantic_vad in serve_config.yaml),
+# "server_vad" the same pipeline with the silence-only detector, "sequential" the naive baseline
+# (whole utterance -> whole reply -> one synthesis, server_vad).
+VARIANTS = ("streaming", "server_vad")
+
+
 async def _connect(url: str, mode: str) -> RealtimeClient:
-    client = RealtimeClient(url)
-    await client.connect(session={"quillman": {"pipeline": mode}})
+    client = RealtimeClient(url, turn_detection=None if mode == "streaming" else {"type": "server_vad"})
+    pipeline = "sequential" if mode == "sequential" else "streaming"
+    await client.connect(session={"quillman": {"pipeline": pipeline}})
     granted = (client.session.get("quillman") or {}).get("pipeline", "streaming")
-    if granted != mode:
+    if granted != pipeline:
         await client.close()
-        raise RuntimeError(f"the server did not switch to the {mode} pipeline (session says {granted!r})")
+        raise RuntimeError(f"the server did not switch to the {pipeline} pipeline (session says {granted!r})")
     return client
 
 
@@ -214,8 +222,15 @@ def parse_concurrency(text: str) -> list[int]:
     return values
 
 
+def parse_variants(text: str) -> list[str]:
+    values = [v.strip() for v in str(text).split(",") if v.strip()]
+    if not values or any(v not in VARIANTS for v in values):
+        raise argparse.ArgumentTypeError(f"--variants wants streaming and/or server_vad; got {text!r}")
+    return values
+
+
 def _run_sweep(url: str, args: argparse.Namespace) -> dict[str, Any]:
-    modes = ["streaming", "sequential"] if args.baseline else ["streaming"]
+    modes = list(args.variants) + (["sequential"] if args.baseline else [])
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     clips = spoken_questions()
     if args.warmup_turns:
@@ -236,6 +251,19 @@ def _run_sweep(url: str, args: argparse.Namespace) -> dict[str, Any]:
     return build_report(url, levels, settings, args.slo_ms, machine=machine_info(), started_at=started)
 
 
+def _measure_alone(config_path: str, report: dict[str, Any]) -> dict[str, Any]:
+    """The critical-path stages alone, on the sweep's own inputs (quillman.loadtest.alone)."""
+    from quillman.doctor import load_app_config
+    from quillman.loadtest import alone
+
+    print("stages alone: the same engines and inputs, one call at a time ...", file=sys.stderr)
+    replies = [r["reply_text"] for level in report["levels"] for r in level.get("records", []) if r.get("reply_text")]
+    result = alone.measure(load_app_config(config_path), spoken_questions(), 24000, replies)
+    for level in report["levels"]:
+        level["in_situ_over_alone"] = alone.in_situ_ratios(level, result)
+    return result
+
+
 def run(args: argparse.Namespace) -> int:
     from quillman.server_process import ServeProcess, ServerStartError
 
@@ -254,6 +282,8 @@ def run(args: argparse.Namespace) -> int:
             return 2
     try:
         report = _run_sweep(url, args)
+        if args.alone if args.alone is not None else args.start:
+            report["alone"] = _measure_alone(args.config, report)
     finally:
         if server is not None:
             server.stop()
@@ -262,6 +292,11 @@ def run(args: argparse.Namespace) -> int:
             json.dump(report, f, indent=2)
     if args.markdown:
         print(markdown_report(report))
+        if report.get("alone"):
+            from quillman.loadtest.alone import markdown_alone
+
+            print("\nCritical-path stages inside the graph (p50) vs the same engine alone (median), ms:\n")
+            print(markdown_alone(report["levels"], report["alone"]))
     if args.plot:
         if plot(report, args.plot):
             print(f"plot: {args.plot}", file=sys.stderr)
@@ -289,10 +324,16 @@ def add_arguments(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("--warmup-turns", type=int, default=1, help="unmeasured turns before the sweep, per mode")
     bench.add_argument("--baseline", action="store_true",
                        help="also run every level through the server's sequential pipeline and report the ratio")
+    bench.add_argument("--variants", type=parse_variants, default=list(VARIANTS),
+                       help="comma-separated: streaming (the server's own turn detection: what users get), "
+                            "server_vad; measured in alternating blocks of one run")
     bench.add_argument("--rounds", type=int, default=2,
-                       help="with --baseline: alternate the pipelines in this many blocks per level")
+                       help="with several variants: alternate them in this many blocks per level")
     bench.add_argument("--slo-ms", type=float, default=DEFAULT_SLO_MS,
                        help="report the largest concurrency whose p95 stays under this")
+    bench.add_argument("--alone", action=argparse.BooleanOptionalAction, default=None,
+                       help="after the sweep, time each critical-path stage's engine alone on the same inputs "
+                            "(in this process, the --config's engine settings; default: with --start)")
     bench.add_argument("--json", help="write the full report (levels, per-turn records) here")
     bench.add_argument("--markdown", action="store_true", help="print markdown tables")
     bench.add_argument("--plot", help="write a PNG: latency vs concurrency and stacked per-stage bars")
@@ -323,6 +364,10 @@ def main(argv: list[str] | None = None) -> int:
         from quillman.loadtest.qa import main as qa_main
 
         return qa_main(argv[1:])
+    if argv[:1] == ["replay"]:
+        from quillman.loadtest.replay import main as replay_main
+
+        return replay_main(argv[1:])
     args = build_parser().parse_args(argv)
     return args.run(args)
 

@@ -25,7 +25,7 @@ def plot(report: dict[str, Any], path: str) -> bool:
     levels = report["levels"]
     modes = [m for m in MODES if any(s["mode"] == m for s in levels)]
     fig, (ax_lat, ax_bar) = plt.subplots(1, 2, figsize=(13, 4.8))
-    colors = {"streaming": "tab:blue", "sequential": "tab:red"}
+    colors = {"streaming": "tab:blue", "server_vad": "tab:green", "sequential": "tab:red"}
     for mode in modes:
         rows = sorted((s for s in levels if s["mode"] == mode), key=lambda s: s["concurrency"])
         xs = [s["concurrency"] for s in rows]

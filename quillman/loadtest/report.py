@@ -16,7 +16,7 @@ import numpy as np
 from quillman.protocol import STAGES
 
 SCHEMA_VERSION = 1
-MODES = ("streaming", "sequential")
+MODES = ("streaming", "server_vad", "sequential")
 # Instants on the way to the first reply audio, in order; the stacked bars split latency by them.
 MARKS = (("turn_detected_ms", "end of turn detected"), ("transcript_ms", "transcript"),
          ("first_token_ms", "LLM first token"), ("first_sentence_ms", "first clause"),
