@@ -14,20 +14,26 @@ or diverge from it (a speculative request's partial transcript, then the final o
 left to finish, cancelled right away (before or during prompt evaluation) or after some tokens,
 deadlines and pacing. At temperature 0 every request that completes must produce exactly the
 text a fresh llama.cpp context (its own model, cleared KV cache, the whole prompt in one batch)
-produces for the same prompt with the same sampler chain.
+produces for the same prompt with the same sampler chain: each token the engine produced is the
+greedy choice of a fresh context given the same prompt and the tokens before it. Exact equality
+of whole texts cannot be the test: two correct evaluations of one prompt in other batch shapes
+(a cached prefix, then the rest; or 16-token chunks) differ by ~0.1 in the logits, which flips
+near-ties (measured: "Le" 29.46 vs "The" 29.42 in one batch, 29.34 vs 29.47 after a cached
+prefix). So a token within ``TIE_LOGITS`` of the fresh context's best is accepted, and the
+reference follows the engine's choice from there (teacher forcing).
 
-Scale: ``QUILLMAN_FUZZ_SCALE`` multiplies the number of runs (CI: a few dozen compared
-sequences; ``QUILLMAN_FUZZ_SCALE=60`` compares over 2,000). Run with ``-s`` for the counts.
+Scale: ``QUILLMAN_FUZZ_SCALE`` multiplies the number of runs (CI: about 25 compared
+sequences; ``QUILLMAN_FUZZ_SCALE=80`` over 2,000). Run with ``-s`` for the counts.
 """
 
 from __future__ import annotations
 
 import asyncio
-import codecs
 import os
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -62,16 +68,24 @@ def base_messages() -> list[dict]:
     return messages
 
 
+# Logits differ by up to ~0.15 between two correct evaluations of one prompt that split it into
+# other batches (float sums in another order: measured on this model, one batch vs a cached
+# prefix + the rest); a stale or foreign KV cache answers another prompt, far beyond this.
+TIE_LOGITS = 0.5
+
+
 class FreshContext:
-    """The reference: greedy decoding of one prompt in a llama.cpp context of its own, cleared
-    before every prompt, the whole prompt evaluated in one batch."""
+    """The reference: a llama.cpp context of its own (its own model), cleared before every
+    prompt, the whole prompt evaluated in one batch, greedy with the engine's sampling."""
 
     def __init__(self, model_path: str, engine: BatchedLlamaCpp):
+        import ctypes
+
         import llama_cpp
         from llama_cpp import _internals
 
         self._ll = llama_cpp
-        self._engine = engine  # for its prompt rendering and sampler chain (stateless)
+        self._engine = engine  # for its prompt rendering (stateless)
         self._model = _internals.LlamaModel(path_model=model_path, params=llama_cpp.llama_model_default_params(),
                                             verbose=False)
         params = llama_cpp.llama_context_default_params()
@@ -81,15 +95,15 @@ class FreshContext:
         self._ctx = _internals.LlamaContext(model=self._model, params=params, verbose=False)
         self._memory = llama_cpp.llama_get_memory(self._ctx.ctx)
         self._batch = _internals.LlamaBatch(n_tokens=N_CTX, embd=0, n_seq_max=1, verbose=False)
-        self._vocab = self._model.vocab
-        self._piece = __import__("ctypes").create_string_buffer(64)
-        self._cache: dict[tuple, str] = {}
-
-    def answer(self, request: GenerationRequest) -> str:
-        key = (repr(request.messages), request.params)
-        if key not in self._cache:
-            self._cache[key] = self._generate(request)
-        return self._cache[key]
+        vocab = self._model.vocab
+        self._n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+        piece = ctypes.create_string_buffer(64)
+        self._pieces = []
+        for token in range(self._n_vocab):
+            n = llama_cpp.llama_token_to_piece(vocab, token, piece, len(piece), 0, False)
+            self._pieces.append(piece.raw[:max(n, 0)])
+        self._eog = [t for t in range(self._n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)]
+        self.max_margin = 0.0  # the largest tie the engine's choices were forgiven
 
     def _decode(self, tokens: list[int], start: int) -> None:
         batch = self._batch.batch
@@ -100,28 +114,49 @@ class FreshContext:
         batch.n_tokens = len(tokens)
         assert self._ll.llama_decode(self._ctx.ctx, batch) == 0
 
-    def _generate(self, request: GenerationRequest) -> str:
+    def _logits(self, history: list[int], params: GenerationParams) -> np.ndarray:
+        raw = self._ll.llama_get_logits_ith(self._ctx.ctx, -1)
+        logits = np.ctypeslib.as_array(raw, shape=(self._n_vocab,)).astype(np.float64)
+        for token in set(history[-64:]):  # llama.cpp's repetition penalty on generated tokens
+            value = logits[token]
+            logits[token] = value / params.repeat_penalty if value > 0 else value * params.repeat_penalty
+        return logits
+
+    def check(self, request: GenerationRequest, text: str) -> str | None:
+        """None if every token of ``text`` is the greedy choice of a fresh context given the
+        tokens before it (within TIE_LOGITS), else what went wrong."""
+        params = request.params
         prompt = self._engine._tokenize(request)  # noqa: SLF001 - the same rendering, by design
-        sampler = self._engine._sampler(request)  # noqa: SLF001 - the same sampler chain
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._ll.llama_memory_clear(self._memory, True)
         self._decode(prompt, 0)
-        position, text, generated = len(prompt), [], 0
-        try:
-            while True:
-                token = sampler.sample(self._ctx, -1)
-                if self._ll.llama_vocab_is_eog(self._vocab, token):
-                    break
-                generated += 1
-                n = self._ll.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, False)
-                text.append(decoder.decode(self._piece.raw[:max(n, 0)]))
-                if generated >= request.params.max_tokens or position + 1 >= N_CTX:
-                    break
-                self._decode([token], position)
-                position += 1
-        finally:
-            sampler.close()
-        return "".join(text) + decoder.decode(b"", final=True)
+        remaining, history = text.encode("utf-8"), []
+        for step in range(params.max_tokens):
+            logits = self._logits(history, params)
+            best = int(np.argmax(logits))
+            if not remaining:  # the engine ended here: with an end-of-generation token
+                margin = logits[best] - max(logits[t] for t in self._eog)
+                if margin > TIE_LOGITS:
+                    return f"ended after {text!r}; a fresh context goes on with {self._pieces[best]!r} (by {margin:.2f})"
+                self.max_margin = max(self.max_margin, margin)
+                return None
+            if best not in self._eog and remaining.startswith(self._pieces[best]) and self._pieces[best]:
+                token = best
+            else:
+                candidates = [t for t in range(self._n_vocab) if self._pieces[t] and remaining.startswith(self._pieces[t])]
+                if not candidates:
+                    return f"{remaining!r} is no token's text"
+                token = max(candidates, key=lambda t: logits[t])
+                margin = logits[best] - logits[token]
+                if margin > TIE_LOGITS:
+                    said = text.encode("utf-8")[:len(text.encode("utf-8")) - len(remaining)].decode("utf-8", "replace")
+                    return (f"after {said!r} the engine said {self._pieces[token]!r}; a fresh context says "
+                            f"{self._pieces[best]!r} (by {margin:.2f} logits)")
+                self.max_margin = max(self.max_margin, margin)
+            remaining = remaining[len(self._pieces[token]):]
+            history.append(token)
+            if step + 1 < params.max_tokens:
+                self._decode([token], len(prompt) + step)
+        return None if not remaining else f"the engine said more than max_tokens: {remaining!r}"
 
 
 @dataclass
@@ -194,13 +229,16 @@ def make_machine(engine: BatchedLlamaCpp, reference: FreshContext):
             self.inflight.append(entry)
             self.loop.run_until_complete(asyncio.sleep(0))  # the request reaches the engine
 
-        @rule(session=st.sampled_from(SESSIONS), question=st.sampled_from(QUESTIONS),
-              max_tokens=st.integers(3, 10), stop_after=st.one_of(st.none(), st.integers(1, 4)),
-              deadline_s=st.one_of(st.none(), st.floats(0, 2)), paced=st.booleans())
-        def ask(self, session, question, max_tokens, stop_after, deadline_s, paced):
-            """The session's history and a new user message (a new turn)."""
-            messages = self.histories[session] + [{"role": "user", "content": question}]
-            self._submit(session, messages, max_tokens, stop_after, deadline_s, paced)
+        @rule(turns=st.lists(st.tuples(
+            st.sampled_from(SESSIONS), st.sampled_from(QUESTIONS), st.integers(3, 10),
+            st.one_of(st.none(), st.none(), st.integers(1, 4)),  # most run to the end
+            st.one_of(st.none(), st.floats(0, 2)), st.booleans()), min_size=1, max_size=3))
+        def ask(self, turns):
+            """New turns (one to three sessions at once): the session's history and a new user
+            message; some are closed after a few tokens (barge-in)."""
+            for session, question, max_tokens, stop_after, deadline_s, paced in turns:
+                messages = self.histories[session] + [{"role": "user", "content": question}]
+                self._submit(session, messages, max_tokens, stop_after, deadline_s, paced)
 
         @precondition(lambda self: self.last_prompt)
         @rule(data=st.data(), max_tokens=st.integers(3, 10), stop_after=st.one_of(st.none(), st.integers(1, 4)))
@@ -242,13 +280,13 @@ def make_machine(engine: BatchedLlamaCpp, reference: FreshContext):
                 COUNTS.cancelled += 1
                 return
             text = "".join(entry.deltas)
-            expected = reference.answer(entry.request)
+            problem = reference.check(entry.request, text)
             COUNTS.compared += 1
             COUNTS.cached_tokens += entry.usage.cached_tokens
-            if text != expected:
+            if problem is not None:
                 COUNTS.mismatches.append(f"{entry.request.messages[-1]['content']!r} (session {entry.session}, "
-                                         f"cached {entry.usage.cached_tokens}): {text!r} != fresh {expected!r}")
-            assert text == expected, COUNTS.mismatches[-1]
+                                         f"cached {entry.usage.cached_tokens}): {problem}")
+            assert problem is None, COUNTS.mismatches[-1]
             if entry.session is not None and entry.request.messages == self.last_prompt.get(entry.session):
                 # The reply joins the session's history: the next turn extends this prompt.
                 self.histories[entry.session] = entry.request.messages + [{"role": "assistant", "content": text}]
@@ -258,9 +296,16 @@ def make_machine(engine: BatchedLlamaCpp, reference: FreshContext):
             assert engine._worker.is_alive()  # noqa: SLF001
 
         def teardown(self):
-            for entry in list(self.inflight):
-                self._settle(entry)
-            self.loop.close()
+            try:
+                for entry in list(self.inflight):
+                    self._settle(entry)
+            finally:  # after a failed check too: nothing left running on the loop
+                tasks = [entry.task for entry in self.inflight]
+                for task in tasks:
+                    task.cancel()
+                if tasks:
+                    self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+                self.loop.close()
 
     return EngineMachine
 
@@ -269,8 +314,9 @@ def test_batched_engine_matches_a_fresh_context(engines):
     engine, reference = engines
     machine = make_machine(engine, reference)
     run_state_machine_as_test(machine, settings=settings(
-        max_examples=max(1, int(4 * SCALE)), stateful_step_count=30, deadline=None, derandomize=SCALE <= 1,
+        max_examples=max(1, int(2 * SCALE)), stateful_step_count=30, deadline=None, derandomize=SCALE <= 1,
         suppress_health_check=list(HealthCheck), database=None))
     print(f"\ndifferential: {COUNTS.compared} sequences compared, {COUNTS.cancelled} cancelled, "
-          f"{COUNTS.cached_tokens} prompt tokens reused, {len(COUNTS.mismatches)} mismatches")
-    assert COUNTS.compared >= 4 * SCALE
+          f"{COUNTS.cached_tokens} prompt tokens reused, {len(COUNTS.mismatches)} mismatches, "
+          f"largest tie forgiven {reference.max_margin:.3f} logits")
+    assert COUNTS.compared >= 2 * SCALE
