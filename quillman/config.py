@@ -26,6 +26,11 @@ class _EngineConfig(_Strict):
     # startup_delay_s included), else the replica's constructor fails with a StartupTimeoutError
     # that Serve records and /healthz shows.
     startup_timeout_s: float = Field(600.0, gt=0)
+    # Take part in the machine's critical-path priority (quillman.priority, docs/scheduling.md):
+    # this stage marks the work a reply's first audio waits for, and its work that can wait
+    # gives way while any stage on the machine does such work. Off: deadline order within the
+    # replica only.
+    node_priority: bool = True
 
     @model_validator(mode="after")
     def _timeout_after_delay(self) -> "_EngineConfig":

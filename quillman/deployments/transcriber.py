@@ -9,7 +9,9 @@ transcribe each segment on its own, as before.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from typing import Callable
 
 import numpy as np
@@ -20,7 +22,11 @@ from quillman.engines.asr.base import SpeechRecognizer, Transcript
 from quillman.deployments.common import ModelDeployment
 from quillman.engines.loader import load_recognizer
 from quillman.engines.warmup import warm_recognizer
+from quillman.priority import is_due, node_priority
 from quillman.scheduling import DeadlineGate
+
+# Partial transcripts (no deadline) give way to critical work on the machine for at most this long.
+PARTIAL_YIELD_S = 0.5
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +40,7 @@ class Transcriber(ModelDeployment):
         self.config = AsrConfig.model_validate(config)
         # Segments wait here in deadline order (the last segment of a finished turn first).
         self._gate = DeadlineGate(self.config.max_concurrent)
+        self._priority = node_priority() if self.config.node_priority else None
         await self._start(engine_factory)
         if self.batched:
             self._transcribe_batched.set_max_batch_size(self.config.max_batch_size)
@@ -54,8 +61,12 @@ class Transcriber(ModelDeployment):
         language = language or self.config.language
         if self.batched:  # a GPU batch serves its requests together; no order to choose
             return await self._transcribe_batched(pcm, language)
+        critical = is_due(deadline)
+        if not critical and self._priority is not None:  # a partial transcript can wait a little
+            await self._priority.yield_while_busy(until=time.time() + PARTIAL_YIELD_S)
         async with self._gate.slot(deadline):
-            return await asyncio.to_thread(self.engine.transcribe, pcm, language)
+            with self._priority.critical() if critical and self._priority else contextlib.nullcontext():
+                return await asyncio.to_thread(self.engine.transcribe, pcm, language)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)  # reset from config in __init__
     async def _transcribe_batched(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import ctypes
 import logging
 import math
@@ -32,6 +33,7 @@ from typing import AsyncIterator
 from quillman.engines.llm import tools as tool_format
 from quillman.engines.llm.base import Delta, GenerationRequest, Pacing, Usage
 from quillman.errors import ModelError
+from quillman.priority import POLL_S, NodePriority
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +116,7 @@ class BatchedLlamaCpp:
     """A :class:`~quillman.engines.llm.base.LanguageModel` over one llama.cpp context."""
 
     def __init__(self, model_path: str, *, n_threads: int, n_threads_batch: int, n_ctx: int,
-                 n_slots: int, prefill_chunk_tokens: int):
+                 n_slots: int, prefill_chunk_tokens: int, priority: NodePriority | None = None):
         import llama_cpp
         from llama_cpp import _internals
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -124,6 +126,9 @@ class BatchedLlamaCpp:
         self.n_ctx = n_ctx  # per sequence
         self.n_slots = n_slots
         self._chunk = max(1, prefill_chunk_tokens)
+        # The machine's critical-path rule (quillman.priority): steps holding a turn's prompt or
+        # first clause are critical; running replies ahead of their pace waits for others' critical work.
+        self._priority = priority
         model_params = llama_cpp.llama_model_default_params()
         self._model = _internals.LlamaModel(path_model=model_path, params=model_params, verbose=False)
         ctx_params = llama_cpp.llama_context_default_params()
@@ -206,7 +211,9 @@ class BatchedLlamaCpp:
                 for job in incoming:
                     self._accept(job)
                 self._assign_slots()
-                self._step()
+                if not self._step():
+                    with self._wake:  # gave way to critical work elsewhere: look again shortly
+                        self._wake.wait(timeout=POLL_S)
             except Exception as exc:  # noqa: BLE001 - fail the requests in flight, keep serving
                 logger.exception("llama.cpp batch step failed")
                 self._fail_all(ModelError(f"the language model failed: {exc}"))
@@ -322,8 +329,9 @@ class BatchedLlamaCpp:
             job.sampler.close()
             job.sampler = None
 
-    def _step(self) -> None:
-        """One llama_decode over every active sequence."""
+    def _step(self) -> bool:
+        """One llama_decode over the chosen sequences; False if it gave way instead (every
+        reply ahead of its pace while critical work runs elsewhere on the machine)."""
         for slot in self._slots:
             if slot.job is not None and slot.job.cancelled:
                 job = slot.job
@@ -331,7 +339,7 @@ class BatchedLlamaCpp:
                 job.put(_END)
         active = [slot for slot in self._slots if slot.job is not None]
         if not active:
-            return
+            return True
         batch = self._batch.batch
         n = 0
         logits_at: list[tuple[_Slot, int]] = []
@@ -347,7 +355,10 @@ class BatchedLlamaCpp:
         # let late replies starve new turns (their tokens' due times are already past).
         due = sorted((s for s in ready if s.job.next_token_due() <= now),
                      key=lambda s: (not s.job.in_burst(), s.job.next_token_due()))
+        if not due and ready and self._priority is not None and self._priority.busy(include_self=False):
+            return False  # running ahead can wait: the cores go to another stage's critical work
         chosen = due[:1] if due else ready
+        critical = any(s.job.in_burst() and s.job.urgency()[0] <= now for s in chosen)
         generating = [s for s in chosen if not s.job.to_eval]
         for slot in generating:
             token = slot.job.last_token
@@ -375,7 +386,7 @@ class BatchedLlamaCpp:
             prompt_tokens += len(take)
         batch.n_tokens = n
         if n == 0:
-            return
+            return True
         # llama.cpp would use n_threads_batch for any step of more than one token. Its threads
         # meet at a spinning barrier after every op: with the other cores busy (TTS, ASR, other
         # sessions) a descheduled thread stalls the step many times over. Decode steps and short
@@ -385,11 +396,13 @@ class BatchedLlamaCpp:
         if threads != self._threads_now:
             self._ll.llama_set_n_threads(self._ctx.ctx, threads, threads)
             self._threads_now = threads
-        status = self._ll.llama_decode(self._ctx.ctx, batch)
+        with self._priority.critical() if critical and self._priority is not None else contextlib.nullcontext():
+            status = self._ll.llama_decode(self._ctx.ctx, batch)
         if status != 0:
             raise RuntimeError(f"llama_decode returned {status}")
         for slot, index in logits_at:
             self._sample(slot, index)
+        return True
 
     @staticmethod
     def _add(batch, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:

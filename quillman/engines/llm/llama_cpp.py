@@ -44,9 +44,12 @@ def load_llama_cpp(config: "LlmConfig"):
                              n_threads_batch=config.n_threads_batch, n_ctx=config.n_ctx)
     from quillman.engines.llm.llama_batch import BatchedLlamaCpp
 
+    from quillman.priority import node_priority
+
     return BatchedLlamaCpp(path, n_threads=config.n_threads, n_threads_batch=config.n_threads_batch,
                            n_ctx=config.n_ctx, n_slots=config.n_slots,
-                           prefill_chunk_tokens=config.prefill_chunk_tokens)
+                           prefill_chunk_tokens=config.prefill_chunk_tokens,
+                           priority=node_priority() if config.node_priority else None)
 
 
 class LlamaCppModel:

@@ -273,3 +273,38 @@ async def test_the_deployments_still_serve_with_the_injected_engine():
     assert isinstance(wait, QueueWait) and wait.ms >= 0
     assert len(chunks) == 1 and len(chunks[0]) == 240  # resampled 16 -> 24 kHz
     assert await tts.voices() == ["joe", "amy"]
+
+
+async def test_a_later_sentence_gives_way_to_critical_work_and_a_first_one_is_critical(tmp_path):
+    """The machine's priority rule in the Speaker: a sentence due later waits while another
+    stage does critical work; the first chunk (due now) holds a critical section while it runs."""
+    from quillman.priority import NodePriority
+
+    held_during: list[int] = []
+    speaker_priority = NodePriority(tmp_path, name="speaker")
+
+    class Recording(FakeSynthesizer):
+        def synthesize(self, text, voice=None):
+            held_during.append(speaker_priority.held)
+            yield from super().synthesize(text, voice)
+
+    replica = await construct(SPEAKER, TtsConfig(), factory_of(Recording()))
+    replica._priority = speaker_priority
+    other_stage = NodePriority(tmp_path, name="asr")
+    try:
+        [c async for c in replica.synthesize("Now.", "joe", 24000, time.time())]
+        assert held_during[-1] == 1 and replica._priority.held == 0
+
+        async def critical_for(seconds: float) -> None:
+            with other_stage.critical():
+                await asyncio.sleep(seconds)
+
+        busy = asyncio.create_task(critical_for(0.3))
+        await asyncio.sleep(0)
+        wait, *_ = [c async for c in replica.synthesize("Later.", "joe", 24000, time.time() + 5)]
+        await busy
+        assert wait.ms >= 250  # it waited for the other stage's critical work to end
+        assert held_during[-1] == 0  # and was not critical itself
+    finally:
+        replica._priority.close()
+        other_stage.close()

@@ -4,6 +4,7 @@ prefix reuse, deadline order, cancellation. Behaviour only; speed is measured by
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -147,3 +148,52 @@ async def test_a_paced_reply_ahead_of_its_pace_gives_way_to_a_due_one(engine):
     first, last = log.index("urgent"), len(log) - 1 - log[::-1].index("urgent")
     assert "paced" not in log[first:last + 1]
     await ahead
+
+
+class HeldMachine:
+    """A NodePriority stand-in: other processes' critical work comes and goes on the test's word."""
+
+    def __init__(self) -> None:
+        self.others_busy = False
+        self.held = 0
+        self.critical_steps = 0
+
+    def busy(self, include_self: bool = True) -> bool:
+        return self.others_busy or (include_self and self.held > 0)
+
+    @contextlib.contextmanager
+    def critical(self):
+        self.held += 1
+        self.critical_steps += 1
+        try:
+            yield
+        finally:
+            self.held -= 1
+
+
+async def test_a_reply_ahead_of_its_pace_waits_while_the_machine_has_critical_work():
+    """Another stage's critical work (the next turn's first TTS chunk, its last ASR segment)
+    holds back a reply that is ahead of its pace; the prompt and first clause are critical."""
+    machine = HeldMachine()
+    engine = BatchedLlamaCpp(resolve_gguf_path("smollm2-135m"), n_threads=1, n_threads_batch=1, n_ctx=512,
+                             n_slots=1, prefill_chunk_tokens=64, priority=machine)
+    try:
+        log: list[str] = []
+        slow = Pacing(burst_tokens=2, tokens_per_s=0.2, lead_s=0.0)  # after 2 tokens: not due for seconds
+        paced = asyncio.create_task(collect(engine, GenerationRequest(
+            chat("Tell me a long story."), GenerationParams(max_tokens=8, temperature=0.0, top_p=1.0),
+            deadline=time.time(), pacing=slow), log, "paced"))
+        while len(log) < 2:
+            await asyncio.sleep(0.005)
+        assert machine.critical_steps >= 2  # the prompt and the burst ran as critical work
+        machine.others_busy = True
+        await asyncio.sleep(0.3)
+        held_at = len(log)
+        await asyncio.sleep(0.3)
+        assert len(log) == held_at  # ahead of its pace and the machine busy: no progress
+        critical_before = machine.critical_steps
+        machine.others_busy = False  # the critical work ended: it runs ahead again
+        text, usage = await asyncio.wait_for(paced, 30)
+        assert usage.output_tokens == 8 and machine.critical_steps == critical_before
+    finally:
+        engine.close()
