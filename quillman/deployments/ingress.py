@@ -129,14 +129,46 @@ class HandleBackends:
             task.cancel()  # a no-op once done
 
     async def _stream(self, name: str, stream: Any) -> AsyncIterator[Any]:
+        """The items of a handle's stream as they come. Every LLM token and TTS chunk passes
+        here, so the liveness check costs no task per item: one watchdog per stream wakes every
+        ``poll_s`` and, if the reader has been waiting that long, asks ``unavailable(name)``;
+        when the stage is out of reach it cancels the wait, which ends the stream as
+        :class:`~quillman.errors.ModelUnavailable`."""
+        waiting: list[tuple[asyncio.Task, float]] = []  # (the reader's task, since when) while it waits
+        lost = False
+
+        async def watch() -> None:
+            nonlocal lost
+            while True:
+                await asyncio.sleep(self._poll_s)
+                if not waiting or time.monotonic() - waiting[0][1] < self._poll_s:
+                    continue
+                reader, since = waiting[0]
+                if await self._unavailable(name) and waiting and waiting[0][1] == since:
+                    lost = True
+                    reader.cancel()
+                    return
+
+        watchdog = asyncio.create_task(watch(), name=f"watch-{name}")
         try:
             while True:
+                waiting.append((asyncio.current_task(), time.monotonic()))
                 try:
-                    item = await self._answer(name, anext(stream))
+                    item = await anext(stream)
                 except StopAsyncIteration:
                     return
+                except asyncio.CancelledError:
+                    if not lost:
+                        raise
+                    asyncio.current_task().uncancel()  # our own cancel, turned into the error
+                    raise unavailable_error(name) from None
+                except RayActorError:  # ActorDiedError, ActorUnavailableError: the replica is gone
+                    raise unavailable_error(name) from None
+                finally:
+                    waiting.clear()
                 yield item
         finally:
+            watchdog.cancel()
             stream.cancel()
 
     async def transcribe(self, pcm: np.ndarray, language: str | None,
@@ -148,19 +180,18 @@ class HandleBackends:
             response.cancel()  # a no-op once answered
             raise
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+    # Both return the stream itself (no wrapping generator): closing it (barge-in) cancels the
+    # Serve request at once.
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         # The session id is Serve's routing key too: with a session-affine request router
         # (configs/cpu-cluster.yaml) a conversation's turns reach the replica holding its
         # prompt cache. The default router ignores it.
         llm = self._llm.options(session_id=request.session_id) if request.session_id else self._llm
-        async for delta in self._stream("LanguageModel", llm.generate.remote(request)):
-            yield delta
+        return self._stream("LanguageModel", llm.generate.remote(request))
 
-    async def synthesize(self, text: str, voice: str, sample_rate_hz: int,
-                         deadline: float | None = None) -> AsyncIterator[QueueWait | np.ndarray]:
-        stream = self._tts.synthesize.remote(text, voice, sample_rate_hz, deadline)
-        async for item in self._stream("Speaker", stream):
-            yield item
+    def synthesize(self, text: str, voice: str, sample_rate_hz: int,
+                   deadline: float | None = None) -> AsyncIterator[QueueWait | np.ndarray]:
+        return self._stream("Speaker", self._tts.synthesize.remote(text, voice, sample_rate_hz, deadline))
 
 
 _PLACEHOLDER = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>QuiLLMan</title></head>

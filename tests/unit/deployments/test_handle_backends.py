@@ -122,3 +122,34 @@ async def test_a_slow_answer_of_a_stage_with_replicas_is_waited_for():
     reader.cancel()
     await asyncio.gather(reader, return_exceptions=True)
     assert stream.cancelled
+
+
+async def test_a_streams_items_cost_no_task_each():
+    """Every token and chunk passes through the stream: one watchdog per stream, none per item."""
+    stream = Pending(items=[f"t{i}" for i in range(200)])
+    request = GenerationRequest(messages=[{"role": "user", "content": "hi"}], params=GenerationParams(max_tokens=8, temperature=0.0, top_p=1.0))
+    counts = []
+    reader = backends(set(), llm=stream).generate(request)
+    async for _ in reader:
+        counts.append(len(asyncio.all_tasks()))
+        if len(counts) == 200:
+            break
+    await reader.aclose()
+    assert max(counts) == min(counts) == 2  # this test's task and the stream's watchdog
+    assert stream.cancelled
+
+
+async def test_a_reader_cancelled_while_waiting_is_cancelled_not_unavailable():
+    """Barge-in cancels the reader; the stream must not report the stage as lost."""
+    stream = Pending()
+
+    async def read():
+        async for _ in backends(set(), tts=stream).synthesize("Hello there.", "joe", 24000):
+            pass
+
+    reader = asyncio.ensure_future(read())
+    await asyncio.sleep(0.05)
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    assert stream.cancelled
