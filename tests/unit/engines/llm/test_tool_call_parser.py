@@ -4,12 +4,15 @@ calls, and no tool-call markup or JSON of a call ever comes out as text."""
 from __future__ import annotations
 
 import json
+import os
 
 from hypothesis import given, settings, strategies as st
 
 from quillman.engines.llm.base import ToolCallDelta
 from quillman.engines.llm.tools import ToolCallParser
 
+# CI-sized (~8 s); QUILLMAN_FUZZ_SCALE=20 runs 20 times as many examples (passed at 10).
+SCALE = float(os.environ.get("QUILLMAN_FUZZ_SCALE", "1"))
 TOOLS = ("get_weather", "calculate")
 MARKUP = ("<tool_call", "tool_call>", "</tool_", "<tool_response", "tool_response>", "<tools>", "</tools>")
 
@@ -95,7 +98,7 @@ def segment(draw) -> tuple[str, str, list]:
 
 
 @given(st.data())
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=int(150 * SCALE), deadline=None)
 def test_calls_come_out_and_everything_else_is_the_text(data):
     segments = data.draw(st.lists(segment(), max_size=6))
     written = "".join(s[0] for s in segments)
@@ -108,7 +111,7 @@ def test_calls_come_out_and_everything_else_is_the_text(data):
 
 
 @given(st.data())
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=int(150 * SCALE), deadline=None)
 def test_any_output_cut_anywhere_leaks_nothing_and_does_not_depend_on_the_chunking(data):
     segments = data.draw(st.lists(segment(), max_size=6))
     written = "".join(s[0] for s in segments)
@@ -124,7 +127,7 @@ SOUP = st.lists(st.sampled_from([*'<>{}/"\\ _acilost:,\n', "tool_call", "tool_re
 
 
 @given(SOUP, st.data())
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=int(300 * SCALE), deadline=None)
 def test_markup_soup_never_reaches_the_text(soup, data):
     text, _ = run(ToolCallParser(TOOLS), data.draw(chunked(soup)))
     assert_clean(text)
