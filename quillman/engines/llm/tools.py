@@ -247,9 +247,10 @@ class ToolCallParser:
 
     def _object_char(self, char: str) -> None:
         self._held += char
-        if char == ">" and (marker := max((m for m in _MARKERS if self._held.lower().endswith(m)),
-                                          key=len, default="")):
-            # Markup inside a string: it cut the object short (dropped); the marker counts.
+        if char == ">" and (marker := next((m for m in (CALL_CLOSE, CALL_OPEN) if self._held.lower().endswith(m)),
+                                           None)):
+            # A call tag inside a string: it cut the object short (dropped); the tag counts.
+            # (Other markup in a string, "<tools>" say, is the string's.)
             self._mode, self._held = "text", ""
             self._on_marker(marker)
             return

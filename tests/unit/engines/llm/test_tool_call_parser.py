@@ -19,8 +19,10 @@ MARKUP = ("<tool_call", "tool_call>", "</tool_", "<tool_response", "tool_respons
 # Text a spoken reply is made of (anything but the three characters that may start markup).
 plain = st.text(st.characters(codec="utf-8", exclude_characters="<{}", exclude_categories=("Cs",)),
                 max_size=30)
-arguments = st.dictionaries(st.sampled_from(["city", "unit", "a", "b"]),
-                            st.one_of(st.text(max_size=10), st.integers(), st.booleans()), max_size=3)
+# Argument values, markup and braces among them (a string's own: only call tags cut a call short).
+values = st.one_of(st.text(max_size=10), st.integers(), st.booleans(),
+                   st.sampled_from(["<tools>", "tool_call", "<TOOL_RESPONSE>", "tool_call>", "a}b{", "</", "<"]))
+arguments = st.dictionaries(st.sampled_from(["city", "unit", "a", "b"]), values, max_size=3)
 
 
 def call_json(name: str, args: dict) -> str:
