@@ -315,6 +315,8 @@ class SessionDriver:
                  end_of_turn: Any = None):
         self.backends = backends
         self.events: list[dict[str, Any]] = []
+        self._client_order: list[str] = []  # client_conversation() so far
+        self._client_seen = 0
         self._inbox: asyncio.Queue[str | None] = asyncio.Queue()
         self.session = RealtimeSession(
             backends, config or fast_session_config(), vad_config or VadConfig(), make_vad,
@@ -381,8 +383,9 @@ class SessionDriver:
         its ``previous_item_id`` (at the start when that is null), deleted ones dropped. Fails
         on an event that does not fit the order so far (an item added twice or after an unknown
         one, an item done before added or before its previous item)."""
-        order: list[str] = []
-        for e in self.events:
+        order = self._client_order  # kept between calls: only the new events are read
+        for e in self.events[self._client_seen:]:
+            self._client_seen += 1
             kind, previous = e["type"], e.get("previous_item_id")
             if kind == "conversation.item.added":
                 item_id = e["item"]["id"]
@@ -399,7 +402,7 @@ class SessionDriver:
             elif kind == "conversation.item.deleted":
                 assert e["item_id"] in order, f"{e['item_id']} deleted, never added"
                 order.remove(e["item_id"])
-        return order
+        return list(order)
 
     def assert_client_order(self) -> None:
         """At rest: the client's copy holds the server's items in the server's order (and may
