@@ -116,6 +116,27 @@ class FunctionCallCancelled(InvalidRequest):
     code = "function_call_cancelled"
 
 
+class UnknownItemId(InvalidRequest):
+    """An item id that is not in the conversation (never was, deleted, or cut from the history);
+    the codes are the OpenAI Realtime API's, one per event."""
+
+
+class ItemCreateInvalidPreviousItemId(UnknownItemId):
+    code = "item_create_invalid_previous_item_id"
+
+
+class ItemDeleteInvalidItemId(UnknownItemId):
+    code = "item_delete_invalid_item_id"
+
+
+class ItemRetrieveInvalidItemId(UnknownItemId):
+    code = "item_retrieve_invalid_item_id"
+
+
+class ItemTruncateInvalidItemId(UnknownItemId):
+    code = "item_truncate_invalid_item_id"
+
+
 class ResponseAlreadyActive(InvalidRequest):
     code = "conversation_already_has_active_response"
 

@@ -172,6 +172,7 @@ ClientItem = Annotated[Union[ConversationItem, FunctionCallOutputInput], Field(d
 
 class ConversationItemCreate(_ClientEvent):
     type: Literal["conversation.item.create"]
+    # Where the item goes: after this item; "root": at the start; absent, null or "": at the end.
     previous_item_id: str | None = None
     item: ClientItem
 
@@ -201,6 +202,16 @@ class ConversationItemTruncate(_ClientEvent):
     audio_end_ms: int = Field(ge=0)
 
 
+class ConversationItemDelete(_ClientEvent):
+    type: Literal["conversation.item.delete"]
+    item_id: str
+
+
+class ConversationItemRetrieve(_ClientEvent):
+    type: Literal["conversation.item.retrieve"]
+    item_id: str
+
+
 class ResponseCancel(_ClientEvent):
     type: Literal["response.cancel"]
     response_id: str | None = None
@@ -213,6 +224,8 @@ ClientEvent = Union[
     InputAudioBufferClear,
     ConversationItemCreate,
     ConversationItemTruncate,
+    ConversationItemDelete,
+    ConversationItemRetrieve,
     ResponseCreate,
     ResponseCancel,
 ]
@@ -221,13 +234,10 @@ _CLIENT_EVENT = TypeAdapter(Annotated[ClientEvent, Field(discriminator="type")])
 _KNOWN_TYPES = {
     "session.update", "input_audio_buffer.append", "input_audio_buffer.commit",
     "input_audio_buffer.clear", "conversation.item.create", "conversation.item.truncate",
-    "response.create", "response.cancel",
+    "conversation.item.delete", "conversation.item.retrieve", "response.create", "response.cancel",
 }
 # Real Realtime client events we don't implement: a clear error, not "unknown".
-_UNSUPPORTED_TYPES = {
-    "conversation.item.delete", "conversation.item.retrieve",
-    "output_audio_buffer.clear", "transcription_session.update",
-}
+_UNSUPPORTED_TYPES = {"output_audio_buffer.clear", "transcription_session.update"}
 
 
 MAX_JSON_DEPTH = 32  # the deepest real event (session.update) nests 6 levels
@@ -637,6 +647,18 @@ class ConversationItemTruncated(ServerEvent):
     item_id: str
     content_index: int
     audio_end_ms: int
+
+
+class ConversationItemDeleted(ServerEvent):
+    type: Literal["conversation.item.deleted"] = "conversation.item.deleted"
+    item_id: str
+
+
+class ConversationItemRetrieved(ServerEvent):
+    """The item as the server holds it now (a user audio item with its transcript; no audio)."""
+
+    type: Literal["conversation.item.retrieved"] = "conversation.item.retrieved"
+    item: Item
 
 
 class TranscriptionUsage(_Wire):

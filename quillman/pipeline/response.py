@@ -93,7 +93,8 @@ class FunctionCall:
     name: str
     item_id: str = field(default_factory=lambda: protocol.new_id("item"))
     arguments: list[str] = field(default_factory=list)
-    done: bool = False
+    done: bool = False  # closed: its output_item.done went out
+    complete: bool = False  # closed with its arguments done: a call the client may answer
 
     def item(self, status: protocol.ItemStatus) -> protocol.FunctionCallItem:
         return protocol.FunctionCallItem(id=self.item_id, status=status, call_id=self.call_id,
@@ -112,6 +113,10 @@ class Response:
     speculative: bool = False
     after: asyncio.Task | None = None  # a previous response that must finish first
     session_id: str | None = None  # the LLM keeps this conversation's prompt cache under it
+    # Called as each conversation.item.added / .done and function_call_arguments.done goes out
+    # (not while held behind the gate): the session places the item in the conversation and
+    # returns the item event's previous_item_id.
+    on_item: Callable[["Response", protocol.ServerEvent], str | None] | None = None
     id: str = field(default_factory=lambda: protocol.new_id("resp"))
     item_id: str = field(default_factory=lambda: protocol.new_id("item"))
     status: str = "in_progress"
@@ -122,6 +127,7 @@ class Response:
     _message_index: int | None = None  # output index of the message item, once it is opened
     calls: list[FunctionCall] = field(default_factory=list)
     _calls_by_index: dict[int, FunctionCall] = field(default_factory=dict)
+    _placed: list[str] = field(default_factory=list)  # its items in the conversation, in order
     _text: list[str] = field(default_factory=list)
     _audio_s: float = 0.0
     _input_tokens: int = 0
@@ -179,9 +185,36 @@ class Response:
             self.cancel_reason = reason
             self.task.cancel()
 
+    # --- its items ----------------------------------------------------------------------------
+
+    @property
+    def anchor(self) -> str | None:
+        """The item its next item follows in the conversation: its last one, else the user
+        item it answers (None: the end of the conversation)."""
+        return self._placed[-1] if self._placed else self.user.item_id if self.user else None
+
+    def owns(self, item_id: str) -> bool:
+        return item_id in self._placed
+
+    def current_item(self, item_id: str) -> protocol.Item | None:
+        """One of its items as it is while it streams (the transcript so far)."""
+        if item_id == self.item_id and self._message_index is not None:
+            return self._item("in_progress")
+        call = next((c for c in self.calls if c.item_id == item_id), None)
+        if call is None:
+            return None
+        return call.item("completed" if call.complete else "incomplete" if call.done else "in_progress")
+
     # --- events -------------------------------------------------------------------------------
 
     def _send(self, event: protocol.ServerEvent) -> None:
+        if self.on_item is not None and isinstance(event, (
+                protocol.ConversationItemAdded, protocol.ConversationItemDone, protocol.FunctionCallArgumentsDone)):
+            previous = self.on_item(self, event)
+            if not isinstance(event, protocol.FunctionCallArgumentsDone):
+                event.previous_item_id = previous
+        if isinstance(event, protocol.ConversationItemAdded):
+            self._placed.append(event.item.id)
         if isinstance(event, protocol.OutputAudioDelta) and self.timings.first_audio is None:
             self.timings.first_audio = time.perf_counter()
             self._playback_start = time.time()  # the client starts playing now
@@ -206,7 +239,9 @@ class Response:
         item_status = "completed" if status == "completed" else "incomplete"
         timings = self.timings.as_wire()
         measured = timings.measured()
-        output: list[tuple[int, Any]] = [(call.output_index, call.item(item_status)) for call in self.calls]
+        # A call whose arguments were done stays complete, whatever ends the response after it.
+        output: list[tuple[int, Any]] = [(call.output_index, call.item("completed" if call.complete else "incomplete"))
+                                         for call in self.calls]
         if self._message_index is not None:
             output.append((self._message_index, self._item(item_status)))
         return protocol.ResponseObject(
@@ -246,16 +281,14 @@ class Response:
         self._event(protocol.ContentPartAdded(part=protocol.content_part("", self.settings.output_audio),
                                               **self._part()))
 
-    def _on_tool_call(self, delta: ToolCallDelta) -> FunctionCall | None:
+    def _on_tool_call(self, delta: ToolCallDelta) -> None:
         """A tool-call delta: the first of a call opens its item, the others stream its
-        arguments. Returns the call when it was opened."""
+        arguments."""
         call = self._calls_by_index.get(delta.index)
-        opened = None
         if call is None:
             self._close_calls("completed")  # calls come one after the other
-            call = opened = FunctionCall(output_index=self._next_output_index(),
-                                         call_id=delta.call_id or protocol.new_id("call"),
-                                         name=delta.name or "")
+            call = FunctionCall(output_index=self._next_output_index(),
+                                call_id=delta.call_id or protocol.new_id("call"), name=delta.name or "")
             self.calls.append(call)
             self._calls_by_index[delta.index] = call
             item = call.item("in_progress")
@@ -266,17 +299,21 @@ class Response:
             self._event(protocol.FunctionCallArgumentsDelta(
                 response_id=self.id, item_id=call.item_id, output_index=call.output_index,
                 call_id=call.call_id, delta=delta.arguments))
-        return opened
 
     def _close_calls(self, status: str) -> None:
+        """Close the open calls: complete ones (``status`` completed) with their arguments done,
+        from which on the client may answer them; others (the response was cancelled or failed
+        in the middle of their arguments) only as ``incomplete`` items."""
         for call in self.calls:
             if call.done:
                 continue
             call.done = True
-            item = call.item("completed" if status == "completed" else "incomplete")
-            self._event(protocol.FunctionCallArgumentsDone(
-                response_id=self.id, item_id=call.item_id, output_index=call.output_index,
-                call_id=call.call_id, name=call.name, arguments=item.arguments))
+            call.complete = status == "completed"
+            item = call.item("completed" if call.complete else "incomplete")
+            if call.complete:
+                self._event(protocol.FunctionCallArgumentsDone(
+                    response_id=self.id, item_id=call.item_id, output_index=call.output_index,
+                    call_id=call.call_id, name=call.name, arguments=item.arguments))
             self._event(protocol.OutputItemDone(response_id=self.id, output_index=call.output_index, item=item))
             self._event(protocol.ConversationItemDone(item=item))
 
@@ -418,11 +455,13 @@ class Response:
                 self.timings.llm_queue_ms = delta.queued_ms
                 continue
             if isinstance(delta, ToolCallDelta):
-                opened = self._on_tool_call(delta)
                 filler = self.settings.pipeline.tool_filler
-                # Something to hear while the client runs the tool (its arguments follow).
-                if opened is not None and filler and not self._text and self.settings.output_audio:
+                if (delta.index not in self._calls_by_index and filler and not self._text
+                        and self.settings.output_audio):
+                    # Something to hear while the client runs the tool: the reply's message,
+                    # before the call (as text the model writes before a call is).
                     yield self._text_delta(filler)
+                self._on_tool_call(delta)
                 continue
             if self.timings.first_token is None:
                 self.timings.first_token = time.perf_counter()

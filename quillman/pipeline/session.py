@@ -43,7 +43,7 @@ from quillman.pipeline import semantic
 from quillman.pipeline.limits import SessionLimits
 from quillman.pipeline.response import Response, Timings, UserInput
 from quillman.pipeline.settings import SessionSettings, response_settings
-from quillman.pipeline.tools import FunctionCalls, call_message
+from quillman.pipeline.tools import FunctionCalls
 from quillman.pipeline.transcription import PartialTranscripts
 from quillman.pipeline.turns import (
     SegmentCut,
@@ -269,24 +269,74 @@ class RealtimeSession:
                 self._abandon(self.turns.clear())
                 self.emit(protocol.InputAudioBufferCleared())
             case protocol.ConversationItemCreate():
-                if isinstance(event.item, protocol.FunctionCallOutputInput):
-                    self.function_calls.answer(event.item.call_id)  # raises for unknown / cancelled
-                item, previous = self.conversation.add_client_item(event.item)
-                self.emit(protocol.ConversationItemAdded(item=item, previous_item_id=previous))
-                self.emit(protocol.ConversationItemDone(item=item, previous_item_id=previous))
+                self.create_item(event)
             case protocol.ConversationItemTruncate():
-                if self.response is not None and self.response.item_id == event.item_id:
-                    raise errors.InvalidEvent("that response is still in progress; cancel it first",
-                                              param="item_id")
+                self._refuse_if_in_progress(event.item_id)
                 self.conversation.truncate(event.item_id, event.audio_end_ms)
                 self.emit(protocol.ConversationItemTruncated(
                     item_id=event.item_id, content_index=event.content_index, audio_end_ms=event.audio_end_ms))
+            case protocol.ConversationItemDelete():
+                self.delete_item(event.item_id)
+            case protocol.ConversationItemRetrieve():
+                self.emit(protocol.ConversationItemRetrieved(item=self.current_item(event.item_id)))
             case protocol.ResponseCreate():
                 self.create_text_response(event.response)
             case protocol.ResponseCancel():
                 if self.response is None or (event.response_id and event.response_id != self.response.id):
                     raise errors.ResponseCancelNotActive("there is no active response to cancel")
                 self.response.cancel("client_cancelled")
+
+    # --- conversation items -----------------------------------------------------------------
+
+    def create_item(self, event: protocol.ConversationItemCreate) -> None:
+        call_id = event.item.call_id if isinstance(event.item, protocol.FunctionCallOutputInput) else None
+        if call_id is not None:
+            self.function_calls.check(call_id)  # unknown, answered, cancelled: refused
+        item, previous = self.conversation.add_client_item(event.item, event.previous_item_id)
+        if call_id is not None:
+            self.function_calls.answer(call_id)
+        self.emit(protocol.ConversationItemAdded(item=item, previous_item_id=previous))
+        self.emit(protocol.ConversationItemDone(item=item, previous_item_id=previous))
+
+    def delete_item(self, item_id: str) -> None:
+        self._refuse_if_in_progress(item_id)
+        item = self.conversation.delete(item_id).item  # raises for an unknown id
+        # The prompt stays valid by itself (a call is shown only with its output); the call's
+        # bookkeeping follows: no call, no output for it; no output, it may be answered again.
+        if isinstance(item, protocol.FunctionCallItem):
+            self.function_calls.forget(item.call_id)
+        elif isinstance(item, protocol.FunctionCallOutputItem):
+            self.function_calls.reopen(item.call_id)
+        self.emit(protocol.ConversationItemDeleted(item_id=item_id))
+
+    def current_item(self, item_id: str) -> protocol.Item:
+        """``conversation.item.retrieve``: the item as it is now."""
+        entry = self.conversation.get(item_id)
+        if entry is None:
+            raise errors.ItemRetrieveInvalidItemId(
+                f"Error retrieving item: the item with id {item_id[:64]!r} does not exist.", param="item_id")
+        if self.response is not None and self.response.owns(item_id):
+            return self.response.current_item(item_id) or entry.item
+        return entry.item
+
+    def _refuse_if_in_progress(self, item_id: str) -> None:
+        if self.response is not None and self.response.owns(item_id):
+            raise errors.InvalidEvent("that item's response is still in progress; cancel it first",
+                                      param="item_id")
+
+    def _on_response_item(self, response: Response, event: protocol.ServerEvent) -> str | None:
+        """A response's item event goes out: place or update the item; its previous_item_id."""
+        if isinstance(event, protocol.FunctionCallArgumentsDone):
+            # From now on the call may be answered (while the response goes on, a filler plays),
+            # and in the conversation it is complete: its output follows it.
+            self.conversation.update(protocol.FunctionCallItem(
+                id=event.item_id, call_id=event.call_id, name=event.name, arguments=event.arguments))
+            self.function_calls.made(event.call_id, cancelled=False)
+            return None
+        if isinstance(event, protocol.ConversationItemAdded):
+            return self.conversation.insert(event.item, after=response.anchor)
+        self.conversation.update(event.item)
+        return self.conversation.previous_id(event.item.id)
 
     def update_session(self, update: protocol.SessionUpdate) -> None:
         if update.instructions is not None:
@@ -412,10 +462,10 @@ class RealtimeSession:
         turn.transcript = self._spawn(turn.join_transcripts()(), "transcript")
         self.partials.stop(turn.item_id)
         # The user's place in the conversation is fixed now; the text comes with the transcript.
-        previous = self.conversation.add(turn.item_id, {"role": "user", "content": ""})
+        item = protocol.user_audio_item(turn.item_id, None, "in_progress")
+        previous = self.conversation.insert(item)
         self.emit(protocol.InputAudioBufferCommitted(item_id=turn.item_id, previous_item_id=previous))
-        self.emit(protocol.ConversationItemAdded(
-            item=protocol.user_audio_item(turn.item_id, None, "in_progress"), previous_item_id=previous))
+        self.emit(protocol.ConversationItemAdded(item=item, previous_item_id=previous))
         self._spawn(self._finish_user_item(turn, committed.duration_s), "user-item")
         if not self.settings.responds:
             return
@@ -440,15 +490,19 @@ class RealtimeSession:
             failure = errors.TranscriptionFailed("transcription of the user's audio failed")
             self.emit(protocol.InputAudioTranscriptionFailed(item_id=turn.item_id,
                                                              error=protocol.error_body(failure)))
-            self.emit(protocol.ConversationItemDone(item=protocol.user_audio_item(turn.item_id, None, "incomplete")))
+            self._user_item_done(protocol.user_audio_item(turn.item_id, None, "incomplete"))
             return
         self.partials.finish(turn.item_id, text)
         self.emit(protocol.InputAudioTranscriptionCompleted(
             item_id=turn.item_id, transcript=text,
             usage=protocol.TranscriptionUsage(seconds=round(max(duration_s, 0.0), 3))))
-        self.emit(protocol.ConversationItemDone(item=protocol.user_audio_item(turn.item_id, text)))
-        self.conversation.set_text(turn.item_id, text)
+        self._user_item_done(protocol.user_audio_item(turn.item_id, text))
         logger.info("[%s] user: %s", self.id, text)
+
+    def _user_item_done(self, item: protocol.MessageItem) -> None:
+        # A user item the client deleted meanwhile stays deleted (no event would bring it back).
+        if self.conversation.update(item):
+            self.emit(protocol.ConversationItemDone(item=item, previous_item_id=self.conversation.previous_id(item.id)))
 
     # --- responses ----------------------------------------------------------------------------
 
@@ -488,6 +542,7 @@ class RealtimeSession:
             prompt=lambda text: self.conversation.messages(settings.instructions, user_item_id, text, few_shot),
             on_finished=self._response_finished, timings=Timings(origin=origin),
             user=user, speculative=speculative, after=previous, session_id=self.id,
+            on_item=self._on_response_item,
         )
 
     def _show(self, response: Response, turn_detected: float | None) -> None:
@@ -511,13 +566,11 @@ class RealtimeSession:
         self.metrics.audio_out(response.audio_s)
         if status == "failed":
             self.metrics.error(errors.ModelError.code)
-        if text:
-            self.conversation.record_reply(response.item_id, text, response.audio_s)
+        self.conversation.set_audio(response.item_id, response.audio_s)  # its text came with its item
         for call in response.calls:
-            # A call of a cancelled (or failed) response is not run: its output is refused.
-            self.function_calls.made(call.call_id, cancelled=status != "completed")
-            if status == "completed":
-                self.conversation.add(call.item_id, call_message(call.call_id, call.name,
-                                                                 "".join(call.arguments)))
+            # A call cut short (the response was cancelled or failed before its arguments were
+            # done) is not run: its output is refused. Complete calls are pending since then.
+            if not call.complete:
+                self.function_calls.made(call.call_id, cancelled=True)
         logger.info("[%s] response %s %s timings=%s reply=%r", self.id, response.id, status,
                     timings, text[:200])

@@ -107,8 +107,9 @@ def output_message(call_id: str, output: str) -> Message:
 
 
 class FunctionCalls:
-    """The calls the model made in this session: "pending" (the client runs it), "answered",
-    or "cancelled" (its response was cancelled: an output for it is refused)."""
+    """The calls the model made in this session: "pending" (from its arguments' done event on:
+    the client runs it), "answered", or "cancelled" (its response ended before its arguments
+    were done: an output for it is refused)."""
 
     def __init__(self, max_calls: int = 256) -> None:
         self._state: dict[str, str] = {}
@@ -119,8 +120,8 @@ class FunctionCalls:
         while len(self._state) > self._max:  # the oldest are forgotten
             del self._state[next(iter(self._state))]
 
-    def answer(self, call_id: str) -> None:
-        """Accept an output for ``call_id`` or raise the error the client gets."""
+    def check(self, call_id: str) -> None:
+        """Raise the error the client gets for an output for ``call_id``, if it is refused."""
         state = self._state.get(call_id)
         if state == "cancelled":
             raise errors.FunctionCallCancelled(
@@ -129,7 +130,20 @@ class FunctionCalls:
         if state != "pending":
             raise errors.UnknownCallId(f"no pending function call has call_id {call_id[:64]!r}",
                                        param="item.call_id")
+
+    def answer(self, call_id: str) -> None:
+        """Accept an output for ``call_id`` (or raise the error the client gets)."""
+        self.check(call_id)
         self._state[call_id] = "answered"
+
+    def forget(self, call_id: str) -> None:
+        """Its function_call item was deleted: an output for it is an unknown call's."""
+        self._state.pop(call_id, None)
+
+    def reopen(self, call_id: str) -> None:
+        """Its output was deleted: the call may be answered again."""
+        if self._state.get(call_id) == "answered":
+            self._state[call_id] = "pending"
 
 
 def tool_history(history: list[Message]) -> list[Message]:

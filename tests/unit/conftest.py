@@ -315,6 +315,8 @@ class SessionDriver:
                  end_of_turn: Any = None):
         self.backends = backends
         self.events: list[dict[str, Any]] = []
+        self._client_order: list[str] = []  # client_conversation() so far
+        self._client_seen = 0
         self._inbox: asyncio.Queue[str | None] = asyncio.Queue()
         self.session = RealtimeSession(
             backends, config or fast_session_config(), vad_config or VadConfig(), make_vad,
@@ -375,6 +377,40 @@ class SessionDriver:
 
     def errors(self) -> list[dict[str, Any]]:
         return [e["error"] for e in self.of_type("error")]
+
+    def client_conversation(self) -> list[str]:
+        """The item ids in order as a client keeps them from the events: each item right after
+        its ``previous_item_id`` (at the start when that is null), deleted ones dropped. Fails
+        on an event that does not fit the order so far (an item added twice or after an unknown
+        one, an item done before added or before its previous item)."""
+        order = self._client_order  # kept between calls: only the new events are read
+        for e in self.events[self._client_seen:]:
+            self._client_seen += 1
+            kind, previous = e["type"], e.get("previous_item_id")
+            if kind == "conversation.item.added":
+                item_id = e["item"]["id"]
+                assert item_id not in order, f"{item_id} added twice"
+                assert previous is None or previous in order, f"{item_id} added after unknown {previous}"
+                order.insert(0 if previous is None else order.index(previous) + 1, item_id)
+            elif kind == "conversation.item.done":
+                item_id = e["item"]["id"]
+                assert item_id in order, f"{item_id} done before added (or after deleted)"
+                assert previous is None or previous in order[:order.index(item_id)], \
+                    f"{item_id} done after {previous}, which is not before it: {order}"
+            elif kind == "input_audio_buffer.committed":
+                assert previous is None or previous in order, f"committed after unknown {previous}"
+            elif kind == "conversation.item.deleted":
+                assert e["item_id"] in order, f"{e['item_id']} deleted, never added"
+                order.remove(e["item_id"])
+        return list(order)
+
+    def assert_client_order(self) -> None:
+        """At rest: the client's copy holds the server's items in the server's order (and may
+        still hold items the server cut from its bounded history)."""
+        client = self.client_conversation()
+        server = [item_id for item_id, _ in self.session.conversation.items]
+        assert set(server) <= set(client), f"server items the client never got: {set(server) - set(client)}"
+        assert [i for i in client if i in set(server)] == server, f"client {client} vs server {server}"
 
     async def wait_for(self, event_type: str, count: int = 1, timeout: float = EVENT_TIMEOUT_S,
                        fail_on_request_error: bool = False) -> dict[str, Any]:

@@ -62,6 +62,11 @@ def test_turn_detection_null_is_distinguished_from_absent():
     ({"type": "conversation.item.create", "previous_item_id": None,
       "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}},
      protocol.ConversationItemCreate),
+    ({"type": "conversation.item.create", "previous_item_id": "root",
+      "item": {"type": "function_call_output", "call_id": "call_1", "output": "{}"}},
+     protocol.ConversationItemCreate),
+    ({"type": "conversation.item.delete", "item_id": "item_1"}, protocol.ConversationItemDelete),
+    ({"type": "conversation.item.retrieve", "item_id": "item_1"}, protocol.ConversationItemRetrieve),
 ])
 def test_valid_client_events(event, cls):
     assert isinstance(parse(event), cls)
@@ -124,9 +129,7 @@ def test_unknown_event_type_message_is_bounded():
     assert len(exc.message) < 200
 
 
-@pytest.mark.parametrize("event_type", [
-    "conversation.item.delete", "conversation.item.retrieve", "output_audio_buffer.clear",
-])
+@pytest.mark.parametrize("event_type", ["output_audio_buffer.clear", "transcription_session.update"])
 def test_unsupported_realtime_events(event_type):
     exc = parse_error({"type": event_type, "event_id": "ev_7", "item_id": "item_1",
                        "content_index": 0, "audio_end_ms": 100})
@@ -151,6 +154,11 @@ def test_unsupported_realtime_events(event_type):
     ({"type": "response.cancel", "response_id": 7}, "response_id"),
     ({"type": "response.create", "response": {"output_modalities": ["video"]}}, "response.output_modalities.0"),
     ({"type": "conversation.item.truncate", "audio_end_ms": 100}, "item_id"),
+    ({"type": "conversation.item.delete"}, "item_id"),
+    ({"type": "conversation.item.retrieve", "item_id": 5}, "item_id"),
+    ({"type": "conversation.item.create", "previous_item_id": 3,
+      "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "x"}]}},
+     "previous_item_id"),
     ({"type": "conversation.item.truncate", "item_id": "item_1", "audio_end_ms": -5}, "audio_end_ms"),
 ])
 def test_invalid_event_names_the_bad_field(event, param):
@@ -270,3 +278,58 @@ def test_json_depth_is_measured_without_parsing():
         protocol.parse_client_event(deep)
     escaped = '{"type": "x", "s": "\\\" [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}'
     assert protocol.json_depth(escaped) == 1
+
+
+def test_item_events_are_the_sdks_shapes():
+    """Every item event the server emits validates strictly as the openai SDK's GA type."""
+    from openai.types.realtime import realtime_server_event as sdk
+    from pydantic import TypeAdapter
+
+    call = protocol.FunctionCallItem(id="item_c", call_id="call_1", name="f", arguments='{"a": 1}')
+    output = protocol.FunctionCallOutputItem(id="item_o", call_id="call_1", output="ok")
+    events = [
+        protocol.InputAudioBufferCommitted(item_id="item_u", previous_item_id=None),
+        protocol.ConversationItemAdded(item=protocol.user_audio_item("item_u", None, "in_progress")),
+        protocol.ConversationItemDone(item=protocol.user_audio_item("item_u", "hi"), previous_item_id="item_0"),
+        protocol.ConversationItemAdded(item=protocol.assistant_item("item_a", "", "in_progress", audio=True),
+                                       previous_item_id="item_u"),
+        protocol.ConversationItemDone(item=call, previous_item_id="item_a"),
+        protocol.ConversationItemDone(item=output, previous_item_id="item_c"),
+        protocol.ConversationItemAdded(item=protocol.text_item("item_s", "system", "Be brief."),
+                                       previous_item_id=None),
+        protocol.ConversationItemDeleted(item_id="item_u"),
+        protocol.ConversationItemRetrieved(item=protocol.user_audio_item("item_u", "hi")),
+        protocol.ConversationItemRetrieved(item=call),
+        protocol.error_event(errors.ItemRetrieveInvalidItemId("no such item", param="item_id", event_id="ev_1")),
+    ]
+    adapter = TypeAdapter(sdk.RealtimeServerEvent)
+    for event in events:
+        data = wire(event)
+        parsed = adapter.validate_python(data)  # strict: a wrong field fails here
+        assert parsed.type == data["type"]
+        assert parsed.model_dump(exclude_unset=True) == data
+    retrieved = adapter.validate_python(wire(events[8]))
+    assert retrieved.item.content[0].transcript == "hi"
+
+
+def test_unknown_item_codes_are_the_hosted_apis():
+    assert [cls.code for cls in (errors.ItemCreateInvalidPreviousItemId, errors.ItemDeleteInvalidItemId,
+                                 errors.ItemRetrieveInvalidItemId, errors.ItemTruncateInvalidItemId)] == [
+        "item_create_invalid_previous_item_id", "item_delete_invalid_item_id",
+        "item_retrieve_invalid_item_id", "item_truncate_invalid_item_id"]
+    assert errors.ItemDeleteInvalidItemId.type == "invalid_request_error"
+
+
+def test_sdk_client_events_parse():
+    """What the SDK sends for these events parses here."""
+    from openai.types.realtime import (ConversationItemCreateEvent, ConversationItemDeleteEvent,
+                                       ConversationItemRetrieveEvent)
+
+    sent = [ConversationItemDeleteEvent(type="conversation.item.delete", item_id="item_1", event_id="e1"),
+            ConversationItemRetrieveEvent(type="conversation.item.retrieve", item_id="item_1"),
+            ConversationItemCreateEvent(type="conversation.item.create", previous_item_id="root", item={
+                "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]})]
+    parsed = [parse(event.model_dump_json(exclude_none=True)) for event in sent]
+    assert [type(p) for p in parsed] == [protocol.ConversationItemDelete, protocol.ConversationItemRetrieve,
+                                         protocol.ConversationItemCreate]
+    assert parsed[0].item_id == "item_1" and parsed[0].event_id == "e1" and parsed[2].previous_item_id == "root"

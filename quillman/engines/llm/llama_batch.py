@@ -62,7 +62,7 @@ class _Job:
     generated: int = 0
     last_token: int | None = None
     sampler: object = None
-    parser: tool_format.ToolCallParser | None = None  # when the model may call tools
+    parser: tool_format.ToolCallParser | None = None  # text -> text without markup, and calls
     decoder: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
     started: float | None = None
@@ -231,8 +231,9 @@ class BatchedLlamaCpp:
         except Exception as exc:  # noqa: BLE001 - a template, tokenizer or grammar error fails this request only
             job.put(ModelError(f"the prompt could not be prepared: {exc}"))
             return
-        if tool_format.tools_in_use(job.request.tools, job.request.tool_choice):
-            job.parser = tool_format.ToolCallParser()
+        # Every generation, tools or not: the history may show calls the model imitates.
+        job.parser = tool_format.ToolCallParser(
+            tool.name for tool in tool_format.tools_in_use(job.request.tools, job.request.tool_choice))
         if len(job.prompt) + 1 >= self.n_ctx:
             job.put(ModelError(f"the prompt ({len(job.prompt)} tokens) does not fit the model's "
                                f"context ({self.n_ctx} tokens, llm.n_ctx)"))

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, AsyncIterator
 
 from quillman.aio import iterate_in_thread
 from quillman.engines.llm.base import Delta, GenerationRequest, Usage
+from quillman.engines.llm.tools import ToolCallParser
 from quillman.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -70,6 +71,9 @@ class LlamaCppModel:
     def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         messages, params = request.messages, request.params
 
+        # Text only (no tools here), never call markup the model imitates from its history.
+        parser = ToolCallParser(callable=())
+
         def deltas():
             with self._lock:
                 generated = 0
@@ -82,7 +86,8 @@ class LlamaCppModel:
                         generated += 1  # one streamed chunk per sampled token
                     delta = choice["delta"].get("content")
                     if delta:
-                        yield delta
+                        yield from parser.feed(delta)
+                yield from parser.finish()
                 # The context now holds the prompt and the reply (the last token not yet evaluated).
                 yield Usage(input_tokens=max(self._llm.n_tokens - max(generated - 1, 0), 0),
                             output_tokens=generated)

@@ -13,7 +13,9 @@ call valid JSON that fits its schema even for a 135M model:
   call that the model starts on its own, where "auto" reaches the engine.)
 - "none" (or no tools): no grammar, the tools are not even shown.
 
-:class:`ToolCallParser` turns the generated text back into text and :class:`ToolCallDelta`\\ s.
+:class:`ToolCallParser` turns the generated text back into text and :class:`ToolCallDelta`\\ s,
+and runs on every generation of these engines, tools or not: a model imitating the calls and
+results in its history (or cut off in the middle of a call) never gets markup into the text.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import json
 import re
 import uuid
 from dataclasses import replace
-from typing import Any, Iterator
+from typing import Any, Collection
 
 from quillman.engines.llm.base import (
     GenerationRequest,
@@ -126,76 +128,208 @@ def _bounded_strings(schema: Any) -> Any:
     return bounded
 
 
+# Tool-call markup of the format above (and of the tool results and definitions in the prompt,
+# which a small model may imitate): never text. Matched case-insensitively, the longest first;
+# also without its "<" or ">" (the words tool_call and tool_response are never speech).
+RESULT_OPEN, RESULT_CLOSE = "<tool_response>", "</tool_response>"
+_MARKERS = tuple(f"{head}{word}{tail}" for word in ("tool_call", "tool_response")
+                 for head in ("<", "</", "") for tail in (">", "")) + ("<tools>", "</tools>")
+_OPENS = {"<tool_call>": "call", "<tool_call": "call", "<tool_response>": "result", "<tool_response": "result"}
+
+
 class ToolCallParser:
-    """Generated text in, text and tool-call deltas out: text outside ``<tool_call>`` blocks
-    streams as it comes (held back only while it may be the start of a block); a block becomes
-    one call (its ``call_id`` and ``name``, then its ``arguments``) when it closes."""
+    """Generated text in, text and tool-call deltas out, with no tool-call markup left in the text.
 
-    def __init__(self) -> None:
-        self._buffer = ""
-        self._in_call = False
+    Whatever the model writes and however it is cut into deltas (the output depends only on the
+    whole text, never on its chunking):
+
+    - ``<tool_call>`` + a JSON object is a call when it names a tool in ``callable`` (None: any
+      name) with object arguments, and is dropped otherwise; a block that is not a JSON object
+      is dropped up to its ``</tool_call>``. A call becomes one :class:`ToolCallDelta` with its
+      ``call_id`` and ``name``, then one with its ``arguments``, when its object closes.
+    - ``<tool_response>`` blocks, lone markers (``</tool_call>``, ``<tools>``, ...), anything
+      in braces (a call, or its arguments, without the tags: ``{`` up to its closing brace) and
+      closing braces without an opening one are dropped. So the text never holds a marker nor
+      a brace: spoken replies have no use for them, and which braces hold a call's JSON cannot
+      be told.
+    - Text streams as it comes; held back only while it may be the start of a marker or is in
+      braces, and whitespace until the next visible character (whitespace next to dropped
+      markup is not a delta of its own).
+    - :meth:`finish`: an unclosed block or object (cut by ``max_tokens``) is dropped, as is a
+      trailing partial marker (``</tool_``).
+
+    Markup is ``<tool_call>``, ``</tool_call>``, ``<tool_response>``, ``</tool_response>``,
+    ``<tools>`` and ``</tools>``, in any case, and the words ``tool_call`` / ``tool_response``
+    with or without their ``<`` / ``</`` and ``>`` (what is left of a tag cut short).
+    """
+
+    def __init__(self, callable: Collection[str] | None = None) -> None:
+        self._callable = None if callable is None else frozenset(callable)
         self.calls = 0
+        self._mode = "text"  # text | call (after <tool_call>) | object | skip (until self._until)
+        self._marker = ""  # text mode: what may be the start of a marker
+        self._space = ""  # whitespace not yet emitted
+        self._held = ""  # object mode: the object so far; skip mode: the skipped text's tail
+        self._is_call = False  # object mode: the object follows <tool_call> (else: in the text)
+        self._depth = 0
+        self._in_string = False
+        self._escaped = False
+        self._until = ""  # skip mode: the marker that ends it
+        self._out: list[str | ToolCallDelta] = []
 
-    def feed(self, text: str) -> Iterator[str | ToolCallDelta]:
-        self._buffer += text
-        while self._buffer:
-            if self._in_call:
-                end = self._buffer.find(CALL_CLOSE)
-                if end < 0:
-                    return
-                body, self._buffer = self._buffer[:end], self._buffer[end + len(CALL_CLOSE):]
-                self._in_call = False
-                yield from self._call(body)
-                continue
-            start = self._buffer.find(CALL_OPEN)
-            if start >= 0:
-                if start:
-                    yield self._buffer[:start]
-                self._buffer = self._buffer[start + len(CALL_OPEN):]
-                self._in_call = True
-                continue
-            keep = _partial_suffix(self._buffer, CALL_OPEN)
-            if keep < len(self._buffer):
-                yield self._buffer[:len(self._buffer) - keep]
-                self._buffer = self._buffer[len(self._buffer) - keep:]
+    def feed(self, text: str) -> list[str | ToolCallDelta]:
+        for char in text:
+            self._char(char)
+        return self._flush()
+
+    def finish(self) -> list[str | ToolCallDelta]:
+        held = self._marker.lower()
+        if self._mode == "text" and held and held not in _MARKERS and not (
+                "_" in held or (held.startswith("<") and len(held) > 1)):
+            for char in self._marker:  # "to", "tool", a lone "<": text; "</", "tool_": markup
+                self._plain(char)
+        self._mode, self._marker, self._held, self._space = "text", "", "", ""
+        return self._flush()
+
+    # --- the state machine, one character at a time -------------------------------------------
+
+    def _char(self, char: str) -> None:
+        if self._mode == "object":
+            self._object_char(char)
+        elif self._mode == "call":
+            if char == "{":
+                self._open_object(is_call=True)
+            elif not char.isspace():
+                self._skip_until(CALL_CLOSE, char)  # not a JSON call: dropped up to its close
+        elif self._mode == "skip":
+            self._held = (self._held + char)[-len(self._until):]
+            if self._held.lower() == self._until:
+                self._mode, self._held = "text", ""
+        else:
+            self._text_char(char)
+
+    def _text_char(self, char: str) -> None:
+        self._marker += char
+        lowered = self._marker.lower()
+        if any(marker.startswith(lowered) for marker in _MARKERS):
+            return  # may still grow into (a longer) marker
+        # It cannot grow into a marker any more: the longest marker it starts with is one; else
+        # its first character is text. The rest is read again (the mode may have changed).
+        marker = max((m for m in _MARKERS if lowered.startswith(m)), key=len, default="")
+        if marker:
+            rest, self._marker = self._marker[len(marker):], ""
+            self._on_marker(marker)
+        else:
+            first, rest, self._marker = self._marker[0], self._marker[1:], ""
+            self._plain(first)
+        for char in rest:
+            self._char(char)
+
+    def _on_marker(self, marker: str) -> None:
+        opens = _OPENS.get(marker)
+        if opens == "call":
+            self._mode = "call"
+        elif opens == "result":
+            self._skip_until(RESULT_CLOSE)
+        # else a lone marker: dropped
+
+    def _plain(self, char: str) -> None:
+        if char == "{":
+            self._open_object(is_call=False)
+        elif char == "}":
+            pass  # a closing brace without its opening one: the tail of a call's JSON
+        else:
+            self._text(char)
+
+    def _open_object(self, is_call: bool) -> None:
+        self._mode, self._held, self._is_call = "object", "{", is_call
+        self._depth, self._in_string, self._escaped = 1, False, False
+
+    def _object_char(self, char: str) -> None:
+        self._held += char
+        if char == ">" and (marker := next((m for m in (CALL_CLOSE, CALL_OPEN) if self._held.lower().endswith(m)),
+                                           None)):
+            # A call tag inside a string: it cut the object short (dropped); the tag counts.
+            # (Other markup in a string, "<tools>" say, is the string's.)
+            self._mode, self._held = "text", ""
+            self._on_marker(marker)
             return
+        if self._in_string:
+            if self._escaped:
+                self._escaped = False
+            elif char == "\\":
+                self._escaped = True
+            elif char == '"':
+                self._in_string = False
+            return
+        if char == '"':
+            self._in_string = True
+        elif char == "{":
+            self._depth += 1
+        elif char == "}":
+            self._depth -= 1
+            if self._depth == 0:
+                self._close_object()
+        elif char == "<":
+            # No JSON has "<" outside a string: markup cut the object short. Dropped, and the
+            # "<" is read as text again (it may start a marker).
+            self._mode, self._held = "text", ""
+            self._text_char(char)
 
-    def finish(self) -> Iterator[str | ToolCallDelta]:
-        """The end of generation: an unclosed block (cut by max_tokens) is a call if its JSON
-        is complete, else dropped; held-back text is text."""
-        rest, self._buffer = self._buffer, ""
-        if self._in_call:
-            self._in_call = False
-            yield from self._call(rest)
-        elif rest:
-            yield rest
+    def _close_object(self) -> None:
+        body, self._held, self._mode = self._held, "", "text"
+        if self._is_call:
+            self._call(body)
+        # Else a JSON object in the text: a call (or its arguments) without the tags. Dropped,
+        # as is anything else in braces: which of them is JSON of a call cannot be told apart.
 
-    def _call(self, body: str) -> Iterator[ToolCallDelta]:
+    def _skip_until(self, marker: str, held: str = "") -> None:
+        self._mode, self._until, self._held = "skip", marker, held
+
+    def _text(self, text: str) -> None:
+        for char in text:
+            if char.isspace():
+                self._space += char
+            else:
+                self._out.append(self._space + char)
+                self._space = ""
+
+    def _call(self, body: str) -> None:
         try:
             call = json.loads(body)
         except json.JSONDecodeError:
             return
         if not isinstance(call, dict) or not isinstance(call.get("name"), str):
             return
+        if self._callable is not None and call["name"] not in self._callable:
+            return  # a tool this generation may not call: dropped, never spoken
         arguments = call.get("arguments")
+        if isinstance(arguments, str):  # the OpenAI chat shape: arguments as a JSON string
+            try:
+                arguments = json.loads(arguments)
+            except json.JSONDecodeError:
+                arguments = None
         if not isinstance(arguments, dict):
             arguments = {}
         index = self.calls
         self.calls += 1
-        yield ToolCallDelta(index=index, call_id=new_call_id(), name=call["name"])
-        yield ToolCallDelta(index=index, arguments=json.dumps(arguments))
+        self._out.append(ToolCallDelta(index=index, call_id=new_call_id(), name=call["name"]))
+        self._out.append(ToolCallDelta(index=index, arguments=json.dumps(arguments)))
+
+    def _flush(self) -> list[str | ToolCallDelta]:
+        """What was found since the last call, consecutive text joined into one delta."""
+        out: list[str | ToolCallDelta] = []
+        for item in self._out:
+            if isinstance(item, str) and out and isinstance(out[-1], str):
+                out[-1] += item
+            else:
+                out.append(item)
+        self._out = []
+        return out
 
 
 def new_call_id() -> str:
     return f"call_{uuid.uuid4().hex[:20]}"
-
-
-def _partial_suffix(text: str, marker: str) -> int:
-    """Length of the longest end of ``text`` that is a proper start of ``marker``."""
-    for n in range(min(len(marker) - 1, len(text)), 0, -1):
-        if text.endswith(marker[:n]):
-            return n
-    return 0
 
 
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")

@@ -105,6 +105,8 @@ async def test_the_output_of_a_cancelled_responses_call_is_refused(driver, backe
     done = await driver.wait_for("response.done")
     assert done["response"]["status"] == "cancelled"
     assert done["response"]["output"][0]["status"] == "incomplete"
+    # Its arguments were never done: nothing told the client it could run it.
+    assert driver.of_type("response.function_call_arguments.done") == []
     await driver.send({"type": "conversation.item.create",
                        "item": {"type": "function_call_output", "call_id": "call_1", "output": "x"}})
     assert await codes(driver) == ["function_call_cancelled"]
@@ -154,9 +156,10 @@ async def test_the_filler_is_spoken_while_the_client_runs_the_tool(make_driver, 
     backends.replies[0] = ""
     backends.tool_calls[0] = call(0, "call_1", "get_weather", '{"city": "Paris"}')
     done = await driver.text_turn("Weather in Paris?")
-    assert [item["type"] for item in done["response"]["output"]] == ["function_call", "message"]
+    # The filler is the reply's message, before the call (as text the model writes before one).
+    assert [item["type"] for item in done["response"]["output"]] == ["message", "function_call"]
     assert backends.tts_calls and "One moment" in backends.tts_calls[0].args["text"]
-    assert done["response"]["output"][1]["content"][0]["transcript"] == "One moment."
+    assert done["response"]["output"][0]["content"][0]["transcript"] == "One moment."
 
 
 async def test_a_call_from_a_spoken_turn_can_be_answered(make_driver, backends, session_config, short_speech_24k):
@@ -179,3 +182,112 @@ async def test_a_forced_choice_is_kept_while_its_tool_is(driver):
     assert driver.session.settings.tool_choice == "get_weather"
     await driver.send({"type": "session.update", "session": {"tools": []}})
     assert driver.session.settings.tool_choice == "auto" and await codes(driver) == []
+
+
+# --- a call is usable from its arguments' done event on ---------------------------------------
+
+
+@pytest.fixture
+async def filler_driver(make_driver, backends, session_config):
+    """A spoken reply that is a call: the filler plays (TTS held) after the call's arguments."""
+    driver = await make_driver(session_config(tool_filler="One moment."))
+    await driver.send({"type": "session.update", "session": {"tools": [WEATHER]}})
+    backends.replies[0] = ""
+    backends.tool_calls[0] = call(0, "call_1", "get_weather", '{"city": "Paris"}')
+    backends.tts_hang = True
+    await driver.send({"type": "conversation.item.create", "item": {
+        "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Weather in Paris?"}]}})
+    await driver.send({"type": "response.create"})
+    await driver.wait_for("response.function_call_arguments.done")
+    return driver
+
+
+async def answer(driver, output: str = "sunny") -> dict:
+    await driver.send({"type": "conversation.item.create", "event_id": "ev_out",
+                       "item": {"type": "function_call_output", "call_id": "call_1", "output": output}})
+    await driver.drain()
+    return driver.events[-1]
+
+
+async def test_an_output_sent_at_arguments_done_is_taken_while_the_filler_plays(filler_driver, backends):
+    driver = filler_driver
+    call_item = driver.of_type("response.output_item.added")[-1]["item"]
+    assert call_item["type"] == "function_call"
+    done_item = await answer(driver)
+    assert driver.errors() == [] and driver.session.response is not None  # still speaking
+    assert done_item["type"] == "conversation.item.done"
+    assert done_item["previous_item_id"] == call_item["id"]  # the output follows its call
+    backends.tts_hang = False
+    backends.tts_release.set()
+    first = await driver.wait_for("response.done")
+    assert first["response"]["status"] == "completed"
+    assert [i["type"] for i in first["response"]["output"]] == ["message", "function_call"]
+    backends.replies[1] = "It is sunny in Paris."
+    await driver.send({"type": "response.create"})
+    await driver.wait_for("response.done", count=2)
+    messages = backends.llm_calls[1].args["messages"]
+    assert [m["role"] for m in messages[1:]] == ["user", "assistant", "assistant", "tool"]
+    assert messages[2]["content"] == "One moment." and messages[3]["tool_calls"][0]["id"] == "call_1"
+    assert messages[4] == {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}
+    driver.assert_client_order()
+
+
+@pytest.mark.parametrize("answered_first", [True, False])
+async def test_a_call_done_before_a_barge_in_stays_complete_and_answerable(filler_driver, backends, answered_first):
+    driver = filler_driver
+    if answered_first:
+        await answer(driver)
+    await driver.send({"type": "response.cancel"})  # as speech starting over the filler does
+    done = await driver.wait_for("response.done")
+    assert done["response"]["status"] == "cancelled"
+    message, function_call = done["response"]["output"]
+    assert (message["status"], function_call["status"]) == ("incomplete", "completed")
+    assert function_call["arguments"] == '{"city": "Paris"}'
+    if not answered_first:
+        await answer(driver)
+    assert driver.errors() == []
+    backends.tts_hang = False
+    backends.tts_release.set()
+    await driver.send({"type": "response.create"})
+    await driver.wait_for("response.done", count=2)
+    assert backends.llm_calls[1].args["messages"][-1] == {"role": "tool", "tool_call_id": "call_1",
+                                                          "content": "sunny"}
+
+
+async def test_deleting_a_call_or_its_output_keeps_calls_and_prompt_consistent(filler_driver, backends):
+    driver = filler_driver
+    backends.tts_hang = False
+    backends.tts_release.set()
+    await driver.wait_for("response.done")
+    call_item = next(i for i in driver.of_type("response.done")[0]["response"]["output"] if i["type"] == "function_call")
+    output_item = (await answer(driver))["item"]
+    # No output: the call may be answered again, and is not in the prompt without one.
+    await driver.send({"type": "conversation.item.delete", "item_id": output_item["id"]})
+    await driver.send({"type": "response.create"})
+    await driver.wait_for("response.done", count=2)
+    assert not any(m.get("tool_calls") or m["role"] == "tool" for m in backends.llm_calls[1].args["messages"])
+    await answer(driver, "rainy")
+    assert driver.errors() == []
+    # No call: its output is left out, and another output for it is an unknown call's.
+    await driver.send({"type": "conversation.item.delete", "item_id": call_item["id"]})
+    await driver.send({"type": "response.create"})
+    await driver.wait_for("response.done", count=3)
+    assert not any(m.get("tool_calls") or m["role"] == "tool" for m in backends.llm_calls[2].args["messages"])
+    await answer(driver)
+    assert await codes(driver) == ["unknown_call_id"]
+    driver.assert_client_order()
+
+
+async def test_speech_over_the_filler_leaves_the_done_call_answerable(filler_driver, backends, short_speech_24k):
+    driver = filler_driver
+    backends.tts_hang = False
+    backends.reply = "Okay."
+    await driver.append(short_speech_24k.pcm)  # the user talks over "One moment."
+    first = await driver.wait_for("response.done")
+    assert first["response"]["status_details"]["reason"] == "turn_detected"
+    assert [i["status"] for i in first["response"]["output"]] == ["incomplete", "completed"]
+    backends.tts_release.set()
+    await driver.wait_for("response.done", count=2)  # the reply to what the user said
+    await answer(driver)
+    assert driver.errors() == []
+    driver.assert_client_order()

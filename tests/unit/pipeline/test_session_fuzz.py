@@ -438,7 +438,7 @@ def targeted(draw) -> tuple[str, str, str]:
             "frame_too_large"
     if choice == "unsupported":
         return "unsupported event", json.dumps({"type": draw(st.sampled_from(
-            ["conversation.item.delete", "conversation.item.retrieve", "output_audio_buffer.clear"])),
+            ["output_audio_buffer.clear", "transcription_session.update"])),
             "event_id": eid}), "unsupported_event"
     if choice == "unknown":
         name = draw(st.text(max_size=30).filter(lambda s: s not in CLIENT_TYPES))

@@ -476,6 +476,7 @@ class SessionMachine(RuleBasedStateMachine):
                 items.add(e["item"]["id"])
             elif kind == "conversation.item.done":
                 assert e["item"]["id"] in items, f"conversation.item.done for {e['item']['id']} before added"
+        d.client_conversation()  # every previous_item_id fits the order the client keeps
         assert len(seen) <= self.expected_responses, (
             f"{len(seen)} responses created, only {self.expected_responses} asked for "
             f"(committed turns with create_response + accepted response.create)")
@@ -730,47 +731,88 @@ class SessionMachine(RuleBasedStateMachine):
 
     # --- rules: conversation ----------------------------------------------------------------
 
-    def do_create_item(self, role, text, with_id) -> None:
+    def known_item(self, pick: int) -> str | None:
+        """An item of the conversation as the client knows it (None: it has none)."""
+        items = self.driver.client_conversation()
+        return items[pick % len(items)] if items else None
+
+    def do_create_item(self, role, text, with_id, where, pick) -> None:
         eid = self.eid()
         item: dict[str, Any] = {"type": "message", "role": role, "content": [
             {"type": "output_text" if role == "assistant" else "input_text", "text": text}]}
         item_id = f"item_client_{self.n}"
         if with_id:
             item["id"] = item_id
-        _, new = self._run(self.frame(f"item.create {role}", {
-            "type": "conversation.item.create", "event_id": eid, "item": item}, eid, {None}))
+        event = {"type": "conversation.item.create", "event_id": eid, "item": item}
+        allowed = {None}
+        unknown = "item_create_invalid_previous_item_id"
+        if where == "root":
+            event["previous_item_id"] = "root"
+        elif where == "made up":
+            event["previous_item_id"], allowed = f"item_made_up_{self.n}", {unknown}
+        elif where == "known" and (after := self.known_item(pick)) is not None:
+            # It may have left a small history meanwhile.
+            event["previous_item_id"] = after
+            allowed = {None, unknown} if self.history_limit < 10**6 else {None}
+        outcome, new = self._run(self.frame(f"item.create {role} {where}", event, eid, allowed))
+        if outcome is not None:
+            return
         added = [e for e in new if e["type"] == "conversation.item.added"
                  and e["item"]["role"] == role and e["item"]["type"] == "message"]
         assert added, "conversation.item.create accepted without conversation.item.added"
+        previous = {"root": None}.get(where, event.get("previous_item_id", added[-1].get("previous_item_id")))
+        assert added[-1].get("previous_item_id") == previous, (where, added[-1])
         if with_id:
             assert added[-1]["item"]["id"] == item_id
             if role == "assistant":
                 self.client_assistant_items.add(item_id)
 
+    def do_delete_or_retrieve(self, action, which, pick) -> None:
+        item_id = self.known_item(pick) if which == "known" else None
+        kind = "delete" if action == "delete" else "retrieve"
+        unknown = f"item_{kind}_invalid_item_id"
+        allowed = {unknown}
+        if item_id is None:
+            item_id = f"item_made_up_{self.n}"
+        else:  # it may belong to the response in progress, or have left a small history
+            allowed = {None, "invalid_event"} if action == "delete" else {None}
+            if self.history_limit < 10**6:
+                allowed.add(unknown)
+        eid = self.eid()
+        outcome, new = self._run(self.frame(f"item.{kind} {which}", {
+            "type": f"conversation.item.{kind}", "event_id": eid, "item_id": item_id}, eid, allowed))
+        answers = [e for e in new if e["type"] in ("conversation.item.deleted", "conversation.item.retrieved")]
+        if outcome is None:
+            assert len(answers) == 1, answers
+            assert (answers[0].get("item_id") or answers[0]["item"]["id"]) == item_id, answers
+            if action == "delete":
+                self.client_assistant_items.discard(item_id)
+        else:
+            assert not answers, answers
+
     def do_truncate(self, target_kind, pick, audio_end_ms) -> None:
         d = self.driver
         _, done = self.responses()
-        refused = "invalid_event"
+        refused, unknown = "invalid_event", "item_truncate_invalid_item_id"
         small_history = self.history_limit < 10**6  # old items may have left it: either way
-        item_id, allowed = f"item_made_up_{self.n}", {refused}
+        gone = {unknown} if small_history else set()
+        item_id, allowed = f"item_made_up_{self.n}", {unknown}
         if target_kind == "done reply" and done:
+            # Every reply's message is in the conversation (one without text too).
             body = list(done.values())[pick % len(done)]["response"]
-            item_id = body["output"][0]["id"]
-            part = body["output"][0]["content"][0]
-            has_text = bool(part.get("transcript") or part.get("text"))
-            allowed = {None} if has_text and not small_history else {None, refused}
+            item_id, allowed = body["output"][0]["id"], {None} | gone
         elif target_kind == "running reply":
             running = [e["item"]["id"] for e in d.of_type("response.output_item.added")
                        if e["item"]["id"] not in {b["response"]["output"][0]["id"] for b in done.values()}]
             if running:
-                item_id, allowed = running[pick % len(running)], {None, refused}
+                item_id, allowed = running[pick % len(running)], {None, refused} | gone
         elif target_kind == "client item" and self.client_assistant_items:
             item_id = sorted(self.client_assistant_items)[pick % len(self.client_assistant_items)]
-            allowed = {None, refused} if small_history else {None}
+            allowed = {None} | gone
         elif target_kind == "user item":
             users = [e["item_id"] for e in d.of_type("input_audio_buffer.committed")]
-            if users:
-                item_id = users[pick % len(users)]
+            if users:  # not an assistant message
+                item_id, allowed = users[pick % len(users)], {refused} | gone
         eid = self.eid()
         outcome, new = self._run(self.frame(f"truncate {target_kind}", {
             "type": "conversation.item.truncate", "event_id": eid, "item_id": item_id,
@@ -824,7 +866,10 @@ class SessionMachine(RuleBasedStateMachine):
         ("bad JSON", "not json at all", "invalid_json", False),
         ("bad JSON", "[1, 2]", "invalid_json", False),
         ("unknown type", {"type": "no.such.event"}, "unknown_event_type", True),
-        ("unsupported type", {"type": "conversation.item.delete", "item_id": "x"}, "unsupported_event", True),
+        ("unsupported type", {"type": "output_audio_buffer.clear"}, "unsupported_event", True),
+        ("unknown item", {"type": "conversation.item.delete", "item_id": "x"}, "item_delete_invalid_item_id", True),
+        ("unknown item", {"type": "conversation.item.retrieve", "item_id": "x"}, "item_retrieve_invalid_item_id",
+         True),
         ("non-string type", {"type": 5}, "invalid_event", True),
         ("missing field", {"type": "input_audio_buffer.append"}, "invalid_event", True),
         ("missing field", {"type": "conversation.item.create"}, "invalid_event", True),
@@ -884,18 +929,24 @@ class SessionMachine(RuleBasedStateMachine):
     @rule(action=st.one_of(
         st.tuples(st.just("item"), st.sampled_from(["user", "user", "system", "assistant"]),
                   st.sampled_from(["hello", "What time is it?", "", "one two three four five six"]),
-                  st.booleans()),
+                  st.booleans(), st.sampled_from(["end", "end", "root", "known", "made up"]),
+                  st.integers(0, 1000)),
         st.tuples(st.just("truncate"), st.sampled_from(["done reply", "done reply", "running reply",
                                                         "client item", "user item", "made up"]),
                   st.integers(0, 1000), st.sampled_from([0, 150, 800, 600000])),
+        st.tuples(st.sampled_from(["delete", "retrieve"]), st.sampled_from(["known", "known", "made up"]),
+                  st.integers(0, 1000)),
     ))
     @counted
     def conversation(self, action) -> None:
-        """conversation.item.create (user/system/assistant text) or conversation.item.truncate."""
+        """conversation.item.create (user/system/assistant text, at the end, the start, after a
+        known item or an unknown one), .truncate, .delete or .retrieve."""
         if action[0] == "item":
             self.do_create_item(*action[1:])
-        else:
+        elif action[0] == "truncate":
             self.do_truncate(*action[1:])
+        else:
+            self.do_delete_or_retrieve(*action)
 
     @rule(action=st.one_of(
         st.tuples(st.just("create"), st.one_of(st.none(), st.fixed_dictionaries({}, optional={
@@ -983,6 +1034,7 @@ class SessionMachine(RuleBasedStateMachine):
         await self.settle_all()
         last = self.driver.of_type("response.done")[-1]["response"]
         assert last["status"] == "completed", last["status_details"]
+        self.driver.assert_client_order()  # at rest: the client's copy is the server's order
         await self.disconnect_and_check()
 
     def _close(self) -> None:

@@ -31,7 +31,7 @@ def feed_all(parser, pieces):
 def test_the_parser_streams_text_and_turns_a_block_into_one_call():
     text = 'Sure. <tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
     out = feed_all(tool_format.ToolCallParser(), list(text))  # one character at a time
-    assert "".join(d for d in out if isinstance(d, str)) == "Sure. "
+    assert "".join(d for d in out if isinstance(d, str)) == "Sure."  # the space waited for a word
     calls = [d for d in out if isinstance(d, ToolCallDelta)]
     assert calls[0].name == "get_weather" and calls[0].call_id.startswith("call_")
     assert json.loads(calls[1].arguments) == {"city": "Paris"} and calls[1].index == 0
@@ -87,6 +87,28 @@ async def test_a_forced_call_has_schema_valid_arguments(engine):
     jsonschema.validate(arguments, WEATHER.parameters)
     assert not [d for d in deltas if isinstance(d, str) and d.strip()]  # a call only
     assert isinstance(deltas[-1], Usage)
+
+
+def weather_turn(call_id: str, city: str, temp_c: int) -> list[dict]:
+    return [{"role": "user", "content": f"What's the weather in {city}?"},
+            {"role": "assistant", "content": "", "tool_calls": [{"id": call_id, "type": "function", "function": {
+                "name": "get_weather", "arguments": json.dumps({"city": city, "unit": "celsius"})}}]},
+            {"role": "tool", "tool_call_id": call_id, "content": json.dumps({"temp_c": temp_c})},
+            {"role": "assistant", "content": f"It is {temp_c} degrees in {city}."}]
+
+
+async def test_markup_the_model_imitates_from_its_history_is_never_text(engine):
+    # "And in Berlin?" names no tool: "auto" resolves to "none" (no grammar). Greedy, SmolLM2
+    # then writes '<tool_response>{"temp_c": 29}</tool_response>' (it did, spoken, before
+    # every generation went through the parser).
+    request = GenerationRequest(
+        [{"role": "system", "content": "You are a helpful assistant."}, *weather_turn("c1", "Paris", 21),
+         *weather_turn("c2", "Rome", 25), {"role": "user", "content": "And in Berlin?"}],
+        GenerationParams(max_tokens=40, temperature=0.0, top_p=1.0), tools=(WEATHER, CALC), tool_choice="auto")
+    deltas = [d async for d in engine.stream(request)]
+    text = "".join(d for d in deltas if isinstance(d, str))
+    assert "tool_" not in text and "{" not in text and "}" not in text, text
+    assert not [d for d in deltas if isinstance(d, ToolCallDelta)]  # "none": no call either
 
 
 def test_strings_without_a_bound_get_one_in_the_grammar():
