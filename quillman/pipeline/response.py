@@ -117,6 +117,10 @@ class Response:
     # (not while held behind the gate): the session places the item in the conversation and
     # returns the item event's previous_item_id.
     on_item: Callable[["Response", protocol.ServerEvent], str | None] | None = None
+    # The last item of the conversation when the prompt was built (a text turn's reply goes
+    # right after what it answers, even if the client added items meanwhile).
+    context_end: Callable[[], str | None] | None = None
+    _prompt_end: str | None = None
     id: str = field(default_factory=lambda: protocol.new_id("resp"))
     item_id: str = field(default_factory=lambda: protocol.new_id("item"))
     status: str = "in_progress"
@@ -190,8 +194,12 @@ class Response:
     @property
     def anchor(self) -> str | None:
         """The item its next item follows in the conversation: its last one, else the user
-        item it answers (None: the end of the conversation)."""
-        return self._placed[-1] if self._placed else self.user.item_id if self.user else None
+        item it answers, else the conversation's last item when its prompt was built (a
+        question created while it ran comes after the reply, as the prompt that made it did
+        not hold it; None: the end of the conversation)."""
+        if self._placed:
+            return self._placed[-1]
+        return self.user.item_id if self.user else self._prompt_end
 
     def owns(self, item_id: str) -> bool:
         return item_id in self._placed
@@ -392,6 +400,8 @@ class Response:
 
     async def _generate(self, user_text: str | None) -> None:
         settings = self.settings
+        if self.context_end is not None:
+            self._prompt_end = self.context_end()
         request = GenerationRequest(
             messages=self.prompt(user_text),
             params=GenerationParams(max_tokens=settings.max_output_tokens,

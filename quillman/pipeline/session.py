@@ -38,7 +38,7 @@ from quillman.audio import decode_audio_base64
 from quillman.config import LlmConfig, SessionConfig, VadConfig
 from quillman.metrics import SessionMetrics
 from quillman.pipeline.backends import Backends
-from quillman.pipeline.conversation import Conversation
+from quillman.pipeline.conversation import ROOT, Conversation
 from quillman.pipeline import semantic
 from quillman.pipeline.limits import SessionLimits
 from quillman.pipeline.response import Response, Timings, UserInput
@@ -543,6 +543,7 @@ class RealtimeSession:
             on_finished=self._response_finished, timings=Timings(origin=origin),
             user=user, speculative=speculative, after=previous, session_id=self.id,
             on_item=self._on_response_item,
+            context_end=None if user else lambda: self.conversation.last_item_id or ROOT,
         )
 
     def _show(self, response: Response, turn_detected: float | None) -> None:

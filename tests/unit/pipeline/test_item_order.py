@@ -162,3 +162,27 @@ async def test_a_reply_follows_its_user_item_when_the_next_turn_came_first(make_
     driver.assert_client_order()
     # The second reply saw the first one, before its own turn.
     assert prompt_texts(backends, 1)[-2] == "First answer."
+
+
+async def test_a_question_created_while_a_reply_runs_comes_after_that_reply(driver, backends):
+    """The replayed answer: "What is the capital of France?" -> "Paris.", the client sends its
+    next question while that reply is still running, then response.create. The reply goes right
+    after what it answered, so the next prompt ends on the new question (it used to end on the
+    old answer, which the model then repeated)."""
+    backends.replies = {0: "The capital of France is Paris.", 1: "The moon orbits the Earth."}
+    backends.llm_hang_calls = {0: 0}  # the first reply has no token yet when the question comes
+    await create(driver, "What is the capital of France?", "item_q1")
+    await driver.send({"type": "response.create"})
+    await driver.wait_for("response.created")
+    await create(driver, "Tell me about the moon.", "item_q2")  # while reply 1 runs
+    backends.llm_release.set()
+    first = (await driver.wait_for("response.done"))["response"]
+    await driver.send({"type": "response.create"})
+    await driver.wait_for("response.done", count=2)
+    assert [m["role"] for m in backends.llm_calls[1].args["messages"][-3:]] == ["user", "assistant", "user"]
+    assert prompt_texts(backends, 1)[-3:] == ["What is the capital of France?", "The capital of France is Paris.",
+                                              "Tell me about the moon."]
+    reply = first["output"][0]["id"]
+    assert driver.client_conversation()[:3] == ["item_q1", reply, "item_q2"]
+    assert previous_ids(driver, reply)["conversation.item.added"] == "item_q1"
+    driver.assert_client_order()
