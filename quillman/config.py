@@ -190,6 +190,11 @@ class SessionConfig(_Strict):
     few_shot: list[tuple[str, str]] = Field(default_factory=lambda: [
         ("What is the capital of Portugal?", "The capital of Portugal is Lisbon."),
         ("How many days are in a year?", "A year has 365 days.")])
+    # A system message before each user question that follows an answer: SmolLM2-135M, shown a
+    # previous question and answer, repeats that answer for 1-4 % of new questions (more for
+    # some: 20 of 20 times for "Name a fruit that is yellow." after a question about Rome);
+    # with this note, 0 of 200 (docs/answers.md). Empty: none.
+    question_note: str = "New question."
     voice: str = "joe"
     # Spoken while the client runs a tool the model called (a reply that is only a call would
     # otherwise be silent), e.g. "One moment." Empty: none.

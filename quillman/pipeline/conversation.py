@@ -154,11 +154,17 @@ class Conversation:
     # --- the prompt ------------------------------------------------------------------------------
 
     def messages(self, instructions: str, turn_item_id: str | None = None,
-                 user_text: str | None = None, few_shot: tuple[tuple[str, str], ...] = ()) -> list[Message]:
+                 user_text: str | None = None, few_shot: tuple[tuple[str, str], ...] = (),
+                 question_note: str = "") -> list[Message]:
         """The LLM's prompt: system instructions, example exchanges, the history in conversation
         order (oldest dropped to fit), the turn. A spoken turn's reply sees the conversation up
         to its user item (``turn_item_id``; all of it if that is not placed yet, a speculation),
-        and the transcript ``user_text`` in that item's place."""
+        and the transcript ``user_text`` in that item's place.
+
+        ``question_note``: a short system message put before each user message that follows an
+        answer (not before the first), so that a small model answers the new question instead
+        of repeating its previous answer (measured: docs/answers.md). It is rendered the same
+        way every turn, so the prompt of turn k+1 extends that of turn k (the prefix cache)."""
         end = self._index(turn_item_id)
         entries = self.entries if end is None else self.entries[:end]
         history = tool_history([e.message for e in entries if e.message["content"] or e.message.get("tool_calls")])
@@ -173,4 +179,17 @@ class Conversation:
                 break
             kept.append(message)
         # The cut may separate a call from its output: check the pairs again.
-        return [{"role": "system", "content": instructions}, *examples, *tool_history(kept[::-1]), *turn]
+        history = tool_history(kept[::-1]) + turn
+        if question_note:
+            history = with_question_notes(history, question_note)
+        return [{"role": "system", "content": instructions}, *examples, *history]
+
+
+def with_question_notes(history: list[Message], note: str) -> list[Message]:
+    """``note`` (a system message) before every user message that follows an assistant's."""
+    noted: list[Message] = []
+    for index, message in enumerate(history):
+        if message["role"] == "user" and index and history[index - 1]["role"] == "assistant":
+            noted.append({"role": "system", "content": note})
+        noted.append(message)
+    return noted

@@ -539,7 +539,8 @@ class RealtimeSession:
         few_shot = tuple(map(tuple, self.config.few_shot)) if settings.instructions == self.config.instructions else ()
         return Response(
             settings=settings, backends=self.backends, emit=self.emit,
-            prompt=lambda text: self.conversation.messages(settings.instructions, user_item_id, text, few_shot),
+            prompt=lambda text: self.conversation.messages(settings.instructions, user_item_id, text, few_shot,
+                                                           self.config.question_note),
             on_finished=self._response_finished, timings=Timings(origin=origin),
             user=user, speculative=speculative, after=previous, session_id=self.id,
             on_item=self._on_response_item,

@@ -171,3 +171,24 @@ def test_truncate_keeps_the_heard_share_of_a_reply():
     assert (refused.value.code, refused.value.param) == ("item_truncate_invalid_item_id", "item_id")
     with pytest.raises(errors.InvalidEvent):
         conversation.truncate("u1", 100)  # not an assistant message
+
+
+def test_a_note_comes_before_each_question_that_follows_an_answer_and_the_prompt_only_grows():
+    from quillman.pipeline.conversation import Conversation
+
+    conversation = Conversation(max_messages=16, max_prompt_chars=10_000)
+    turns = [("Q1", "A1"), ("Q2", "A2"), ("Q3", None)]
+    prompts = []
+    for index, (question, answer) in enumerate(turns):
+        conversation.add_client_item(protocol.ConversationItem.model_validate(
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": question}]}))
+        prompts.append(conversation.messages("sys", question_note="New question."))
+        if answer:
+            conversation.add_client_item(protocol.ConversationItem.model_validate(
+                {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": answer}]}))
+    assert [m["content"] for m in prompts[-1]] == ["sys", "Q1", "A1", "New question.", "Q2", "A2", "New question.", "Q3"]
+    assert [m["role"] for m in prompts[-1]][3] == "system"
+    # Each turn's prompt starts with the previous turn's (the prefix the LLM has cached).
+    for before, after in zip(prompts, prompts[1:]):
+        assert after[:len(before)] == before
+    assert conversation.messages("sys", question_note="") == [m for m in prompts[-1] if m["content"] != "New question."]

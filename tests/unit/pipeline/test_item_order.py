@@ -23,7 +23,8 @@ async def create(driver, text: str, item_id: str | None = None, **event) -> dict
 
 
 def prompt_texts(backends, call: int = -1) -> list[str]:
-    return [m["content"] for m in backends.llm_calls[call].args["messages"][1:]]
+    """The prompt's conversation (the system prompt and the new-question notes left out)."""
+    return [m["content"] for m in backends.llm_calls[call].args["messages"][1:] if m["role"] != "system"]
 
 
 def previous_ids(driver, item_id: str) -> dict[str, str | None]:
@@ -179,7 +180,7 @@ async def test_a_question_created_while_a_reply_runs_comes_after_that_reply(driv
     first = (await driver.wait_for("response.done"))["response"]
     await driver.send({"type": "response.create"})
     await driver.wait_for("response.done", count=2)
-    assert [m["role"] for m in backends.llm_calls[1].args["messages"][-3:]] == ["user", "assistant", "user"]
+    assert [m["role"] for m in backends.llm_calls[1].args["messages"][-4:]] == ["user", "assistant", "system", "user"]
     assert prompt_texts(backends, 1)[-3:] == ["What is the capital of France?", "The capital of France is Paris.",
                                               "Tell me about the moon."]
     reply = first["output"][0]["id"]

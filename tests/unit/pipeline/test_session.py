@@ -110,7 +110,7 @@ async def test_second_text_turn_sees_the_conversation(driver, backends):
     messages = backends.llm_calls[1].args["messages"]
     assert [(m["role"], m["content"]) for m in messages[1:]] == [
         ("user", "Capital of France?"), ("assistant", "Paris is the capital."),
-        ("user", "How many people live there?")]
+        ("system", "New question."), ("user", "How many people live there?")]
     # previous_item_id chains the conversation items.
     added = [e for e in driver.of_type("conversation.item.added") if e["item"]["role"] == "user"]
     assert added[0].get("previous_item_id") is None
@@ -262,7 +262,8 @@ async def test_history_order_after_a_spoken_turn(driver, backends, paused_speech
     await driver.text_turn("follow up")
     messages = backends.llm_calls[-1].args["messages"]
     assert [(m["role"], m["content"]) for m in messages[1:]] == [
-        ("user", "part one part two"), ("assistant", "The answer."), ("user", "follow up")]
+        ("user", "part one part two"), ("assistant", "The answer."), ("system", "New question."),
+        ("user", "follow up")]
 
 
 async def test_two_spoken_turns_each_get_one_response(driver, backends, two_turns_24k):
