@@ -84,9 +84,23 @@ async def _connect(url: str, mode: str) -> RealtimeClient:
 
 async def _caller(url: str, caller: int, turns: int, clips: list[tuple[str, np.ndarray]],
                   pause_s: float, records: list[TurnRecord], deadline: float, progress: Progress,
-                  mode: str = "streaming", stagger_s: float = 0.0, first_turn: int = 0) -> None:
+                  mode: str = "streaming", stagger_s: float = 0.0, first_turn: int = 0,
+                  together: asyncio.Barrier | None = None) -> None:
+    """``together``: every caller starts each turn at the same moment (the worst case for
+    the machine: all their critical paths at once); else starts are spread over ``stagger_s``."""
     rng = random.Random(caller * 1000 + first_turn)
     await asyncio.sleep(stagger_s * rng.random())  # callers don't all start speaking at once
+    try:
+        await _turns(url, caller, turns, clips, pause_s, records, deadline, progress, mode, first_turn,
+                     together, rng)
+    finally:
+        if together is not None:
+            await together.abort()  # callers still waiting go on without this one
+
+
+async def _turns(url: str, caller: int, turns: int, clips: list[tuple[str, np.ndarray]], pause_s: float,
+                 records: list[TurnRecord], deadline: float, progress: Progress, mode: str, first_turn: int,
+                 together: asyncio.Barrier | None, rng: random.Random) -> None:
     client: RealtimeClient | None = None
     for turn in range(first_turn, first_turn + turns):
         if time.perf_counter() > deadline:
@@ -103,6 +117,11 @@ async def _caller(url: str, caller: int, turns: int, clips: list[tuple[str, np.n
                                           error=f"connect: {type(exc).__name__}: {exc}", mode=mode))
                 progress.step()
                 continue
+        if together is not None:
+            try:
+                await together.wait()
+            except asyncio.BrokenBarrierError:
+                pass  # another caller is done: no one left to start with
         try:
             result = await client.talk(pcm, client.rate, timeout=TURN_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - no response.done: a lost turn
@@ -124,7 +143,8 @@ async def _caller(url: str, caller: int, turns: int, clips: list[tuple[str, np.n
         progress.step()
         # The caller listens a moment (mic open, silence), then asks the next question.
         try:
-            await client.stream_audio(np.zeros(0, dtype=np.int16), pad_silence_s=pause_s * rng.uniform(0.5, 1.5))
+            await client.stream_audio(np.zeros(0, dtype=np.int16),
+                                      pad_silence_s=pause_s * (1.0 if together else rng.uniform(0.5, 1.5)))
         except Exception:  # noqa: BLE001 - the socket dropped between turns: reconnect
             await client.close()
             client = None
@@ -148,14 +168,16 @@ class Block:
 
 async def run_block(url: str, concurrency: int, turns: int, duration_s: float | None, pause_s: float,
                     progress: Progress, mode: str, clips: list[tuple[str, np.ndarray]],
-                    first_turn: int = 0) -> Block:
+                    first_turn: int = 0, together: bool = False) -> Block:
     records: list[TurnRecord] = []
     deadline = time.perf_counter() + (duration_s or 1e9)
     sampler = CpuSampler()
     sampler.start()
     start = time.perf_counter()
+    barrier = asyncio.Barrier(concurrency) if together and concurrency > 1 else None
     await asyncio.gather(*(_caller(url, c, turns, clips, pause_s, records, deadline, progress, mode,
-                                   stagger_s=pause_s if concurrency > 1 else 0.0, first_turn=first_turn)
+                                   stagger_s=pause_s if concurrency > 1 and not together else 0.0,
+                                   first_turn=first_turn, together=barrier)
                            for c in range(concurrency)))
     wall = time.perf_counter() - start
     return Block(mode, records, wall, await sampler.stop())
@@ -177,7 +199,7 @@ def split_turns(turns: int, rounds: int) -> list[int]:
 
 async def run_levels(url: str, concurrency: int, turns: int, duration_s: float | None, pause_s: float,
                      show_progress: bool, modes: list[str], rounds: int = 1,
-                     clips: list[tuple[str, np.ndarray]] | None = None) -> list[dict[str, Any]]:
+                     clips: list[tuple[str, np.ndarray]] | None = None, together: bool = False) -> list[dict[str, Any]]:
     """One concurrency level in every mode. With several modes the turns are split into
     ``rounds`` blocks that alternate between the modes (streaming, sequential, streaming, ...),
     so slow drift of a shared machine's background load hits both modes alike, while callers of
@@ -191,7 +213,7 @@ async def run_levels(url: str, concurrency: int, turns: int, duration_s: float |
     for share in shares:
         for mode in modes:
             blocks.append(await run_block(url, concurrency, share, duration_s and duration_s * share / turns,
-                                          pause_s, progress, mode, clips, first_turn))
+                                          pause_s, progress, mode, clips, first_turn, together))
         first_turn += share
     progress.close()
     return [_level_summary([b for b in blocks if b.mode == mode], concurrency, mode) for mode in modes]
@@ -239,12 +261,12 @@ def _run_sweep(url: str, args: argparse.Namespace) -> dict[str, Any]:
     levels = []
     for concurrency in args.concurrency:
         for s in asyncio.run(run_levels(url, concurrency, args.turns, args.duration, args.pause_s,
-                                        not args.quiet, modes, args.rounds if len(modes) > 1 else 1, clips)):
+                                        not args.quiet, modes, args.rounds if len(modes) > 1 else 1, clips, args.together)):
             levels.append(s)
             print(f"{s['mode']} x{concurrency}: {s['completed']}/{s['turns']} completed, {s['failed']} failed, "
                   f"{s['lost']} lost; v2v p50 {s['latency_ms']['p50']} ms p95 {s['latency_ms']['p95']} ms; "
                   f"WER {s['wer_mean']}; CPU {s['cpu'].get('mean_pct')}% mean", file=sys.stderr)
-    settings = {"concurrency": args.concurrency, "turns": args.turns,
+    settings = {"concurrency": args.concurrency, "turns": args.turns, "together": args.together,
                 "duration_s": args.duration, "pause_s": args.pause_s, "warmup_turns": args.warmup_turns,
                 "modes": modes, "rounds": len(split_turns(args.turns, args.rounds)) if len(modes) > 1 else 1,
                 "questions": len(clips), "chunk_ms": 20}
@@ -321,6 +343,8 @@ def add_arguments(bench: argparse.ArgumentParser) -> None:
                        help="per level: start no new turn after this many seconds")
     bench.add_argument("--pause-s", type=float, default=1.0,
                        help="mean silence between a reply and the next question")
+    bench.add_argument("--together", action="store_true",
+                       help="callers start every turn at the same moment (default: starts spread over --pause-s)")
     bench.add_argument("--warmup-turns", type=int, default=1, help="unmeasured turns before the sweep, per mode")
     bench.add_argument("--baseline", action="store_true",
                        help="also run every level through the server's sequential pipeline and report the ratio")

@@ -1,6 +1,7 @@
 """``quillman bench`` at CI scale against the real server: its JSON's shape, and no lost turns.
 
-Tiny on purpose (1 caller x 2 turns in both pipelines, then 2 callers x 1 turn); it checks that
+Tiny on purpose (1 caller x 1 turn in each variant and the baseline, then 2 callers x 1 turn
+starting together); it checks that
 the benchmark works end to end, not how fast the server is: no wall-clock assertions.
 """
 
@@ -53,27 +54,30 @@ def check_level(level: dict, mode: str, concurrency: int, turns: int) -> None:
 
 def test_bench_cli_json_with_baseline(ws_url, tmp_path):
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, "-m", "quillman.cli", "bench", "--url", ws_url, "--concurrency", "1", "--turns", "2",
-           "--baseline", "--warmup-turns", "0", "--pause-s", "0.5", "--json", str(out), "--markdown", "--quiet"]
+    cmd = [sys.executable, "-m", "quillman.cli", "bench", "--url", ws_url, "--concurrency", "1", "--turns", "1",
+           "--variants", "streaming,server_vad", "--baseline", "--warmup-turns", "0", "--pause-s", "0.5", "--json", str(out), "--markdown", "--quiet"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["schema"] == SCHEMA_VERSION and report["url"] == ws_url
     assert {"cpu", "cores"} <= set(report["machine"])
-    assert [(lvl["mode"], lvl["concurrency"]) for lvl in report["levels"]] == [("streaming", 1), ("sequential", 1)]
-    check_level(report["levels"][0], "streaming", 1, 2)
-    check_level(report["levels"][1], "sequential", 1, 2)
-    assert report["totals"]["lost"] == 0 and report["totals"]["completed"] == 4
+    assert [(lvl["mode"], lvl["concurrency"]) for lvl in report["levels"]] == [
+        ("streaming", 1), ("server_vad", 1), ("sequential", 1)]
+    for level, mode in zip(report["levels"], ("streaming", "server_vad", "sequential")):
+        check_level(level, mode, 1, 1)
+    # "streaming" is the server's default turn detection (semantic_vad), server_vad the other.
+    assert report["levels"][0]["records"][0]["timings"].get("turn_decision_ms") is not None
+    assert report["totals"]["lost"] == 0 and report["totals"]["completed"] == 3
     (row,) = report["comparison"]
     assert row["concurrency"] == 1 and row["ratio_p50"] > 0 and row["ratio_p95"] > 0
     assert set(report["slo"]) == {"threshold_ms", "quantile", "max_concurrency"}
     # --markdown prints the tables on stdout.
-    assert "| streaming | 1 | 2/0/0 |" in proc.stdout and "| sequential | 1 | 2/0/0 |" in proc.stdout
+    assert "| streaming | 1 | 1/0/0 |" in proc.stdout and "| sequential | 1 | 1/0/0 |" in proc.stdout
     assert "sequential/streaming p50" in proc.stdout
 
 
-async def test_bench_two_concurrent_callers(ws_url):
-    level = await bench.run_level(ws_url, concurrency=2, turns=1, duration_s=None, pause_s=0.5,
-                                  show_progress=False)
+async def test_bench_two_callers_starting_together(ws_url):
+    (level,) = await bench.run_levels(ws_url, concurrency=2, turns=1, duration_s=None, pause_s=0.5,
+                                      show_progress=False, modes=["streaming"], together=True)
     check_level(level, "streaming", 2, 1)
     assert {r["caller"] for r in level["records"]} == {0, 1}
