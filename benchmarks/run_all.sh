@@ -2,9 +2,9 @@
 # Regenerate every number, table and the plot in docs/benchmarks.md, in one go:
 #   1. quillman bench: concurrency sweep (default 1,2,4), streaming and the sequential baseline
 #   2. benchmarks/engines.py: each engine plain vs behind its deployment
-#   3. quillman.loadtest.turns: the turn-taking set, offline (each signal) and live (both modes)
+#   3. the turn-taking set: replayed in audio time (quillman bench turns) and live (quillman.loadtest.turns)
 #   4. benchmarks/update_docs.py: fills the generated blocks of docs/benchmarks.md
-# Outputs: docs/benchmarks/{bench.json,bench.md,latency.png,engines.json,engines.md,turns*.{json,md}}.
+# Outputs: docs/benchmarks/{bench.json,bench.md,latency.png,engines.json,engines.md,turns*.{json,md},turn-replay.{json,md}}.
 #
 # Environment:
 #   QUILLMAN_URL=ws://127.0.0.1:8000/v1/realtime   target a running server (default: start one
@@ -41,7 +41,7 @@ echo "== engine micro-benchmarks" >&2
   --json "$OUT/engines.json" --markdown > "$OUT/engines.md"
 
 echo "== turn taking: labeled set, semantic_vad vs server_vad (docs/benchmarks.md#turn-taking)" >&2
-"$PY" -m quillman.loadtest.turns --offline --config "$CONFIG" --markdown --json "$OUT/turns-offline.json" > "$OUT/turns-offline.md"
+"$PY" -m quillman.cli bench turns --config "$CONFIG" --markdown --json "$OUT/turn-replay.json" > "$OUT/turn-replay.md"
 "$PY" -m quillman.loadtest.turns "${target[@]}" --markdown --json "$OUT/turns.json" > "$OUT/turns.md"
 
 echo "== docs/benchmarks.md" >&2

@@ -382,8 +382,13 @@ def build_parser(prog: str = "quillman bench") -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``quillman bench ARGS`` (``quillman.cli`` hands the arguments after ``bench`` here);
-    ``quillman bench qa ARGS`` scores answers instead (quillman.loadtest.qa)."""
+    ``quillman bench qa ARGS`` scores answers instead (quillman.loadtest.qa), ``quillman bench
+    turns ARGS`` replays the labeled turn-taking set (quillman.loadtest.turn_replay)."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["turns"]:
+        from quillman.loadtest.turn_replay import main as turns_main
+
+        return turns_main(argv[1:])
     if argv[:1] == ["qa"]:
         from quillman.loadtest.qa import main as qa_main
 

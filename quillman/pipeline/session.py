@@ -18,7 +18,8 @@ Flow of a spoken turn (server VAD):
   speech resumes -> the speculation is cancelled unseen; ``silence_duration_ms`` of silence ->
   ``speech_stopped`` + ``committed``, the speculation's gate opens and its events flow.
   Under ``semantic_vad`` each pause is also judged (:mod:`~quillman.pipeline.semantic`): a
-  complete utterance ends the turn at that pause, an incomplete one waits up to the cap.
+  complete utterance ends the turn at that pause, an unsure one after a short wait, an
+  incomplete one waits up to the cap.
 Speech while a response is visible and unfinished cancels it (barge-in).
 """
 
@@ -414,17 +415,21 @@ class RealtimeSession:
         return self.end_of_turn is not None and vad is not None and vad.type == "semantic_vad"
 
     async def _judge(self, turn: UserTurn, segment: list) -> None:
-        """Is the turn complete at this pause? Yes: it ends now. No: the cap will end it.
-        The audio model hears the speech since the previous pause (``segment``): measured on
-        the labeled set, a pause inside its window makes it call finished utterances unfinished."""
+        """Is the turn complete at this pause? Yes: it ends now. Unsure: it ends after the short
+        wait unless speech resumes. No: the cap will end it. The audio model hears the speech
+        since the previous pause (``segment``), beside the ASR of that segment: measured on the
+        labeled set, a pause inside its window makes it call finished utterances unfinished."""
         pcm = np.concatenate(segment) if segment else np.zeros(0, dtype=np.float32)
         try:
-            decision = await semantic.judge(self.end_of_turn, pcm, turn.join_transcripts())
+            decision = await semantic.judge(self.end_of_turn, pcm, turn.join_transcripts(),
+                                            self.settings.turn_detection)
         except Exception:  # noqa: BLE001 - a failed judgment leaves the turn to the cap
-            logger.warning("[%s] end-of-turn model failed; waiting for the cap", self.id, exc_info=True)
+            logger.warning("[%s] end-of-turn judgment failed; waiting for the cap", self.id, exc_info=True)
             return
         turn.decision = decision
-        if decision.complete:
+        if decision.wait_ms is not None:  # once the pause has lasted wait_ms (now, if it has)
+            self._on_turn_events(self.turns.end_turn_after(turn, decision.wait_ms))
+        elif decision.complete:
             turn.decided_at = time.perf_counter()
             self._on_turn_events(self.turns.end_turn(turn))
 
@@ -472,7 +477,8 @@ class RealtimeSession:
         # Started at the last pause (speculative) or, e.g. in the sequential baseline, only now.
         response = turn.speculation or self._start_voice_response(turn, speculative=False)
         turn.speculation = None
-        signal = semantic.end_signal(self.settings.turn_detection, committed.reason, turn.decision)
+        signal = semantic.end_signal(self.settings.turn_detection, committed.reason, turn.decision,
+                                     waited=turn.waited)
         response.timings.turn_decision = turn.decided_at or now
         response.settings = replace(response.settings, metadata={**(response.settings.metadata or {}),
                                                                   "turn_decision": signal})

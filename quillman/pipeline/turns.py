@@ -115,8 +115,10 @@ class UserTurn:
     speculation: object | None = None  # the response started at the last pause (session's)
     transcript: asyncio.Task[str] | None = None
     judgment: asyncio.Task | None = None  # semantic_vad: is it complete at the last pause?
-    decision: Decision | None = None  # what ended the turn (semantic_vad), when it did
-    decided_at: float | None = None
+    decision: Decision | None = None  # the last pause's judgment (semantic_vad)
+    decided_at: float | None = None  # when the judgment ended the turn at its pause
+    end_at: int | None = None  # semantic_vad's short wait: end the turn when silence reaches this sample
+    waited: bool = False  # the short wait ended it
 
     def join_transcripts(self) -> Callable[[], Awaitable[str]]:
         """The transcript of the segments cut so far, in order, for whoever awaits it later.
@@ -256,6 +258,11 @@ class TurnTracker:
             self._analysed = start + (i + 1) * window
             for vad_event in self._detector.process(float(probability), self._analysed):
                 events.extend(self._on_vad_event(vad_event))
+            turn = self.turn
+            if turn is not None and turn.end_at is not None and self._analysed >= turn.end_at \
+                    and self._detector.quiet:
+                turn.waited = True
+                events.extend(self.end_turn(turn))
         return events
 
     def _on_vad_event(self, vad_event) -> list[TurnEvent]:
@@ -271,6 +278,7 @@ class TurnTracker:
                     return []
                 return [SegmentCut(turn, self._cut(turn, end), pause)]
             case SpeechResumed() if turn is not None:
+                turn.end_at = None
                 return [TurnResumed(turn)]
             case SpeechStopped(speech_end_sample=speech_end) if turn is not None:
                 # Audio after the last cut is silence unless speech came after it.
@@ -286,12 +294,25 @@ class TurnTracker:
             turn.segment_start = stop
         return pieces
 
+    def end_turn_after(self, turn: UserTurn, wait_ms: int) -> list[TurnEvent]:
+        """End ``turn`` once its pause has lasted ``wait_ms`` (from the end of speech, in audio
+        time), unless speech resumes first: at once if it has already, else when the audio gets
+        there (never while speech is starting: a word in progress is not silence)."""
+        if turn is not self.turn or self._detector.state != TurnDetector.PAUSED:
+            return []
+        turn.end_at = self._detector.last_speech_end + ms_to_samples(wait_ms)
+        if self._analysed >= turn.end_at and self._detector.quiet:
+            turn.waited = True
+            return self.end_turn(turn)
+        return []
+
     def end_turn(self, turn: UserTurn) -> list[TurnEvent]:
         """End ``turn`` at its pause now (semantic_vad judged it complete), as the silence would:
         ``speech_stopped`` + commit. Nothing if it is no longer the paused turn in progress."""
         if turn is not self.turn or self._detector.state != TurnDetector.PAUSED:
             return []
         speech_end = self._detector.last_speech_end
+        turn.end_at = None
         self._detector.reset()
         # Audio the detector has not seen yet belongs to whatever comes next.
         return [SpeechEnded(turn, samples_to_ms(speech_end)),

@@ -115,6 +115,11 @@ class TurnDetector:
     def last_speech_end(self) -> int:
         return self._last_speech_end
 
+    @property
+    def quiet(self) -> bool:
+        """Paused, and the last window was not the start of speech (unconfirmed yet)."""
+        return self.state == self.PAUSED and self._candidate_windows == 0
+
     def reset(self) -> None:
         self.state = self.SILENCE
         self._candidate_windows = 0

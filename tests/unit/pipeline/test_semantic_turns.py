@@ -1,8 +1,10 @@
-"""semantic_vad: the fusion of text and audio cues, and the session's turns under a fake model.
+"""semantic_vad: the session's turns under a fake end-of-turn model (the text rule and the
+fusion alone: test_turn_text_rule.py).
 
 Speech is a tone through a loudness VAD (test_turns.py's), fed faster than real time; the
 decisions come from a fake end-of-turn model and the fake ASR's transcripts, so each test
-says exactly which signal should end (or hold) the turn.
+says exactly which signal should end (or hold) the turn. Waits are in audio time: a test
+feeds the silence that makes them pass.
 """
 
 from __future__ import annotations
@@ -16,42 +18,8 @@ from test_turns import RATE, LoudnessVad, silence, tone
 
 from quillman.config import VadConfig
 from quillman.pipeline import semantic
-from quillman.pipeline.semantic import Decision, fuse, text_cue
 
 pytestmark = pytest.mark.usefixtures("hang_guard")
-
-
-@pytest.mark.parametrize("text, cue", [
-    ("What is the capital of France?", True),
-    ("Thank you very much.", True),
-    ("What is the capital of?", False),
-    ("Where do penguins?", False),
-    ("Where do penguins live?", True),
-    ("How are you?", True),
-    ("I'd like to book a table for", False),
-    ("I'd like to book a table for.", False),
-    ("I went to the store and...", False),
-    ("Um, I think I want to, um.", False),
-    ("so I was thinking,", False),
-    ("hello there", None),
-    ("", None),
-])
-def test_text_cues(text, cue):
-    assert text_cue(text) is cue
-
-
-def test_fusion_lets_text_decide_and_audio_break_ties():
-    assert fuse("Book a table for", 0.99) == Decision(False, "text_dangling", 0.99)
-    assert fuse("Where do penguins live?", 0.1) == Decision(True, "text_punctuation", 0.1)
-    # The ablation's veto: Smart Turn all but sure the speaker goes on (a dropped "um").
-    assert fuse("What should I cook for dinner?", 0.005, signals="fused_veto") == Decision(
-        False, "audio_veto", 0.005)
-    assert fuse("What should I cook for dinner?", 0.005).complete is True
-    assert fuse("hello there", 0.9) == Decision(True, "audio", 0.9)
-    assert fuse("hello there", 0.1).complete is False
-    # The bench's ablation: one signal alone.
-    assert fuse("Book a table for.", 0.1, signals="punctuation").complete is True
-    assert fuse("Where do penguins live?", 0.1, signals="audio").complete is False
 
 
 def test_the_detector_waits_up_to_the_eagerness_cap():
@@ -62,16 +30,19 @@ def test_the_detector_waits_up_to_the_eagerness_cap():
 
 
 class FakeEndOfTurn:
-    """Scores every pause with ``probability``; ``fail`` raises instead."""
+    """Scores every pause with ``probability``; ``fail`` raises instead. ``called`` is set at
+    the first call (a thread event: the model runs in a worker thread)."""
 
-    def __init__(self, probability: float = 0.5, fail: bool = False):
+    def __init__(self, probability: float = 0.9, fail: bool = False):
         self.probability_value, self.fail = probability, fail
         self.calls: list[int] = []  # samples scored per call
+        self.called = threading.Event()
         self._lock = threading.Lock()
 
     def probability(self, pcm: np.ndarray) -> float:
         with self._lock:
             self.calls.append(len(pcm))
+        self.called.set()
         if self.fail:
             raise RuntimeError("fake end-of-turn failure")
         return self.probability_value
@@ -99,48 +70,101 @@ async def answer_after_commit(d, backends) -> dict:
     return await d.wait_for("response.done")
 
 
-async def until(predicate, timeout_s: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not predicate():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.005)
-
-
 async def test_a_complete_utterance_ends_at_its_first_pause(start_semantic, backends):
     backends.transcripts = ["Where do penguins live?"]
-    model = FakeEndOfTurn(probability=0.1)  # would disagree, but the text's "?" decides alone
-    d = await start_semantic(model)
-    backends.llm_hang_calls = {0: 1}
-    await d.append(np.concatenate([silence(0.3), tone(1.0), silence(1.0)]), rate=RATE)
-    done = await answer_after_commit(d, backends)
-    assert len(d.of_type("input_audio_buffer.committed")) == 1
-    assert done["response"]["metadata"]["turn_decision"] == "text_punctuation"
-    assert not model.calls, "the text decided: the audio model was not needed"
-    assert "turn_decision_ms" in done["response"]["timings"]
-    assert d.of_type("session.updated")[0]["session"]["audio"]["input"]["turn_detection"]["type"] == "semantic_vad"
-
-
-async def test_without_a_text_cue_the_audio_model_decides(start_semantic, backends):
-    backends.transcripts = ["hello there"]
     model = FakeEndOfTurn(probability=0.9)
     d = await start_semantic(model)
     backends.llm_hang_calls = {0: 1}
     await d.append(np.concatenate([silence(0.3), tone(1.0), silence(1.0)]), rate=RATE)
     done = await answer_after_commit(d, backends)
-    assert done["response"]["metadata"]["turn_decision"] == "audio"
+    assert len(d.of_type("input_audio_buffer.committed")) == 1
+    assert done["response"]["metadata"]["turn_decision"] == "text"
+    assert len(model.calls) == 1, "Smart Turn runs at the pause, beside the ASR"
+    assert "turn_decision_ms" in done["response"]["timings"]
+    assert d.of_type("session.updated")[0]["session"]["audio"]["input"]["turn_detection"]["type"] == "semantic_vad"
+
+
+async def test_smart_turn_runs_beside_the_asr_not_after_it(start_semantic, backends):
+    backends.asr_hang = True
+    backends.transcripts = ["Where do penguins live?"]
+    model = FakeEndOfTurn(probability=0.9)
+    d = await start_semantic(model)
+    backends.llm_hang_calls = {0: 1}
+    await d.append(np.concatenate([silence(0.3), tone(1.0), silence(0.3)]), rate=RATE)
+    assert await asyncio.to_thread(model.called.wait, 5.0), "Smart Turn was not started at the pause"
+    assert backends.asr_calls and not any(call.completed for call in backends.asr_calls)
+    assert not d.of_type("input_audio_buffer.committed"), "the decision waits for the transcript"
+    turn = d.session.turns.turn
+    backends.asr_release.set()
+    await turn.judgment
+    assert turn.decision.complete and turn.decision.audio_probability == 0.9
+    await d.append(silence(0.5), rate=RATE)
+    done = await answer_after_commit(d, backends)
+    assert done["response"]["metadata"]["turn_decision"] == "text"
+
+
+async def test_without_a_text_cue_the_short_wait_ends_the_turn(start_semantic, backends):
+    backends.transcripts = ["hello there"]
+    model = FakeEndOfTurn(probability=1.0)  # sure it is finished: not enough without the text
+    d = await start_semantic(model)
+    backends.llm_hang_calls = {0: 1}
+    await d.append(np.concatenate([silence(0.3), tone(1.0), silence(1.0)]), rate=RATE)
+    done = await answer_after_commit(d, backends)
+    assert done["response"]["metadata"]["turn_decision"] == "short_wait"
     assert len(model.calls) == 1 and model.calls[0] >= RATE  # the turn's audio so far
+
+
+async def short_wait_turn(start_semantic, backends, transcript: str, probability: float):
+    """A second of speech and a pause under eagerness high (short wait 600 ms), judged."""
+    backends.transcripts = [transcript]
+    d = await start_semantic(FakeEndOfTurn(probability=probability), eagerness="high")
+    backends.llm_hang_calls = {0: 1}
+    await d.append(np.concatenate([silence(0.3), tone(1.0), silence(0.3)]), rate=RATE)
+    turn = d.session.turns.turn
+    await turn.judgment
+    return d, turn
+
+
+async def test_an_unsure_ending_ends_the_turn_after_the_short_wait(start_semantic, backends):
+    d, turn = await short_wait_turn(start_semantic, backends, "What do you think about?", 0.9)
+    assert turn.decision.wait_ms == semantic.SHORT_WAIT_MS["high"] and not turn.decision.complete
+    assert not d.of_type("input_audio_buffer.committed")  # 300 ms of silence so far
+    await d.append(silence(0.4), rate=RATE)  # 700 ms: past high's 600
+    done = await answer_after_commit(d, backends)
+    assert done["response"]["metadata"]["turn_decision"] == "short_wait"
+
+
+async def test_speech_in_the_short_wait_keeps_the_turn_open(start_semantic, backends):
+    d, turn = await short_wait_turn(start_semantic, backends, "What do you think about?", 0.9)
+    backends.transcripts = ["electric cars?"]
+    await d.append(np.concatenate([silence(0.1), tone(0.6), silence(1.0)]), rate=RATE)
+    await d.wait_for("response.done")
+    await d.drain()
+    assert len(d.of_type("input_audio_buffer.committed")) == 1
+    transcript = d.of_type("conversation.item.input_audio_transcription.completed")[0]["transcript"]
+    assert transcript == "What do you think about? electric cars?"
+
+
+async def test_smart_turn_vetoes_a_transcript_that_reads_complete(start_semantic, backends):
+    # "What should I cook for dinner, um": Whisper drops the "um", Smart Turn hears it.
+    d, turn = await short_wait_turn(start_semantic, backends, "What should I cook for dinner?",
+                                    semantic.AUDIO_VETO / 2)
+    assert turn.decision.signal == "audio_veto" and turn.decision.wait_ms is not None
+    await d.append(silence(0.4), rate=RATE)
+    done = await answer_after_commit(d, backends)
+    assert done["response"]["metadata"]["turn_decision"] == "short_wait"
 
 
 async def test_a_mid_sentence_pause_is_one_turn_with_both_halves(start_semantic, backends):
     backends.transcripts = ["I'd like to book a table for", "four people."]
     model = FakeEndOfTurn(probability=0.9)  # would be fooled; the dangling "for" decides first
     d = await start_semantic(model)
-    await d.append(np.concatenate([silence(0.3), tone(1.0), silence(0.6)]), rate=RATE)
+    await d.append(np.concatenate([silence(0.3), tone(1.0), silence(1.2)]), rate=RATE)
     turn = d.session.turns.turn
-    await until(lambda: turn.judgment is not None and turn.judgment.done())
+    await turn.judgment
     await d.settle()
     assert not d.of_type("input_audio_buffer.committed")  # server_vad 500 ms would have ended it
+    assert turn.decision == semantic.Decision(False, "text", None)  # the cap, not the short wait
     await d.append(np.concatenate([tone(0.6), silence(1.0)]), rate=RATE)
     done = await d.wait_for("response.done")
     await d.drain()
@@ -157,22 +181,31 @@ async def test_an_incomplete_utterance_ends_at_the_eagerness_cap(start_semantic,
     backends.llm_hang_calls = {0: 1}
     await d.append(np.concatenate([silence(0.3), tone(1.0), silence(1.5)]), rate=RATE)
     turn = d.session.turns.turn
-    await until(lambda: turn.judgment is not None and turn.judgment.done())
+    await turn.judgment
     assert not d.of_type("input_audio_buffer.committed")
     await d.append(silence(0.7), rate=RATE)  # 2.2 s of silence: past high's 2 s
     done = await answer_after_commit(d, backends)
     assert done["response"]["metadata"]["turn_decision"] == "max_wait"
 
 
-async def test_a_failing_model_leaves_the_turn_to_the_cap(start_semantic, backends):
-    backends.transcripts = ["hello there"]
+async def test_a_failing_model_leaves_the_text_to_decide(start_semantic, backends):
+    backends.transcripts = ["Where do penguins live?"]
     d = await start_semantic(FakeEndOfTurn(fail=True), eagerness="high")
     backends.llm_hang_calls = {0: 1}
-    await d.append(np.concatenate([silence(0.3), tone(1.0), silence(2.3)]), rate=RATE)
+    await d.append(np.concatenate([silence(0.3), tone(1.0), silence(1.0)]), rate=RATE)
     done = await answer_after_commit(d, backends)
     assert done["response"]["status"] == "completed"
-    assert done["response"]["metadata"]["turn_decision"] == "max_wait"
+    assert done["response"]["metadata"]["turn_decision"] == "text"
     assert d.errors() == []
+
+
+async def test_a_failing_asr_leaves_the_turn_to_the_short_wait(start_semantic, backends):
+    backends.asr_fail = True
+    d = await start_semantic(FakeEndOfTurn(), eagerness="high")
+    await d.append(np.concatenate([silence(0.3), tone(1.0), silence(1.0)]), rate=RATE)
+    await d.wait_for("conversation.item.input_audio_transcription.failed")
+    assert d.of_type("input_audio_buffer.committed")
+    assert d.session.turns.turn is None
 
 
 async def test_without_the_model_semantic_vad_is_refused(driver):

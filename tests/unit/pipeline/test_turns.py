@@ -196,3 +196,61 @@ async def test_the_vad_runs_off_the_event_loop():
     await feed(tracker, silence(0.2))
     assert loop_thread and not any(loop_thread)
     await asyncio.sleep(0)
+
+
+# --- semantic_vad's short wait: end the turn once the pause has lasted long enough -------------
+
+SEMANTIC = VadConfig(type="semantic_vad")  # the detector's own end is the 4 s cap
+
+
+async def paused_turn(tracker: TurnTracker) -> list:
+    """A second of speech, then silence up to its first pause (the segment is cut)."""
+    events = await feed(tracker, np.concatenate([silence(0.3), tone(1.0), silence(0.3)]))
+    assert [type(e) for e in events] == [TurnStarted, SegmentCut]
+    return events
+
+
+async def test_the_short_wait_ends_the_turn_when_the_pause_reaches_it():
+    tracker = make_tracker(SEMANTIC)
+    await paused_turn(tracker)
+    turn = tracker.turn
+    speech_end = tracker._detector.last_speech_end  # noqa: SLF001
+    assert tracker.end_turn_after(turn, 600) == []  # ~300 ms of silence so far
+    events = await feed(tracker, silence(0.2))
+    assert events == [] and tracker.turn is turn
+    events = await feed(tracker, silence(0.2))
+    assert [type(e) for e in events] == [SpeechEnded, TurnCommitted]
+    assert turn.waited and tracker.turn is None
+    # Ended in the VAD window that took the pause past 600 ms, not later.
+    committed_end = turn.start_sample + round(events[1].duration_s * RATE)
+    assert 0 <= committed_end - (speech_end + 600 * RATE // 1000) < 512
+
+
+async def test_a_wait_that_has_passed_already_ends_the_turn_at_once():
+    tracker = make_tracker(SEMANTIC)
+    await paused_turn(tracker)
+    await feed(tracker, silence(0.5))
+    events = tracker.end_turn_after(tracker.turn, 600)
+    assert [type(e) for e in events] == [SpeechEnded, TurnCommitted]
+
+
+async def test_speech_that_resumes_cancels_the_short_wait():
+    tracker = make_tracker(SEMANTIC)
+    await paused_turn(tracker)
+    turn = tracker.turn
+    tracker.end_turn_after(turn, 600)
+    events = await feed(tracker, np.concatenate([tone(0.5), silence(1.0)]))
+    assert not [e for e in events if isinstance(e, TurnCommitted)]  # only the 4 s cap is left
+    assert turn.end_at is None and tracker.turn is turn
+
+
+async def test_the_short_wait_does_not_cut_a_word_that_is_starting():
+    """Speech that has begun but is not confirmed yet (min_speech_ms) holds the wait."""
+    tracker = make_tracker(SEMANTIC)
+    await paused_turn(tracker)
+    turn = tracker.turn
+    await feed(tracker, silence(0.24))  # ~540 ms of silence
+    tracker.end_turn_after(turn, 600)
+    events = await feed(tracker, np.concatenate([tone(0.3), silence(0.3)]))
+    assert not [e for e in events if isinstance(e, TurnCommitted)]
+    assert [type(e) for e in events][0].__name__ == "TurnResumed"
