@@ -111,7 +111,10 @@ async def test_without_a_text_cue_the_short_wait_ends_the_turn(start_semantic, b
     await d.append(np.concatenate([silence(0.3), tone(1.0), silence(1.0)]), rate=RATE)
     done = await answer_after_commit(d, backends)
     assert done["response"]["metadata"]["turn_decision"] == "short_wait"
-    assert len(model.calls) == 1 and model.calls[0] >= RATE  # the turn's audio so far
+    # Smart Turn started at the pause beside the ASR (it may be cancelled unrun when the
+    # short wait decides first: it only vetoes a "complete" reading); if it ran, it heard the
+    # turn's audio so far.
+    assert len(model.calls) <= 1 and all(samples >= RATE for samples in model.calls)
 
 
 async def short_wait_turn(start_semantic, backends, transcript: str, probability: float):
