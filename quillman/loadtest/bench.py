@@ -314,11 +314,6 @@ def run(args: argparse.Namespace) -> int:
             json.dump(report, f, indent=2)
     if args.markdown:
         print(markdown_report(report))
-        if report.get("alone"):
-            from quillman.loadtest.alone import markdown_alone
-
-            print("\nCritical-path stages inside the graph (p50) vs the same engine alone (median), ms:\n")
-            print(markdown_alone(report["levels"], report["alone"]))
     if args.plot:
         if plot(report, args.plot):
             print(f"plot: {args.plot}", file=sys.stderr)

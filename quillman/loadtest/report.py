@@ -273,4 +273,9 @@ def markdown_report(report: dict[str, Any]) -> str:
     if slo:
         parts += ["", f"Largest concurrency with streaming v2v p95 < {slo['threshold_ms']:g} ms: "
                       f"{_fmt(slo['max_concurrency'])}"]
+    if report.get("alone"):
+        from quillman.loadtest.alone import markdown_alone  # it imports this module
+
+        parts += ["", "Critical-path stages inside the graph (p50) vs the same engine alone (median), ms:", "",
+                  markdown_alone(report["levels"], report["alone"])]
     return "\n".join(parts)
