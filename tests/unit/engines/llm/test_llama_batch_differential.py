@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -283,6 +284,9 @@ def make_machine(engine: BatchedLlamaCpp, reference: FreshContext):
             problem = reference.check(entry.request, text)
             COUNTS.compared += 1
             COUNTS.cached_tokens += entry.usage.cached_tokens
+            if SCALE > 1 and COUNTS.compared % 100 == 0:  # long runs: progress on the terminal
+                print(f"differential: {COUNTS.compared} compared, {len(COUNTS.mismatches)} mismatches",
+                      file=sys.stderr, flush=True)
             if problem is not None:
                 COUNTS.mismatches.append(f"{entry.request.messages[-1]['content']!r} (session {entry.session}, "
                                          f"cached {entry.usage.cached_tokens}): {problem}")
