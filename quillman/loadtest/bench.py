@@ -317,12 +317,17 @@ def build_parser(prog: str = "quillman bench") -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``quillman bench ARGS`` (``quillman.cli`` hands the arguments after ``bench`` here);
-    ``quillman bench qa ARGS`` scores answers instead (quillman.loadtest.qa)."""
+    ``quillman bench qa ARGS`` scores answers instead (quillman.loadtest.qa), ``quillman bench
+    asr ARGS`` the ASR's word error rate per input format (quillman.loadtest.asr_bench)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["qa"]:
         from quillman.loadtest.qa import main as qa_main
 
         return qa_main(argv[1:])
+    if argv[:1] == ["asr"]:
+        from quillman.loadtest.asr_bench import main as asr_main
+
+        return asr_main(argv[1:])
     args = build_parser().parse_args(argv)
     return args.run(args)
 
