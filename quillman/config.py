@@ -159,6 +159,10 @@ class VadConfig(_Strict):
     # A shorter silence closes a segment: it is transcribed at once (while the user may go on
     # talking) and a reply is started speculatively, kept only if the turn really ends.
     pause_ms: int = Field(192, ge=64, le=2000)
+    # The pause for 8 kHz input (G.711 phone audio, pcm16 at 8 kHz): Silero's 16 kHz model hears
+    # narrowband fricatives as silence, so 192 ms "pauses" fall inside words and split the
+    # transcript there (quillman bench asr: mu-law WER 0.19 -> 0.16 at 320 ms; docs/telephony.md).
+    narrowband_pause_ms: int = Field(320, ge=64, le=2000)
     min_speech_ms: int = Field(96, ge=32)
     max_segment_s: float = Field(8.0, ge=1, le=29)
     # "semantic_vad": at each pause a model and the transcript judge whether the utterance is
