@@ -53,6 +53,13 @@ class AsrConfig(_EngineConfig):
     # cost in accuracy; docs/benchmarks.md has both measured.
     encoder_window: Literal["full", "fit"] = "fit"
     min_window_s: float = Field(5.0, ge=1, le=30)
+    # faster_whisper only: phone audio. Segments with nothing above 4 kHz (8 kHz input: G.711,
+    # pcm16 at 8 kHz) are decoded with these instead, where set: a second model (loaded beside
+    # the first; "base", or a CTranslate2 folder), a beam size, a window. Whisper makes 2-3x
+    # more errors on narrowband speech (quillman bench asr; docs/telephony.md has the trade).
+    narrowband_model: str | None = None
+    narrowband_beam_size: int | None = Field(None, ge=1)
+    narrowband_encoder_window: Literal["full", "fit"] | None = None
     # transformers backend only
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
     max_batch_size: int = Field(8, ge=1)

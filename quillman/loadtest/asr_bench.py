@@ -200,14 +200,30 @@ class AsrSetting:
     model: str = "tiny.en"
     window: str = "fit"
     beam_size: int = 1
+    narrowband: "AsrSetting | None" = None  # what 8 kHz audio gets instead (asr.narrowband_*)
 
     @property
     def name(self) -> str:
-        return f"{self.model} {self.window}" + (f" beam {self.beam_size}" if self.beam_size > 1 else "")
+        name = f"{self.model} {self.window}" + (f" beam {self.beam_size}" if self.beam_size > 1 else "")
+        return name + (f"; 8 kHz: {self.narrowband.name}" if self.narrowband else "")
 
     def config(self, threads: int) -> AsrConfig:
+        narrowband = {}
+        if self.narrowband is not None:
+            narrowband = {"narrowband_model": self.narrowband.model, "narrowband_beam_size": self.narrowband.beam_size,
+                          "narrowband_encoder_window": self.narrowband.window}
         return AsrConfig(model=self.model, encoder_window=self.window, beam_size=self.beam_size,
-                         cpu_threads=threads, language="en")
+                         cpu_threads=threads, language="en", **narrowband)
+
+    @classmethod
+    def parse(cls, spec: str) -> "AsrSetting":
+        """``model:window[:beam]``, optionally ``+model:window[:beam]`` for 8 kHz audio."""
+        wide, _, narrow = spec.partition("+")
+        model, _, rest = wide.partition(":")
+        window, _, beam = rest.partition(":")
+        if not model or window not in ("fit", "full") or not (beam or "1").isdigit():
+            raise argparse.ArgumentTypeError(f"--asr {spec!r}: want model:fit|full[:beam][+model:fit|full[:beam]]")
+        return cls(model, window, int(beam or 1), cls.parse(narrow) if narrow else None)
 
 
 def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
@@ -382,7 +398,11 @@ def conditions_from(formats: Sequence[str], noise_reduction: Sequence[str], snr:
     return [Condition(fmt, nr, level) for level in levels for nr in reductions for fmt in formats]
 
 
-def settings_from(models: Sequence[str], windows: Sequence[str], beams: Sequence[str]) -> list[AsrSetting]:
+def settings_from(models: Sequence[str], windows: Sequence[str], beams: Sequence[str],
+                  explicit: Sequence[str] = ()) -> list[AsrSetting]:
+    """The grid models x windows x beams, or the ``explicit`` settings (``AsrSetting.parse``)."""
+    if explicit:
+        return [AsrSetting.parse(spec) for spec in explicit]
     return [AsrSetting(m, w, int(b)) for m in models for w in windows for b in beams]
 
 
@@ -392,6 +412,9 @@ def build_parser(prog: str = "quillman bench asr") -> argparse.ArgumentParser:
     parser.add_argument("--models", type=_list, default=["tiny.en"], help="Whisper models, e.g. tiny.en,base")
     parser.add_argument("--windows", type=_list, default=["fit", "full"], help="encoder windows: fit,full")
     parser.add_argument("--beams", type=_list, default=["1"], help="beam sizes, e.g. 1,5")
+    parser.add_argument("--asr", type=_list, default=[],
+                        help="instead of the grid: settings model:window[:beam], and +model:window[:beam] for what "
+                             "8 kHz audio gets (asr.narrowband_*), e.g. tiny.en:fit,tiny.en:fit:5+base:fit:5")
     parser.add_argument("--formats", type=_list, default=["pcm16", "pcmu", "pcma"],
                         help="input formats: pcm16 (24 kHz), pcmu, pcma (8 kHz G.711)")
     parser.add_argument("--noise-reduction", type=_list, default=["off"], help="off,on (RNNoise)")
@@ -415,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     from quillman.engines.loader import load_recognizer
 
     conditions = conditions_from(args.formats, args.noise_reduction, args.snr_db)
-    settings = settings_from(args.models, args.windows, args.beams)
+    settings = settings_from(args.models, args.windows, args.beams, args.asr)
     short = SHORT[:args.limit] if "short" in args.lengths else []
     long = LONG[:args.limit] if "long" in args.lengths else []
     started = time.perf_counter()
@@ -435,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quiet:
         sys.stderr.write("\n")
     report = {
-        "settings": {"models": args.models, "windows": args.windows, "beams": args.beams,
+        "settings": {"asr": [s.name for s in settings],
                      "conditions": [c.name for c in conditions], "voices": args.voices,
                      "texts": {"short": len(short), "long": len(long)}, "utterances": len(corpus),
                      "segmentation": args.segmentation, "threads": args.threads,

@@ -89,15 +89,15 @@ def test_conditions_and_settings_from_the_command_line():
 
 @pytest.mark.parametrize("fmt", ["pcm16", "pcmu", "pcma"])
 def test_session_segments_cut_at_pauses_through_the_decode_path(fmt):
-    # Two bursts of "speech" with a 300 ms pause: the session's tracker cuts two segments at
-    # 16 kHz, whatever the wire format.
-    pcm = np.concatenate([silence(0.3), tone(1.0), silence(0.3), tone(1.0), silence(1.0)])
-    vad = VadConfig(type="server_vad", pause_ms=192, silence_duration_ms=500, prefix_padding_ms=0)
+    # Two bursts of "speech" with a 400 ms pause: the session's tracker cuts two segments at
+    # 16 kHz, whatever the wire format (8 kHz pauses 320 ms before a cut).
+    pcm = np.concatenate([silence(0.3), tone(1.0), silence(0.4), tone(1.0), silence(1.0)])
+    vad = VadConfig(type="server_vad", pause_ms=192, silence_duration_ms=600, prefix_padding_ms=0)
     segments = asyncio.run(ab.session_segments(pcm, ab.Condition(fmt), vad, make_vad=LoudnessVad))
     assert len(segments) == 2
     assert all(s.dtype == np.float32 for s in segments)
     total_s = sum(len(s) for s in segments) / 16000
-    assert 2.0 <= total_s <= 2.8
+    assert 2.0 <= total_s <= 3.0
 
 
 def test_session_segments_commit_speech_that_runs_to_the_end():
@@ -173,3 +173,16 @@ def test_corpus_has_short_questions_and_long_sentences():
     assert max(len(ab._words(text).split()) for text in ab.SHORT) <= 10
     assert not any(ch.isdigit() for text in ab.SHORT + ab.LONG for ch in text)
     assert any(v.startswith("piper:") for v in ab.VOICES) and sum(v.startswith("espeak:") for v in ab.VOICES) >= 3
+
+
+def test_asr_specs_with_a_narrowband_setting():
+    plain = ab.AsrSetting.parse("tiny.en:fit")
+    assert plain == ab.AsrSetting("tiny.en", "fit", 1) and plain.config(1).narrowband_model is None
+    phone = ab.AsrSetting.parse("tiny.en:fit:5+base:fit:5")
+    assert phone.name == "tiny.en fit beam 5; 8 kHz: base fit beam 5"
+    config = phone.config(1)
+    assert (config.beam_size, config.narrowband_model, config.narrowband_beam_size,
+            config.narrowband_encoder_window) == (5, "base", 5, "fit")
+    for bad in ("tiny.en", "tiny.en:wide", "tiny.en:fit:x"):
+        with pytest.raises(Exception):
+            ab.AsrSetting.parse(bad)
