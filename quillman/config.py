@@ -58,6 +58,13 @@ class AsrConfig(_EngineConfig):
     # cost in accuracy; docs/benchmarks.md has both measured.
     encoder_window: Literal["full", "fit"] = "fit"
     min_window_s: float = Field(5.0, ge=1, le=30)
+    # faster_whisper only: phone audio. Segments with nothing above 4 kHz (8 kHz input: G.711,
+    # pcm16 at 8 kHz) are decoded with these instead, where set: a second model (loaded beside
+    # the first; "base", or a CTranslate2 folder), a beam size, a window. Whisper makes 2-3x
+    # more errors on narrowband speech (quillman bench asr; docs/telephony.md has the trade).
+    narrowband_model: str | None = None
+    narrowband_beam_size: int | None = Field(None, ge=1)
+    narrowband_encoder_window: Literal["full", "fit"] | None = None
     # transformers backend only
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
     max_batch_size: int = Field(8, ge=1)
@@ -164,6 +171,10 @@ class VadConfig(_Strict):
     # A shorter silence closes a segment: it is transcribed at once (while the user may go on
     # talking) and a reply is started speculatively, kept only if the turn really ends.
     pause_ms: int = Field(192, ge=64, le=2000)
+    # The pause for 8 kHz input (G.711 phone audio, pcm16 at 8 kHz): Silero's 16 kHz model hears
+    # narrowband fricatives as silence, so 192 ms "pauses" fall inside words and split the
+    # transcript there (quillman bench asr: mu-law WER 0.19 -> 0.16 at 320 ms; docs/telephony.md).
+    narrowband_pause_ms: int = Field(320, ge=64, le=2000)
     min_speech_ms: int = Field(96, ge=32)
     max_segment_s: float = Field(8.0, ge=1, le=29)
     # "semantic_vad": at each pause a model and the transcript judge whether the utterance is

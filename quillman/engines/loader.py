@@ -30,6 +30,8 @@ def load_recognizer(config: AsrConfig) -> SpeechRecognizer:
             model=config.model, device=config.device, compute_type=config.compute_type,
             cpu_threads=config.cpu_threads, beam_size=config.beam_size, language=config.language,
             encoder_window=config.encoder_window, min_window_s=config.min_window_s,
+            narrowband_model=config.narrowband_model, narrowband_beam_size=config.narrowband_beam_size,
+            narrowband_encoder_window=config.narrowband_encoder_window,
         )
     from quillman.engines.asr.transformers_whisper import TransformersWhisperRecognizer
 

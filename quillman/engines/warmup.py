@@ -25,6 +25,9 @@ def _ms_since(start: float) -> float:
 def warm_recognizer(engine: SpeechRecognizer, language: str | None) -> float:
     start = time.perf_counter()
     engine.transcribe(np.zeros(ASR_SAMPLE_RATE_HZ // 2, dtype=np.float32), language)
+    narrowband = getattr(engine, "narrowband", None)  # faster-whisper's settings for phone audio
+    if narrowband is not None:
+        narrowband.transcribe(np.zeros(ASR_SAMPLE_RATE_HZ // 2, dtype=np.float32), language)
     return _ms_since(start)
 
 

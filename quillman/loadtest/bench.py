@@ -378,7 +378,9 @@ def build_parser(prog: str = "quillman bench") -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """``quillman bench ARGS`` (``quillman.cli`` hands the arguments after ``bench`` here);
     ``quillman bench qa ARGS`` scores answers instead (quillman.loadtest.qa), ``quillman bench
-    turns ARGS`` replays the labeled turn-taking set (quillman.loadtest.turn_replay)."""
+    turns ARGS`` replays the labeled turn-taking set (quillman.loadtest.turn_replay), ``quillman
+    bench asr ARGS`` the ASR's word error rate per input format (quillman.loadtest.asr_bench),
+    ``quillman bench replay ARGS`` counts replayed answers (quillman.loadtest.replay)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["turns"]:
         from quillman.loadtest.turn_replay import main as turns_main
@@ -392,6 +394,10 @@ def main(argv: list[str] | None = None) -> int:
         from quillman.loadtest.replay import main as replay_main
 
         return replay_main(argv[1:])
+    if argv[:1] == ["asr"]:
+        from quillman.loadtest.asr_bench import main as asr_main
+
+        return asr_main(argv[1:])
     args = build_parser().parse_args(argv)
     return args.run(args)
 

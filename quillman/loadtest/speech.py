@@ -82,3 +82,33 @@ def word_recall(reference: str, hypothesis: str) -> float:
         return 1.0
     heard = set(_words(hypothesis).split())
     return sum(w in heard for w in ref) / len(ref)
+
+
+# --- several voices (quillman bench asr) ----------------------------------------------------------
+
+def piper_speech(text: str, sample_rate_hz: int = 24000, model: str = "joe",
+                 length_scale: float = 1.0) -> np.ndarray:
+    """Speak ``text`` with a Piper voice (the server's own TTS engine); int16 at ``sample_rate_hz``."""
+    synthesizer = _piper(model, length_scale)
+    chunks = list(synthesizer.synthesize(text))
+    pcm = np.concatenate([c.pcm for c in chunks]) if chunks else np.zeros(0, dtype=np.int16)
+    return resample(pcm, chunks[0].sample_rate_hz if chunks else sample_rate_hz, sample_rate_hz)
+
+
+@functools.lru_cache(maxsize=4)
+def _piper(model: str, length_scale: float):
+    from quillman.engines.tts.piper import PiperSynthesizer
+
+    return PiperSynthesizer(model=model, threads=1, length_scale=length_scale)
+
+
+def speak(text: str, voice: str, sample_rate_hz: int = 24000) -> np.ndarray:
+    """``text`` in ``voice``: ``espeak:<espeak-ng voice>[@<words per minute>]`` (e.g.
+    ``espeak:en-us+f3@150``) or ``piper:<model>[@<length scale>]`` (e.g. ``piper:joe``)."""
+    engine, _, spec = voice.partition(":")
+    name, _, speed = spec.partition("@")
+    if engine == "espeak":
+        return espeak(text, sample_rate_hz, words_per_minute=int(speed or 130), voice=name or "en-us")
+    if engine == "piper":
+        return piper_speech(text, sample_rate_hz, model=name or "joe", length_scale=float(speed or 1.0))
+    raise ValueError(f"voice {voice!r}: want espeak:<voice>[@wpm] or piper:<model>[@length_scale]")

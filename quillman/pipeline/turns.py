@@ -33,6 +33,7 @@ from quillman.pipeline.vad import (
 
 MAX_ASR_SEGMENT_S = 28.0  # Whisper's window is 30 s
 MIN_COMMIT_MS = 100
+NARROWBAND_MAX_HZ = 8000  # input at this rate or below has nothing above 4 kHz
 
 
 class StreamingVad(Protocol):
@@ -191,9 +192,9 @@ class TurnTracker:
         self._make_vad = make_vad
         self._vad = make_vad()
         self.options = vad  # None: turn detection off, the client commits
-        self._detector = TurnDetector(detector_options(vad or VadConfig()), self._vad.window_samples)
-        self._resampler = StreamResampler(input_rate_hz, ASR_SAMPLE_RATE_HZ)
         self.input_rate_hz = input_rate_hz
+        self._detector = TurnDetector(self._detector_options(vad or VadConfig()), self._vad.window_samples)
+        self._resampler = StreamResampler(input_rate_hz, ASR_SAMPLE_RATE_HZ)
         self.max_turn_s = max_turn_s
         self.timeline = AudioTimeline(keep_s=max_turn_s + 10)
         self._vad_cursor = 0  # next sample to analyse
@@ -204,10 +205,22 @@ class TurnTracker:
 
     # --- settings ----------------------------------------------------------------------------
 
+    def _detector_options(self, options: VadConfig) -> VadConfig:
+        """What the detector runs with: semantic_vad's (``detector_options``), and for 8 kHz input
+        the longer ``narrowband_pause_ms``: the VAD misses narrowband fricatives, and a pause
+        cut inside a word splits the transcript there."""
+        options = detector_options(options)
+        if self.input_rate_hz <= NARROWBAND_MAX_HZ and options.narrowband_pause_ms > options.pause_ms:
+            pause = min(options.narrowband_pause_ms, options.silence_duration_ms)
+            options = options.model_copy(update={"pause_ms": max(pause, options.pause_ms)})
+        return options
+
     def set_input_rate(self, rate_hz: int) -> None:
         if rate_hz != self.input_rate_hz:
             self.input_rate_hz = rate_hz
             self._resampler = StreamResampler(rate_hz, ASR_SAMPLE_RATE_HZ)
+            # The pause depends on the rate; the detector's state (a turn in progress) stays.
+            self._detector.options = self._detector_options(self.options or VadConfig())
 
     def set_detection(self, options: VadConfig | None) -> UserTurn | None:
         """Turn detection on (with ``options``) or off; returns a turn it abandoned, if any."""
@@ -218,7 +231,7 @@ class TurnTracker:
         self.options = options
         if options is None:
             return self.abandon()
-        self._detector = TurnDetector(detector_options(options), self._vad.window_samples)
+        self._detector = TurnDetector(self._detector_options(options), self._vad.window_samples)
         if not was_on:
             # Audio that came while detection was off was never analysed and may be gone
             # already: analysis starts at the present, with fresh VAD state.

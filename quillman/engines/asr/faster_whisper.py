@@ -74,6 +74,25 @@ def resolve_model_path(model: str) -> str:
     )
 
 
+# 16 kHz audio with less than this share of its energy above 4.2 kHz came from 8 kHz input
+# (G.711 phone audio, resampled): measured below 1e-6 for it, above 2e-3 for wideband speech.
+NARROWBAND_CUTOFF_HZ = 4200
+NARROWBAND_ENERGY_RATIO = 1e-4
+
+
+def is_narrowband(pcm: np.ndarray) -> bool:
+    """Whether 16 kHz ``pcm`` has (next to) nothing above 4 kHz: phone audio. Silence is not."""
+    x = np.asarray(pcm, dtype=np.float32)
+    if len(x) < 512:
+        return False
+    power = np.abs(np.fft.rfft(x)) ** 2
+    total = float(power.sum())
+    if total < 1e-6:
+        return False
+    cut = int(NARROWBAND_CUTOFF_HZ * len(x) / ASR_SAMPLE_RATE_HZ)
+    return float(power[cut:].sum()) / total < NARROWBAND_ENERGY_RATIO
+
+
 class FasterWhisperRecognizer:
     def __init__(
         self,
@@ -85,22 +104,40 @@ class FasterWhisperRecognizer:
         language: str | None = "en",
         encoder_window: str = "full",
         min_window_s: float = 5.0,
+        narrowband_model: str | None = None,
+        narrowband_beam_size: int | None = None,
+        narrowband_encoder_window: str | None = None,
+        _whisper=None,
     ):
-        from faster_whisper import WhisperModel
-
         path = resolve_model_path(model)
         self.english_only = model.endswith(".en") or path.rstrip("/").endswith(".en")
         self.language = "en" if self.english_only else language
         self.beam_size = beam_size
         self.encoder_window = encoder_window
         self.min_window_s = min_window_s
-        self._model = WhisperModel(
-            path, device=device, compute_type=compute_type, cpu_threads=cpu_threads,
-            num_workers=1, local_files_only=True,
-        )
-        logger.info("faster-whisper %s loaded from %s", model, path)
+        if _whisper is None:
+            from faster_whisper import WhisperModel
+
+            _whisper = WhisperModel(
+                path, device=device, compute_type=compute_type, cpu_threads=cpu_threads,
+                num_workers=1, local_files_only=True,
+            )
+            logger.info("faster-whisper %s loaded from %s", model, path)
+        self._model = _whisper
+        # Phone audio (8 kHz, nothing above 4 kHz) is decoded with its own settings: Whisper
+        # makes several times more errors on it (quillman bench asr, docs/telephony.md).
+        self.narrowband: FasterWhisperRecognizer | None = None
+        overrides = (narrowband_model, narrowband_beam_size, narrowband_encoder_window)
+        if any(o is not None and o != own for o, own in zip(overrides, (model, beam_size, encoder_window))):
+            other = narrowband_model or model
+            self.narrowband = FasterWhisperRecognizer(
+                other, device, compute_type, cpu_threads, narrowband_beam_size or beam_size, language,
+                narrowband_encoder_window or encoder_window, min_window_s,
+                _whisper=self._model if other == model else None)
 
     def transcribe(self, pcm: np.ndarray, language: str | None = None) -> Transcript:
+        if self.narrowband is not None and is_narrowband(pcm):
+            return self.narrowband.transcribe(pcm, language)
         language = "en" if self.english_only else (language or self.language)
         if self.encoder_window == "fit" and language is not None and len(pcm) < 29 * ASR_SAMPLE_RATE_HZ:
             return self._transcribe_fit(np.asarray(pcm, dtype=np.float32), language)

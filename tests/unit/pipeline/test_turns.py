@@ -254,3 +254,41 @@ async def test_the_short_wait_does_not_cut_a_word_that_is_starting():
     events = await feed(tracker, np.concatenate([tone(0.3), silence(0.3)]))
     assert not [e for e in events if isinstance(e, TurnCommitted)]
     assert [type(e) for e in events][0].__name__ == "TurnResumed"
+
+
+async def _cuts_at_a_gap(rate: int, gap_s: float, vad: VadConfig = VadConfig()) -> int:
+    """SegmentCuts of two bursts of tone with a ``gap_s`` gap, sent at ``rate``."""
+    def burst(seconds: float) -> np.ndarray:
+        t = np.arange(int(seconds * rate)) / rate
+        return (np.sin(2 * np.pi * 220 * t) * 12000).astype(np.int16)
+
+    tracker = TurnTracker(LoudnessVad, vad, rate, 60.0)
+    pcm = np.concatenate([np.zeros(int(0.2 * rate), np.int16), burst(0.8), np.zeros(int(gap_s * rate), np.int16),
+                          burst(0.8), np.zeros(int(0.9 * rate), np.int16)])
+    events = []
+    step = int(0.02 * rate)
+    for start in range(0, len(pcm), step):
+        events += await tracker.append(pcm[start:start + step], arrived=start / rate)
+    assert sum(isinstance(e, TurnCommitted) for e in events) == 1
+    return sum(isinstance(e, SegmentCut) for e in events)
+
+
+async def test_8khz_input_pauses_longer_before_cutting_a_segment():
+    # A 260 ms gap: a pause at 24 kHz (192 ms), not at 8 kHz (narrowband_pause_ms 320), where
+    # the VAD's gaps inside words are that long; a real 400 ms pause still cuts.
+    assert await _cuts_at_a_gap(24000, 0.26) == 2
+    assert await _cuts_at_a_gap(8000, 0.26) == 1
+    assert await _cuts_at_a_gap(8000, 0.40) == 2
+    assert await _cuts_at_a_gap(8000, 0.26, VadConfig(narrowband_pause_ms=192)) == 2
+    # Never beyond the end of turn.
+    tracker = TurnTracker(LoudnessVad, VadConfig(silence_duration_ms=250, pause_ms=192), 8000, 60.0)
+    assert tracker._detector.options.pause_ms == 250
+
+
+def test_the_pause_follows_the_input_rate():
+    tracker = TurnTracker(LoudnessVad, VadConfig(), 24000, 60.0)
+    assert tracker._detector.options.pause_ms == 192
+    tracker.set_input_rate(8000)
+    assert tracker._detector.options.pause_ms == 320
+    tracker.set_input_rate(16000)
+    assert tracker._detector.options.pause_ms == 192
