@@ -62,8 +62,18 @@ def headline_block(bench: dict[str, Any], engines: dict[str, Any] | None) -> str
     one = next((lvl for lvl in levels if lvl["mode"] == "streaming" and lvl["concurrency"] == 1), None)
     rows = ["| measure | value |", "|---|---|"]
     if one:
-        rows.append(f"| voice-to-voice at the client, 1 caller, p50 / p95 | {one['latency_ms']['p50']:.0f} / "
-                    f"{one['latency_ms']['p95']:.0f} ms |")
+        rows.append(f"| voice-to-voice at the client, 1 caller, default turn detection (semantic_vad), p50 / p95 | "
+                    f"{one['latency_ms']['p50']:.0f} / {one['latency_ms']['p95']:.0f} ms |")
+    for lvl in levels:
+        if lvl["mode"] == "server_vad" and lvl["concurrency"] == 1:
+            rows.append(f"| the same with server_vad, p50 / p95 | {lvl['latency_ms']['p50']:.0f} / "
+                        f"{lvl['latency_ms']['p95']:.0f} ms |")
+    if one and one.get("in_situ_over_alone"):
+        medians = (bench.get("alone") or {}).get("median_ms", {})
+        for key, ratio in one["in_situ_over_alone"].items():
+            in_situ = (one["server_stages_ms"].get(key) or {}).get("p50")
+            rows.append(f"| {key.removesuffix('_ms')}, 1 caller: in situ p50 / alone median | "
+                        f"{in_situ} / {medians.get(key)} ms = {ratio}× |")
     slo = bench.get("slo") or {}
     tested = sorted({lvl["concurrency"] for lvl in levels})
     best = slo.get("max_concurrency")
