@@ -12,7 +12,9 @@ standard library only, so ``quillman`` can check for the extra before importing 
               and CPU time (psutil), ``/healthz``
   soak.py     the soak: N sessions for M minutes with barge-ins and disconnects
               (``python -m quillman.loadtest.soak``)
-  speech.py   espeak-ng test speech, the benchmark questions, word error rate
+  speech.py   espeak-ng and Piper test speech, the benchmark questions, word error rate
+  asr_bench.py  ``quillman bench asr``: ASR word error rate per input format (pcm16, G.711),
+              noise reduction, Whisper model and encoder window, through the session's decode path
 """
 
 from __future__ import annotations
