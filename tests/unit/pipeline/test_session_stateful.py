@@ -307,6 +307,7 @@ class SessionMachine(RuleBasedStateMachine):
         self.accepted_cancels = 0
         self.failures_injected = False
         self.client_assistant_items: set[str] = set()
+        self.deleted_items: set[str] = set()  # deleted by the client: unknown from then on
         self.errors_by_eid: Counter[str] = Counter()
         self.closing_at: int | None = None  # index of the first event sent by close()
         self.barge_ins_allowed = 0  # speech starts while interrupt_response was on
@@ -787,6 +788,7 @@ class SessionMachine(RuleBasedStateMachine):
             assert (answers[0].get("item_id") or answers[0]["item"]["id"]) == item_id, answers
             if action == "delete":
                 self.client_assistant_items.discard(item_id)
+                self.deleted_items.add(item_id)
         else:
             assert not answers, answers
 
@@ -800,7 +802,8 @@ class SessionMachine(RuleBasedStateMachine):
         if target_kind == "done reply" and done:
             # Every reply's message is in the conversation (one without text too).
             body = list(done.values())[pick % len(done)]["response"]
-            item_id, allowed = body["output"][0]["id"], {None} | gone
+            item_id = body["output"][0]["id"]
+            allowed = {unknown} if item_id in self.deleted_items else {None} | gone
         elif target_kind == "running reply":
             running = [e["item"]["id"] for e in d.of_type("response.output_item.added")
                        if e["item"]["id"] not in {b["response"]["output"][0]["id"] for b in done.values()}]
