@@ -249,13 +249,14 @@ async def test_history_is_halved_and_the_system_prompt_kept(make_driver, backend
         backends.replies[i] = f"answer {i}."
         done = await d.text_turn(f"question {i}")
         assert done["response"]["status"] == "completed"
+    note = {"role": "system", "content": d.session.config.question_note}
     for i, call in enumerate(backends.llm_calls):
-        messages = call.args["messages"]
+        messages = [m for m in call.args["messages"] if m != note]  # the new-question notes
         assert messages[0] == {"role": "system", "content": "SYSTEM PROMPT"}
         assert messages[-1] == {"role": "user", "content": f"question {i}"}
         assert len(messages) - 1 <= 4  # the system prompt is not counted
         assert all(m["role"] != "system" for m in messages[1:])
-    last = [m["content"] for m in backends.llm_calls[-1].args["messages"][1:]]
+    last = [m["content"] for m in backends.llm_calls[-1].args["messages"][1:] if m != note]
     # The oldest turns went first; the newest survived.
     assert "question 0" not in last and "answer 0." not in last
     assert "question 5" in last and "answer 4." in last
