@@ -103,7 +103,9 @@ def tool_grammar(tools: tuple[Tool, ...]) -> str:
         arguments = converter.visit(schema, f"tool{index}-arguments")
         name = json.dumps(json.dumps(tool.name))  # a GBNF string literal of the JSON string
         calls.append(f'"{{\\"name\\": " {name} ", \\"arguments\\": " {arguments} "}}"')
-    rules = converter.format_grammar()
+    # JSON strings hold no raw control characters (a newline in a label would make the call
+    # invalid JSON); the converter's char rule allows them.
+    rules = converter.format_grammar().replace('char ::= [^"\\\\] |', 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |')
     # One call per generation: a small model asked for "one or more" repeats its call.
     return (f'root ::= "{CALL_OPEN}" call "{CALL_CLOSE}"\n'
             f'call ::= {" | ".join(calls)}\n{rules}')
@@ -140,7 +142,7 @@ class ToolCallParser:
         self._buffer += text
         while self._buffer:
             if self._in_call:
-                end = self._buffer.find(CALL_CLOSE)
+                end = _close_outside_strings(self._buffer)
                 if end < 0:
                     return
                 body, self._buffer = self._buffer[:end], self._buffer[end + len(CALL_CLOSE):]
@@ -184,6 +186,25 @@ class ToolCallParser:
         self.calls += 1
         yield ToolCallDelta(index=index, call_id=new_call_id(), name=call["name"])
         yield ToolCallDelta(index=index, arguments=json.dumps(arguments))
+
+
+def _close_outside_strings(body: str) -> int:
+    """Where ``</tool_call>`` closes the call body, or -1: the first one outside a JSON string
+    (a string argument may hold the marker's text; the grammar's strings are JSON strings)."""
+    in_string = escaped = False
+    for i, char in enumerate(body):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif body.startswith(CALL_CLOSE, i):
+            return i
+    return -1
 
 
 def new_call_id() -> str:
