@@ -105,7 +105,9 @@ def tool_grammar(tools: tuple[Tool, ...]) -> str:
         arguments = converter.visit(schema, f"tool{index}-arguments")
         name = json.dumps(json.dumps(tool.name))  # a GBNF string literal of the JSON string
         calls.append(f'"{{\\"name\\": " {name} ", \\"arguments\\": " {arguments} "}}"')
-    rules = converter.format_grammar()
+    # JSON strings hold no raw control characters (a newline in a label would make the call
+    # invalid JSON); the converter's char rule allows them.
+    rules = converter.format_grammar().replace('char ::= [^"\\\\] |', 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |')
     # One call per generation: a small model asked for "one or more" repeats its call.
     return (f'root ::= "{CALL_OPEN}" call "{CALL_CLOSE}"\n'
             f'call ::= {" | ".join(calls)}\n{rules}')

@@ -42,6 +42,11 @@ def test_a_lone_angle_bracket_is_text_and_a_broken_block_is_dropped():
     assert feed_all(tool_format.ToolCallParser(), ['<tool_call>{"name": "f", "argu']) == []
 
 
+def test_the_grammar_keeps_control_characters_out_of_strings():
+    grammar = tool_format.tool_grammar((CALC,))
+    assert r'char ::= [^"\\\x7F\x00-\x1F]' in grammar
+
+
 def test_history_renders_calls_and_results_as_text_for_plain_templates():
     messages = [{"role": "system", "content": "Be brief."},
                 {"role": "assistant", "content": "", "tool_calls": [
