@@ -15,7 +15,7 @@ import uuid
 from typing import Annotated, Any, Literal, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, model_serializer
 
 from quillman import errors
 
@@ -217,6 +217,13 @@ class ResponseCancel(_ClientEvent):
     response_id: str | None = None
 
 
+class OutputAudioBufferClear(_ClientEvent):
+    """WebRTC only: drop the reply audio not yet played on the track (GA: sent after
+    ``response.cancel``); answered with ``output_audio_buffer.cleared``."""
+
+    type: Literal["output_audio_buffer.clear"]
+
+
 ClientEvent = Union[
     SessionUpdateEvent,
     InputAudioBufferAppend,
@@ -228,6 +235,7 @@ ClientEvent = Union[
     ConversationItemRetrieve,
     ResponseCreate,
     ResponseCancel,
+    OutputAudioBufferClear,
 ]
 
 _CLIENT_EVENT = TypeAdapter(Annotated[ClientEvent, Field(discriminator="type")])
@@ -235,9 +243,12 @@ _KNOWN_TYPES = {
     "session.update", "input_audio_buffer.append", "input_audio_buffer.commit",
     "input_audio_buffer.clear", "conversation.item.create", "conversation.item.truncate",
     "conversation.item.delete", "conversation.item.retrieve", "response.create", "response.cancel",
+    "output_audio_buffer.clear",
 }
 # Real Realtime client events we don't implement: a clear error, not "unknown".
-_UNSUPPORTED_TYPES = {"output_audio_buffer.clear", "transcription_session.update"}
+_UNSUPPORTED_TYPES = {"transcription_session.update"}
+# Client events a WebRTC call's data channel does not carry: the audio track replaces them.
+TRACK_REPLACED_CLIENT_TYPES = frozenset({"input_audio_buffer.append"})
 
 
 MAX_JSON_DEPTH = 32  # the deepest real event (session.update) nests 6 levels
@@ -741,6 +752,26 @@ class ContentPartDone(_ContentPartEvent):
 class OutputAudioDelta(_PartEvent):
     type: Literal["response.output_audio.delta"] = "response.output_audio.delta"
     delta: str  # base64 pcm16
+    # The same audio as int16 samples at ``_rate_hz``, for a transport that plays it on a media
+    # track (WebRTC) instead of sending it: never on the wire.
+    _pcm: Any = PrivateAttr(default=None)
+    _rate_hz: int = PrivateAttr(default=0)
+
+    @classmethod
+    def of(cls, pcm: np.ndarray, fmt: str, rate_hz: int, **part: Any) -> "OutputAudioDelta":
+        from quillman.audio import encode_audio_base64  # audio imports errors only; no cycle
+
+        event = cls(delta=encode_audio_base64(pcm, fmt), **part)
+        event._pcm, event._rate_hz = pcm, rate_hz
+        return event
+
+    @property
+    def pcm(self) -> np.ndarray | None:
+        return self._pcm
+
+    @property
+    def rate_hz(self) -> int:
+        return self._rate_hz
 
 
 class OutputAudioDone(_PartEvent):
@@ -765,6 +796,30 @@ class OutputTextDelta(_PartEvent):
 class OutputTextDone(_PartEvent):
     type: Literal["response.output_text.done"] = "response.output_text.done"
     text: str
+
+
+class _OutputAudioBufferEvent(ServerEvent):
+    """WebRTC only: what the media track plays (the GA API's ``output_audio_buffer.*``)."""
+
+    response_id: str
+
+
+class OutputAudioBufferStarted(_OutputAudioBufferEvent):
+    """The first audio of a response went onto the track."""
+
+    type: Literal["output_audio_buffer.started"] = "output_audio_buffer.started"
+
+
+class OutputAudioBufferStopped(_OutputAudioBufferEvent):
+    """The track played all of a finished response's audio (after its ``response.done``)."""
+
+    type: Literal["output_audio_buffer.stopped"] = "output_audio_buffer.stopped"
+
+
+class OutputAudioBufferCleared(_OutputAudioBufferEvent):
+    """Unplayed audio was dropped: a barge-in, or the client's ``output_audio_buffer.clear``."""
+
+    type: Literal["output_audio_buffer.cleared"] = "output_audio_buffer.cleared"
 
 
 class _FunctionCallArgumentsEvent(ServerEvent):

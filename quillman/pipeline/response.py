@@ -19,7 +19,6 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 import numpy as np
 
 from quillman import errors, protocol
-from quillman.audio import encode_audio_base64
 from quillman.engines.llm.base import Delta, GenerationParams, GenerationRequest, Message, ToolCallDelta, Usage
 from quillman.pipeline.backends import Backends
 from quillman.pipeline.fanout import ordered_fanout
@@ -438,8 +437,8 @@ class Response:
                 for start in range(0, len(pcm), chunk_samples):
                     piece = pcm[start:start + chunk_samples]
                     self._audio_s += len(piece) / settings.output_rate_hz
-                    self._event(protocol.OutputAudioDelta(
-                        delta=encode_audio_base64(piece, settings.output_format), **self._part()))
+                    self._event(protocol.OutputAudioDelta.of(
+                        piece, settings.output_format, settings.output_rate_hz, **self._part()))
         finally:
             await fanout.aclose()
 

@@ -21,6 +21,13 @@ Flow of a spoken turn (server VAD):
   complete utterance ends the turn at that pause, an unsure one after a short wait, an
   incomplete one waits up to the cap.
 Speech while a response is visible and unfinished cancels it (barge-in).
+
+Transports: a websocket hands ``run`` text frames. Another transport may hand it typed input
+instead of JSON it would have to build: a parsed :data:`protocol.ClientEvent`, or a
+:class:`PcmFrame` of linear audio (a WebRTC track, already decoded). With a ``playback``
+(:class:`~quillman.pipeline.playback.Playback`, a media track), reply audio goes to it instead
+of ``response.output_audio.delta`` events, and a barge-in truncates the reply at the position the
+track played, so the client need not send ``conversation.item.truncate``.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import asyncio
 import collections
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 from typing import Any, Awaitable, Callable
@@ -42,6 +49,7 @@ from quillman.pipeline.backends import Backends
 from quillman.pipeline.conversation import ROOT, Conversation
 from quillman.pipeline import semantic
 from quillman.pipeline.limits import SessionLimits
+from quillman.pipeline.playback import Playback
 from quillman.pipeline.response import Response, Timings, UserInput
 from quillman.pipeline.settings import SessionSettings, response_settings
 from quillman.pipeline.tools import FunctionCalls
@@ -59,6 +67,15 @@ from quillman.pipeline.turns import (
 )
 
 logger = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class PcmFrame:
+    """Linear pcm16 mono audio at the session's input rate, from a transport that decoded it."""
+
+    pcm: np.ndarray
+
+
+ClientInput = str | bytes | protocol.ClientEvent | PcmFrame  # what ``receive`` may return
 
 FLUSH_TIMEOUT_S = 5.0  # after the client leaves, how long queued events may take to go out
 CLOSE_NORMAL, CLOSE_INTERNAL_ERROR = 1000, 1011
@@ -119,6 +136,7 @@ class RealtimeSession:
         session_id: str | None = None,
         metrics: SessionMetrics | None = None,
         end_of_turn: semantic.EndOfTurnModel | None = None,  # None: semantic_vad is refused
+        playback: Playback | None = None,  # a media track that plays the reply audio (WebRTC)
     ):
         self.id = session_id or protocol.new_id("sess")
         self.backends = backends
@@ -127,6 +145,8 @@ class RealtimeSession:
         self.config = config
         self.llm = llm
         self._send = send
+        self.playback = playback
+        self._truncate_when_done: dict[str, int] = {}  # reply item -> ms played when it was cut
         if end_of_turn is None and vad_config.type == "semantic_vad":
             logger.warning("no end-of-turn model: sessions start with server_vad instead of semantic_vad")
             vad_config = vad_config.model_copy(update={"type": "server_vad"})
@@ -153,7 +173,7 @@ class RealtimeSession:
 
     # --- the socket ---------------------------------------------------------------------------
 
-    async def run(self, receive: Callable[[], Awaitable[str | bytes | None]]) -> int:
+    async def run(self, receive: Callable[[], Awaitable[ClientInput | None]]) -> int:
         """Serve until the client goes away (``receive`` returns None) or the session ends;
         returns the websocket close code."""
         self.metrics.session_opened()
@@ -173,7 +193,7 @@ class RealtimeSession:
             self.metrics.session_closed()
         return self.close_code
 
-    async def _receive_loop(self, receive: Callable[[], Awaitable[str | bytes | None]]) -> None:
+    async def _receive_loop(self, receive: Callable[[], Awaitable[ClientInput | None]]) -> None:
         while True:
             try:
                 async with asyncio.timeout(self.config.idle_timeout_s):
@@ -187,7 +207,12 @@ class RealtimeSession:
                 return
             if frame is None:
                 return
-            await self.handle_frame(frame)
+            if isinstance(frame, PcmFrame):
+                await self.handle_pcm(frame.pcm)
+            elif isinstance(frame, (str, bytes)):
+                await self.handle_frame(frame)
+            else:
+                await self.handle_typed(frame)
 
     async def _send_loop(self) -> None:
         while (frame := await self._outbox.get()) is not None:
@@ -198,6 +223,8 @@ class RealtimeSession:
 
     def emit(self, event: protocol.ServerEvent) -> None:
         """Queue one server event for the client, serialized here, once."""
+        if isinstance(event, protocol.OutputAudioDelta) and self.emit_audio(event):
+            return
         if not self._outbox.put(protocol.serialize(event)) and self.close_code == CLOSE_NORMAL:
             self._fatal(errors.ClientTooSlow(
                 f"more than {self._outbox.max_bytes} bytes of events are waiting for the client; "
@@ -257,6 +284,29 @@ class RealtimeSession:
             self.error(errors.InternalError(
                 "the server failed to handle this event; the session goes on", event_id=event_id))
 
+    async def handle_typed(self, event: protocol.ClientEvent) -> None:
+        """A parsed client event from a transport; refused -> one ``error``, like a frame."""
+        try:
+            await self.handle_event(event)
+        except errors.QuillmanError as exc:
+            if exc.event_id is None:
+                exc.event_id = event.event_id
+            self.error(exc)
+        except Exception:  # noqa: BLE001 - as in handle_frame
+            logger.exception("[%s] internal error handling a client event", self.id)
+            self.error(errors.InternalError(
+                "the server failed to handle this event; the session goes on", event_id=event.event_id))
+
+    async def handle_pcm(self, pcm16: np.ndarray) -> None:
+        """Decoded audio from a media track; refused -> one ``error`` (audio limits)."""
+        try:
+            await self.append_pcm(pcm16)
+        except errors.QuillmanError as exc:
+            self.error(exc)
+        except Exception:  # noqa: BLE001 - as in handle_frame
+            logger.exception("[%s] internal error handling track audio", self.id)
+            self.error(errors.InternalError("the server failed to handle the audio; the session goes on"))
+
     async def handle_event(self, event: protocol.ClientEvent) -> None:
         match event:
             case protocol.InputAudioBufferAppend():
@@ -286,6 +336,12 @@ class RealtimeSession:
                 if self.response is None or (event.response_id and event.response_id != self.response.id):
                     raise errors.ResponseCancelNotActive("there is no active response to cancel")
                 self.response.cancel("client_cancelled")
+            case protocol.OutputAudioBufferClear():
+                if self.playback is None:
+                    raise errors.UnsupportedEvent(
+                        "output_audio_buffer.clear is for WebRTC calls; over a websocket the client "
+                        "plays the audio itself", param="type")
+                self._cut_playback()
 
     # --- conversation items -----------------------------------------------------------------
 
@@ -370,7 +426,10 @@ class RealtimeSession:
     # --- audio in, turns --------------------------------------------------------------------
 
     async def append_audio(self, audio_b64: str) -> None:
-        pcm16 = decode_audio_base64(audio_b64, self.settings.input_format)
+        await self.append_pcm(decode_audio_base64(audio_b64, self.settings.input_format))
+
+    async def append_pcm(self, pcm16: np.ndarray) -> None:
+        """Linear pcm16 at the session's input rate (decoded from the wire or from a track)."""
         now = time.perf_counter()
         seconds = len(pcm16) / self.settings.input_rate_hz
         self.limits.admit_audio(seconds, now)
@@ -389,6 +448,8 @@ class RealtimeSession:
                         logger.info("[%s] barge-in: cancelling %s", self.id, self.response.id)
                         for response in (self.response, *self._queued):
                             response.cancel("turn_detected")
+                    if self.playback is not None and self.settings.interrupt_response:
+                        self._cut_playback()
                     self.emit(protocol.SpeechStartedEvent(audio_start_ms=start_ms, item_id=turn.item_id))
                 case SegmentCut(turn=turn, pcm=pieces, pause=pause):
                     self._transcribe(turn, pieces)
@@ -505,6 +566,37 @@ class RealtimeSession:
         self._user_item_done(protocol.user_audio_item(turn.item_id, text))
         logger.info("[%s] user: %s", self.id, text)
 
+    # --- reply audio on a media track ---------------------------------------------------------
+
+    def _cut_playback(self) -> None:
+        """Drop the reply audio the track has not played; truncate each cut item there (a reply
+        still in progress once it is done: the conversation refuses to truncate it before)."""
+        for cut in self.playback.clear():
+            logger.info("[%s] playback cut: %s heard %d ms", self.id, cut.item_id, cut.played_ms)
+            self._truncate_when_done[cut.item_id] = cut.played_ms
+            if not self._owned_by_unfinished(cut.item_id):
+                self._truncate_played(cut.item_id)
+
+    def _owned_by_unfinished(self, item_id: str) -> bool:
+        return any(r is not None and r.owns(item_id) for r in (self.response, *self._queued))
+
+    def _truncate_played(self, item_id: str) -> None:
+        played_ms = self._truncate_when_done.pop(item_id)
+        if self.conversation.get(item_id) is None:
+            return  # deleted meanwhile, or the reply never placed an item
+        try:
+            self.conversation.truncate(item_id, played_ms)
+        except errors.QuillmanError:
+            return  # not an assistant message (a function call): nothing was spoken
+        self.emit(protocol.ConversationItemTruncated(item_id=item_id, content_index=0, audio_end_ms=played_ms))
+
+    def emit_audio(self, event: protocol.OutputAudioDelta) -> bool:
+        """Reply audio goes to the track when there is one (True): no delta event then."""
+        if self.playback is None:
+            return False
+        self.playback.play(event)
+        return True
+
     def _user_item_done(self, item: protocol.MessageItem) -> None:
         # A user item the client deleted meanwhile stays deleted (no event would bring it back).
         if self.conversation.update(item):
@@ -575,6 +667,10 @@ class RealtimeSession:
         if status == "failed":
             self.metrics.error(errors.ModelError.code)
         self.conversation.set_audio(response.item_id, response.audio_s)  # its text came with its item
+        if self.playback is not None:
+            self.playback.response_finished(response.id)
+            if response.item_id in self._truncate_when_done:
+                self._truncate_played(response.item_id)
         for call in response.calls:
             # A call cut short (the response was cancelled or failed before its arguments were
             # done) is not run: its output is refused. Complete calls are pending since then.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from quillman import errors, protocol
@@ -129,12 +130,26 @@ def test_unknown_event_type_message_is_bounded():
     assert len(exc.message) < 200
 
 
-@pytest.mark.parametrize("event_type", ["output_audio_buffer.clear", "transcription_session.update"])
+@pytest.mark.parametrize("event_type", ["transcription_session.update"])
 def test_unsupported_realtime_events(event_type):
     exc = parse_error({"type": event_type, "event_id": "ev_7", "item_id": "item_1",
                        "content_index": 0, "audio_end_ms": 100})
     assert exc.code == "unsupported_event"
     assert exc.event_id == "ev_7"
+
+
+def test_output_audio_buffer_clear_parses():
+    """A WebRTC client event; a websocket session refuses it (unsupported_event) itself."""
+    event = protocol.parse_client_event(json.dumps({"type": "output_audio_buffer.clear", "event_id": "e1"}))
+    assert isinstance(event, protocol.OutputAudioBufferClear) and event.event_id == "e1"
+
+
+def test_output_audio_delta_keeps_its_samples_off_the_wire():
+    pcm = np.arange(4, dtype=np.int16)
+    event = protocol.OutputAudioDelta.of(pcm, "audio/pcm", 24000, response_id="r", item_id="i", output_index=0)
+    assert event.rate_hz == 24000 and event.pcm is pcm
+    assert set(json.loads(protocol.serialize(event))) == {
+        "event_id", "type", "response_id", "item_id", "output_index", "content_index", "delta"}
 
 
 @pytest.mark.parametrize("event, param", [
