@@ -268,6 +268,91 @@ class ServerConfig(_Strict):
         return keys
 
 
+class ClientSecretsConfig(_Strict):
+    """Ephemeral client secrets (``ek_…``, ``POST /v1/realtime/client_secrets``)."""
+
+    # Lifetime when the request names none; a request may ask for 10 s .. max_ttl_s (the GA API's
+    # range is 10 .. 7200 s, default 600).
+    default_ttl_s: int = Field(600, ge=10, le=7200)
+    max_ttl_s: int = Field(7200, ge=10, le=7200)
+    # Live secrets held at once (all ingress replicas together): beyond it minting is refused.
+    max_live: int = Field(10000, ge=1)
+    # The web page's backend endpoint (``POST /web/client_secret``): with API keys set, the page
+    # served here gets a secret from it instead of carrying a key. Anyone who can load the page
+    # can then talk to the models: turn it on only behind your own login (a proxy in front).
+    web_page_endpoint: bool = False
+
+    @model_validator(mode="after")
+    def _default_within_max(self) -> "ClientSecretsConfig":
+        if self.default_ttl_s > self.max_ttl_s:
+            raise ValueError("client_secrets.default_ttl_s is above client_secrets.max_ttl_s")
+        return self
+
+
+class IceServer(_Strict):
+    """A STUN or TURN server, as in the browser's RTCIceServer."""
+
+    urls: list[str] = Field(min_length=1)
+    username: str | None = None
+    credential: str | None = None
+
+    @field_validator("urls")
+    @classmethod
+    def _ice_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not url.startswith(("stun:", "turn:", "turns:")):
+                raise ValueError(f"ICE server url {url!r} must start with stun:, turn: or turns:")
+        return urls
+
+    @model_validator(mode="after")
+    def _turn_needs_credentials(self) -> "IceServer":
+        if any(u.startswith("turn") for u in self.urls) and (not self.username or not self.credential):
+            raise ValueError("a TURN server needs a username and a credential")
+        return self
+
+
+class WebRtcConfig(_Strict):
+    """WebRTC calls (``POST /v1/realtime/calls``): where media flows (docs/deploy.md, "WebRTC")."""
+
+    enabled: bool = True
+    # ICE host candidates: these interfaces (names like ``eth0``, or IPv4/IPv6 addresses) only.
+    # Empty: every interface but loopback (``lo`` may be named, e.g. for tests on one machine).
+    host_interfaces: list[str] = Field(default_factory=list)
+    use_ipv6: bool = False
+    # The UDP ports a call's sockets bind to (one per host candidate), inclusive; open these in
+    # the firewall / pod. Unset: any ephemeral port.
+    udp_port_min: int | None = Field(None, ge=1024, le=65535)
+    udp_port_max: int | None = Field(None, ge=1024, le=65535)
+    # The address callers reach this node at (a load balancer or a NAT's 1:1 public IP, a pod's
+    # host IP): advertised in place of the host candidates' own address. Per node: a Ray cluster
+    # sets it per node through the env var named below, which wins over this value.
+    public_address: str | None = None
+    public_address_env: str = "QUILLMAN_WEBRTC_PUBLIC_ADDRESS"
+    # STUN (server-reflexive candidates) and TURN (relay) servers; aiortc uses the first of each.
+    ice_servers: list[IceServer] = Field(default_factory=list)
+    # A call whose ICE (and DTLS) does not complete within this is closed and forgotten.
+    connect_timeout_s: float = Field(15.0, gt=0, le=120)
+    # Client events from the data channel waiting for the session: past this the channel is
+    # flooding and further events are refused (rate_limit_exceeded) until it drains.
+    max_event_backlog: int = Field(256, ge=8)
+
+    @model_validator(mode="after")
+    def _port_range(self) -> "WebRtcConfig":
+        low, high = self.udp_port_min, self.udp_port_max
+        if (low is None) != (high is None):
+            raise ValueError("webrtc.udp_port_min and webrtc.udp_port_max go together")
+        if low is not None and low > high:
+            raise ValueError("webrtc.udp_port_min is above webrtc.udp_port_max")
+        if self.public_address is not None:
+            import ipaddress
+
+            try:
+                ipaddress.ip_address(self.public_address)
+            except ValueError:
+                raise ValueError(f"webrtc.public_address {self.public_address!r} is not an IP address") from None
+        return self
+
+
 class TelephonyConfig(_Strict):
     """Phone calls through Twilio Media Streams (``/twilio/voice``, ``/twilio/media-stream``)."""
 
@@ -284,6 +369,8 @@ class TelephonyConfig(_Strict):
 class AppConfig(_Strict):
     server: ServerConfig = ServerConfig()
     telephony: TelephonyConfig = TelephonyConfig()
+    webrtc: WebRtcConfig = WebRtcConfig()
+    client_secrets: ClientSecretsConfig = ClientSecretsConfig()
     asr: AsrConfig = AsrConfig()
     llm: LlmConfig = LlmConfig()
     tts: TtsConfig = TtsConfig()

@@ -176,6 +176,76 @@ class InvalidTwilioSignature(HandshakeRefused):
     code = "invalid_twilio_signature"
 
 
+class InvalidClientSecret(HandshakeRefused):
+    """An ``ek_`` secret this server never issued (or forgot: past its expiry for long)."""
+
+    code = "invalid_client_secret"
+    http_status = 401
+
+
+class ClientSecretExpired(HandshakeRefused):
+    code = "client_secret_expired"
+    http_status = 401
+
+
+class ClientSecretAlreadyUsed(HandshakeRefused):
+    """Client secrets open one call or one websocket, once."""
+
+    code = "client_secret_already_used"
+    http_status = 401
+
+
+class ClientSecretNotAllowed(HandshakeRefused):
+    """A client secret where only a real API key may go (minting secrets, the sideband)."""
+
+    code = "client_secret_not_allowed"
+    http_status = 401
+
+
+class InvalidSdp(HandshakeRefused):
+    """A WebRTC offer that is missing, not SDP, or one the stack cannot negotiate."""
+
+    code = "invalid_sdp"
+    http_status = 400
+
+
+class OfferWithoutAudio(InvalidSdp):
+    code = "offer_without_audio"
+
+
+class InvalidCallRequest(HandshakeRefused):
+    """A ``POST /v1/realtime/calls`` or ``client_secrets`` body that is not what the API takes
+    (its ``session`` refused by ``session.update``'s rules keeps that error's code)."""
+
+    code = "invalid_request"
+    http_status = 400
+
+
+class CallNotFound(HandshakeRefused):
+    """A sideband socket or hang-up for a call this replica does not hold."""
+
+    code = "call_not_found"
+    http_status = 404
+
+
+class WebRtcDisabled(HandshakeRefused):
+    code = "webrtc_disabled"
+    http_status = 404
+
+
+class PageSecretsDisabled(HandshakeRefused):
+    """``POST /web/client_secret`` while ``client_secrets.web_page_endpoint`` is off."""
+
+    code = "page_secrets_disabled"
+    http_status = 404
+
+
+class ClientSecretsExhausted(HandshakeRefused):
+    code = "client_secrets_exhausted"
+    type = "server_error"
+    http_status = 503
+
+
 class ServerAtCapacity(HandshakeRefused):
     """Every session slot of the replica is taken: refused at once, never queued."""
 

@@ -10,10 +10,16 @@ Who may connect is decided by :mod:`quillman.security` (API keys, origins) over 
 headers; with keys configured the websocket, /prewarm and the API docs need one. Phone calls
 (``/twilio/*``) are a :class:`~quillman.telephony.bridge.TwilioBridge` in front of the same
 session; Twilio's signatures decide who may use them (:mod:`quillman.telephony.signature`).
+WebRTC calls (``POST /v1/realtime/calls``) are a :class:`~quillman.webrtc.call.Call` each, held
+by the replica that answered the offer (media flows to its UDP sockets, not through Serve's
+proxy); ``/v1/realtime?call_id=…`` is a call's sideband socket. Ephemeral client secrets
+(``ek_…``) stand in for a key once; they live in a store shared by the replicas
+(:mod:`quillman.deployments.secrets`).
 """
 
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -29,7 +35,7 @@ from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
-from quillman import errors, security
+from quillman import client_secrets, errors, protocol, security
 from quillman.config import AppConfig
 from quillman.engines.asr.base import Transcript
 from quillman.engines.llm.base import Delta, GenerationRequest
@@ -42,6 +48,9 @@ from quillman.pipeline.session import RealtimeSession
 from quillman.telephony import twilio_protocol
 from quillman.telephony.bridge import TwilioBridge
 from quillman.telephony.signature import TwilioAccess, called_url, configured_token
+from quillman.deployments.secrets import SharedSecrets
+from quillman.webrtc import network, signalling
+from quillman.webrtc.call import COUNTS as CALL_COUNTS, Call, new_call_id, udp_sockets
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +77,19 @@ def refusal_response(refusal: errors.HandshakeRefused) -> JSONResponse:
     elif isinstance(refusal, errors.InvalidApiKey):
         headers = {"WWW-Authenticate": "Bearer"}
     return JSONResponse(security.error_body(refusal), status_code=refusal.http_status, headers=headers)
+
+
+def error_response(exc: errors.QuillmanError, status: int = 400) -> JSONResponse:
+    """A request refused for its content (a bad ``session`` config): the error event's body."""
+    if isinstance(exc, errors.HandshakeRefused):
+        return refusal_response(exc)
+    return JSONResponse({"error": protocol.error_body(exc).model_dump()}, status_code=status)
+
+
+def session_update(config: dict[str, Any]) -> protocol.SessionUpdate:
+    """A ``session`` object (a call's part, a secret's bound config), by session.update's rules."""
+    event = protocol.parse_client_event(json.dumps({"type": "session.update", "session": config}))
+    return event.session
 
 
 async def refuse(websocket: WebSocket, refusal: errors.HandshakeRefused) -> None:
@@ -241,6 +263,13 @@ class Ingress:
         self.twilio = TwilioAccess(configured_token(telephony), api_keys_set=bool(self.api_keys))
         if (warning := self.twilio.startup_warning(telephony.auth_token_env)) is not None:
             logger.warning(warning)
+        self.calls: dict[str, Call] = {}
+        self._call_tasks: set[asyncio.Task] = set()
+        webrtc = self.config.webrtc
+        if webrtc.enabled:
+            network.install(network.policy(webrtc))
+        self.rtc_config = network.rtc_configuration(webrtc)
+        self.secrets = SharedSecrets(app_name, self.config.client_secrets.max_live)
 
     async def _get_voices(self) -> list[str]:
         if self._voices is None:
@@ -249,7 +278,212 @@ class Ingress:
 
     @app.websocket("/v1/realtime")
     async def realtime(self, websocket: WebSocket) -> None:
+        call_id = websocket.query_params.get("call_id")
+        if call_id is not None:
+            return await self._serve_sideband(websocket, call_id)
         await self._serve_socket(websocket)
+
+    # --- ephemeral client secrets ----------------------------------------------------------------
+
+    async def _redeem(self, presented: str) -> dict[str, Any] | None:
+        """The session config bound to a client secret, used up now; refused: raises."""
+        outcome, bound = await self.secrets.redeem(presented)
+        if outcome == "ok":
+            return bound
+        raise {"expired": errors.ClientSecretExpired("the client secret has expired; get a new one"),
+               "used": errors.ClientSecretAlreadyUsed("the client secret was already used; get a new one"),
+               }.get(outcome, errors.InvalidClientSecret("unknown client secret"))
+
+    async def _authorize(self, headers, subprotocols: list[str] | None = None,
+                         secrets_allowed: bool = True) -> dict[str, Any] | None:
+        """None or a secret's bound session config if the request may go on, else raises the
+        refusal. A key (or none needed), or an ``ek_`` secret, which this uses up."""
+        presented = security.presented_key(headers, subprotocols or ())
+        if client_secrets.looks_like_secret(presented):
+            if not secrets_allowed:
+                raise errors.ClientSecretNotAllowed("a client secret cannot be used here: send an API key")
+            return await self._redeem(presented)
+        if (refusal := security.check_api_key(headers, self.api_keys, subprotocols)) is not None:
+            raise refusal
+        return None
+
+    async def _mint(self, ttl_s: int, session: dict[str, Any] | None) -> JSONResponse:
+        # The effective session object, as the GA API answers: checked like a session.update.
+        probe = self._new_session(self._discard, await self._voices_or_default())
+        if session is not None:
+            probe.update_session(session_update(session))
+        minted = await self.secrets.mint(ttl_s, session)
+        if minted is None:
+            raise errors.ClientSecretsExhausted("too many live client secrets; try again later")
+        value, expires_at = minted
+        logger.info("client secret minted (expires in %d s)", ttl_s)  # never the value
+        return JSONResponse({"value": value, "expires_at": expires_at,
+                             "session": probe.settings.session_object(probe.id).model_dump(mode="json")})
+
+    @staticmethod
+    async def _discard(_frame: str) -> None:
+        return None
+
+    @app.post("/v1/realtime/client_secrets")
+    async def create_client_secret(self, request: Request) -> Response:
+        """A short-lived, single-use ``ek_…`` secret (the GA API's ``realtime.client_secrets``):
+        ``{"expires_after": {"anchor": "created_at", "seconds": N}, "session": {...}}`` ->
+        ``{"value", "expires_at", "session"}``. Needs a real API key when keys are configured."""
+        try:
+            await self._authorize(request.headers, secrets_allowed=False)
+            try:
+                body = json.loads(await request.body() or b"{}")
+            except ValueError:
+                raise errors.InvalidCallRequest("the body is not JSON") from None
+            if not isinstance(body, dict):
+                raise errors.InvalidCallRequest("the body must be a JSON object")
+            limits = self.config.client_secrets
+            expires = body.get("expires_after") or {}
+            if not isinstance(expires, dict) or expires.get("anchor", "created_at") != "created_at":
+                raise errors.InvalidCallRequest("expires_after.anchor must be 'created_at'")
+            ttl = expires.get("seconds", limits.default_ttl_s)
+            if not isinstance(ttl, int) or isinstance(ttl, bool) or not 10 <= ttl <= limits.max_ttl_s:
+                raise errors.InvalidCallRequest(
+                    f"expires_after.seconds must be an integer from 10 to {limits.max_ttl_s}")
+            session = body.get("session")
+            if session is not None and not isinstance(session, dict):
+                raise errors.InvalidCallRequest("session must be an object (a session config)")
+            return await self._mint(ttl, session)
+        except errors.QuillmanError as exc:
+            logger.info("client secret refused from %s: %s", request.client, exc.message)
+            return error_response(exc)
+
+    @app.post("/web/client_secret", include_in_schema=False)
+    async def page_client_secret(self, request: Request) -> Response:
+        """The web page's backend endpoint: a secret for this page's next call, so that a page
+        served by a keyed server never holds the key. Off unless
+        ``client_secrets.web_page_endpoint``; from this server's own pages (Origin) only."""
+        if not self.config.client_secrets.web_page_endpoint:
+            return refusal_response(errors.PageSecretsDisabled(
+                "this server gives the page no client secrets (client_secrets.web_page_endpoint)"))
+        if "origin" not in request.headers:
+            return refusal_response(errors.OriginNotAllowed("only the server's web page may ask for a secret"))
+        if (refusal := security.check_origin(request.headers, self.config.server.allowed_origins)) is not None:
+            return refusal_response(refusal)
+        try:
+            return await self._mint(self.config.client_secrets.default_ttl_s, None)
+        except errors.QuillmanError as exc:
+            return error_response(exc)
+
+    # --- WebRTC calls ---------------------------------------------------------------------------------
+
+    @app.post(signalling.CALLS_PATH)
+    async def create_call(self, request: Request) -> Response:
+        """A WebRTC call (the GA API's ``realtime.calls.create``): the SDP offer in, 201 with the
+        answer and ``Location: /v1/realtime/calls/<call_id>``."""
+        if not self.config.webrtc.enabled:
+            return refusal_response(errors.WebRtcDisabled("WebRTC calls are off on this server (webrtc.enabled)"))
+        if (refusal := security.check_origin(request.headers, self.config.server.allowed_origins)) is not None:
+            return refusal_response(refusal)
+        if self.open_sockets >= self.config.server.max_sessions_per_replica:
+            return refusal_response(errors.ServerAtCapacity(f"server at capacity; try again in {RETRY_AFTER_S} s"))
+        self.open_sockets += 1  # before any await, as for sockets; given back when the call ends
+        call: Call | None = None
+        try:
+            offer = await signalling.read_offer(request)  # before the secret is used up
+            bound = await self._authorize(request.headers)
+            voices = await self._voices_or_default()
+            webrtc = self.config.webrtc
+
+            def make_session(send, playback) -> RealtimeSession:
+                session = self._new_session(send, voices, playback=playback)
+                for config in (bound, offer.session):  # the secret's config, then the request's
+                    if config is not None:
+                        session.update_session(session_update(config))
+                return session
+
+            call = Call(new_call_id(), make_session, self.rtc_config, webrtc.connect_timeout_s,
+                        webrtc.max_event_backlog)
+            answer = await call.answer(offer)
+        except errors.QuillmanError as exc:
+            self.open_sockets -= 1
+            if call is not None:
+                await call.close("refused")
+            logger.info("call refused from %s: %s %s", request.client, exc.code, exc.message)
+            return error_response(exc)
+        except BaseException:
+            self.open_sockets -= 1
+            if call is not None:
+                await call.close("failed")
+            raise
+        self.calls[call.id] = call
+        task = asyncio.create_task(self._run_call(call), name=f"{call.id}-run")
+        self._call_tasks.add(task)
+        task.add_done_callback(self._call_tasks.discard)
+        logger.info("[%s] call %s answered (%d calls)", call.session.id, call.id, len(self.calls))
+        return Response(answer, status_code=201, media_type=signalling.SDP_TYPE,
+                        headers={"Location": f"{signalling.CALLS_PATH}/{call.id}"})
+
+    async def _run_call(self, call: Call) -> None:
+        session = call.session
+        self.sessions[session.id] = session
+        try:
+            await call.run()
+        except Exception:  # noqa: BLE001 - the call's own bug: logged; the call is closed
+            logger.exception("[%s] call %s failed", session.id, call.id)
+        finally:
+            self.open_sockets -= 1
+            self.calls.pop(call.id, None)
+            self.sessions.pop(session.id, None)
+            logger.info("[%s] call %s closed (%s): %d turns, %d responses", session.id, call.id,
+                        call.end_reason, session.turns_committed, session.responses_done)
+
+    @app.post(signalling.CALLS_PATH + "/{call_id}/hangup")
+    async def hang_up_call(self, call_id: str, request: Request) -> Response:
+        """End a call from the server side (the GA API's ``realtime.calls.hangup``)."""
+        try:
+            await self._authorize(request.headers, secrets_allowed=False)
+            call = self._call(call_id)
+        except errors.QuillmanError as exc:
+            return error_response(exc)
+        call.hang_up("hung up by the server")
+        return Response(status_code=200)
+
+    def _call(self, call_id: str) -> Call:
+        call = self.calls.get(call_id)
+        if call is None or not call.open:
+            raise errors.CallNotFound(
+                "no such call on this replica (it ended, or another ingress replica holds it)")
+        return call
+
+    async def _serve_sideband(self, websocket: WebSocket, call_id: str) -> None:
+        """A server-side application watching and steering a call: the call's events, and
+        client events into the same session (not audio: that is the track's)."""
+        try:
+            await self._authorize(websocket.headers, websocket.scope.get("subprotocols", []), secrets_allowed=False)
+            if (refusal := security.check_origin(websocket.headers, self.config.server.allowed_origins)) is not None:
+                raise refusal
+            call = self._call(call_id)
+        except errors.HandshakeRefused as refusal:
+            return await refuse(websocket, refusal)
+        requested = websocket.scope.get("subprotocols", [])
+        await websocket.accept(subprotocol="realtime" if "realtime" in requested else None)
+        key = call.attach(websocket.send_text)
+        logger.info("[%s] sideband attached to call %s", call.session.id, call.id)
+        receive = self._receiver(websocket)
+        ended = asyncio.ensure_future(call.ended.wait())
+        try:
+            while True:
+                frame = asyncio.ensure_future(receive())
+                done, _ = await asyncio.wait({frame, ended}, return_when=asyncio.FIRST_COMPLETED)
+                if ended in done:
+                    frame.cancel()
+                    break
+                if (message := frame.result()) is None:
+                    break
+                call.receive_event(message)
+        finally:
+            ended.cancel()
+            call.detach(key)
+            try:
+                await websocket.close()
+            except Exception:  # noqa: BLE001 - already closed by the peer
+                pass
 
     @app.websocket("/pipeline")
     async def pipeline(self, websocket: WebSocket) -> None:
@@ -279,12 +513,23 @@ class Ingress:
             url = called_url(self.config.telephony.public_url, websocket.url.scheme, headers,
                              websocket.url.path, websocket.url.query)
             return self.twilio.check(url, headers)
+        if client_secrets.looks_like_secret(security.presented_key(headers, offered)):
+            return security.check_origin(headers, self.config.server.allowed_origins)  # the secret: later
         return (security.check_api_key(headers, self.api_keys, offered)
                 or security.check_origin(headers, self.config.server.allowed_origins))
 
     async def _serve_socket(self, websocket: WebSocket, bridge: TwilioBridge | None = None) -> None:
         # Every check happens before the socket is accepted.
+        bound = None
         refusal = self._socket_refusal(websocket, bridge)
+        if refusal is None and bridge is None:
+            # A client secret instead of a key: checked (and used up) last, once all else passed.
+            offered = websocket.scope.get("subprotocols", [])
+            if client_secrets.looks_like_secret(security.presented_key(websocket.headers, offered)):
+                try:
+                    bound = await self._redeem(security.presented_key(websocket.headers, offered))
+                except errors.HandshakeRefused as exc:
+                    refusal = exc
         if refusal is not None:
             return await refuse(websocket, refusal)
         if self.open_sockets >= self.config.server.max_sessions_per_replica:
@@ -298,6 +543,8 @@ class Ingress:
             await websocket.accept(subprotocol="realtime" if "realtime" in requested else None)
             send = bridge.on_server_frame if bridge is not None else websocket.send_text
             session = self._new_session(send, await self._voices_or_default())
+            if bound is not None:
+                session.update_session(session_update(bound))
             self.sessions[session.id] = session
             logger.info("[%s] connected (%d active)", session.id, len(self.sessions))
             receive = self._receiver(websocket)
@@ -322,11 +569,11 @@ class Ingress:
         except Exception:  # noqa: BLE001 - the Speaker may still be starting
             return [self.config.session.voice]
 
-    def _new_session(self, send, voices: list[str]) -> RealtimeSession:
+    def _new_session(self, send, voices: list[str], playback=None) -> RealtimeSession:
         return RealtimeSession(
             backends=self.backends, config=self.config.session, vad_config=self.config.vad,
             make_vad=SileroVad, send=send, llm=self.config.llm, voices=voices,
-            metrics=self.metrics, end_of_turn=self.end_of_turn,
+            metrics=self.metrics, end_of_turn=self.end_of_turn, playback=playback,
         )
 
     @staticmethod
@@ -442,7 +689,8 @@ class Ingress:
         self.metrics.refresh()  # probes come every few seconds: keeps the sessions gauge alive
         names = list(self.handles)
         results = await asyncio.gather(*(probe(name) for name in names))
-        deployments = {"Ingress": {"status": "healthy", "sessions": len(self.sessions)},
+        deployments = {"Ingress": {"status": "healthy", "sessions": len(self.sessions),
+                                   "webrtc": self.webrtc_counts()},
                        **dict(zip(names, results))}
         for name, report in deployments.items():  # what autoscaling has made of each stage
             if name in states:
@@ -456,6 +704,12 @@ class Ingress:
             overall = "healthy" if healthy else "unhealthy"
         return JSONResponse({"status": overall, "deployments": deployments},
                             status_code=200 if healthy else 503)
+
+    def webrtc_counts(self) -> dict[str, int]:
+        """Live WebRTC objects of this replica: a leak shows as a count that does not go back."""
+        return {"calls": len(self.calls), "peer_connections": CALL_COUNTS["peer_connections"],
+                "running_calls": CALL_COUNTS["calls"], "udp_sockets": udp_sockets(),
+                "tasks": len(asyncio.all_tasks())}
 
     @app.get("/stats")
     async def stats(self, request: Request) -> JSONResponse:

@@ -1,0 +1,85 @@
+"""Audio of a call: the caller's track decoded into the session, the reply paced onto ours.
+
+In: aiortc decodes the caller's Opus (48 kHz) into ``av.AudioFrame``s; :func:`pump_input`
+resamples each to mono pcm16 at the session's input rate (it follows ``session.update``) and
+hands it to the session as a :class:`~quillman.pipeline.session.PcmFrame`: no base64, no JSON.
+
+Out: :class:`ReplyTrack` is the one audio track we send. aiortc pulls a 20 ms frame at a time
+from ``recv()``; we hand one every 20 ms of wall time, from the session's
+:class:`~quillman.pipeline.playback.PlaybackBuffer` (silence when no reply plays), so what the
+buffer has given out is what the caller has been sent in real time: the played position a
+barge-in truncates at. Opus encoding is aiortc's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import logging
+import time
+from typing import Callable
+
+import av
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from quillman.pipeline.playback import PlaybackBuffer
+from quillman.pipeline.session import PcmFrame
+
+logger = logging.getLogger(__name__)
+
+RATE_HZ = 48000  # Opus's clock, what the track carries
+FRAME_S = 0.020
+FRAME_SAMPLES = int(RATE_HZ * FRAME_S)
+MAX_LAG_S = 0.5  # behind schedule by more than this (a stalled loop): restart the clock, don't burst
+
+
+class ReplyTrack(MediaStreamTrack):
+    kind = "audio"
+
+    def __init__(self, buffer: PlaybackBuffer):
+        super().__init__()
+        self.buffer = buffer
+        self._start: float | None = None
+        self._pts = 0
+        self.frames_sent = 0
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        else:
+            self._pts += FRAME_SAMPLES
+            due = self._start + self._pts / RATE_HZ
+            if now - due > MAX_LAG_S:
+                self._start = now - self._pts / RATE_HZ
+            elif due > now:
+                await asyncio.sleep(due - now)
+        pcm = self.buffer.take(FRAME_SAMPLES)
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = RATE_HZ
+        frame.pts = self._pts
+        frame.time_base = fractions.Fraction(1, RATE_HZ)
+        self.frames_sent += 1
+        return frame
+
+
+async def pump_input(track: MediaStreamTrack, rate_hz: Callable[[], int],
+                     put: Callable[[PcmFrame], None]) -> None:
+    """The caller's audio, frame by frame, into the session until the track ends."""
+    resampler: av.AudioResampler | None = None
+    current = 0
+    while True:
+        try:
+            frame = await track.recv()
+        except MediaStreamError:
+            return  # the caller's track ended (hang-up, peer connection closed)
+        wanted = rate_hz()
+        if resampler is None or wanted != current:
+            resampler, current = av.AudioResampler(format="s16", layout="mono", rate=wanted), wanted
+        for out in resampler.resample(frame):
+            pcm = out.to_ndarray().reshape(-1).astype(np.int16, copy=False)
+            if len(pcm):
+                put(PcmFrame(pcm))
