@@ -103,6 +103,9 @@ class Call:
             await self.close("bad offer")
             logger.info("[%s] offer refused: %r", self.id, exc)
             raise errors.InvalidSdp("the SDP offer cannot be negotiated (Opus audio is required)") from None
+        if "opus/48000" not in self.pc.localDescription.sdp.lower():
+            await self.close("bad offer")  # no codec in common: aiortc would answer with none
+            raise errors.InvalidSdp("the offer's audio has no Opus (48 kHz): it is the codec a call uses")
         if not self._has_channel:
             self._ready.set()  # audio only: the session's events have nowhere to go
         return self.pc.localDescription.sdp
