@@ -233,13 +233,6 @@ class WebRtcDisabled(HandshakeRefused):
     http_status = 404
 
 
-class PageSecretsDisabled(HandshakeRefused):
-    """``POST /web/client_secret`` while ``client_secrets.web_page_endpoint`` is off."""
-
-    code = "page_secrets_disabled"
-    http_status = 404
-
-
 class ClientSecretsExhausted(HandshakeRefused):
     code = "client_secrets_exhausted"
     type = "server_error"

@@ -1,12 +1,15 @@
-// The page: wires the state machine (state.js) to the microphone, the /v1/realtime socket,
-// playback and the DOM. Rules live in state.js; this file performs the effects it names and
-// turns DOM, audio and socket happenings into machine events.
+// The page: wires the state machine (state.js) to the microphone, the transport (a WebRTC call,
+// rtc.js, by default; the /v1/realtime websocket as the fallback), playback and the DOM. Rules
+// live in state.js; this file performs the effects it names and turns DOM, audio and transport
+// happenings into machine events. Over WebRTC the server plays the reply on a track and reports
+// it (output_audio_buffer.*); over the websocket the page plays the deltas itself (playback.js).
 
 import { FX, S, THINKING_TIMEOUT_MS, backoffDelay, initialState, isConnected, transition } from "./state.js";
 import { bytesToBase64, decodeAudio, meterLevel, pcm16ToBytes } from "./pcm.js";
 import { Player } from "./playback.js";
 import { Transcript } from "./transcript.js";
 import { DEMO_TOOLS, runTool } from "./demo-tools.js";
+import { CallRefused, TRANSPORT_KEY, chooseTransport, credential, openCall } from "./rtc.js";
 
 const SESSION_RATE = 24000; // the only pcm rate the GA protocol names
 const FRAME_MS = 40; // input_audio_buffer.append frame length
@@ -20,6 +23,8 @@ const API_KEY_STORE = "quillman.apiKey";
 const KEY_SUBPROTOCOL = "openai-insecure-api-key.";
 // The example tools are declared only when the page is opened as /#tools=demo.
 const DEMO_TOOLS_ON = new URLSearchParams(location.hash.slice(1)).get("tools") === "demo";
+// /#transport=websocket (or webrtc) picks the transport for this page, over the saved choice.
+const HASH_TRANSPORT = new URLSearchParams(location.hash.slice(1)).get("transport");
 
 // Paths are relative so the page also works behind a proxy prefix.
 const endpoint = (path) => new URL(path, document.baseURI);
@@ -34,6 +39,7 @@ const ui = {
   voiceField: $("voice-field"),
   voiceSelect: $("voice-select"),
   turnSelect: $("turn-select"),
+  transportSelect: $("transport-select"),
   notice: $("notice"),
   noticeText: $("notice-text"),
   noticeDismiss: $("notice-dismiss"),
@@ -56,7 +62,9 @@ const transcript = new Transcript(ui.transcript, { onChange: scrollToLatest });
 // ---- runtime state (everything the machine doesn't decide) ----------------------------------------
 
 let machine = initialState();
-let sock = null; // the live WebSocket, or null
+let sock = null; // the live link: a WebSocket, or a WebRTC call (rtc.js, kind "webrtc"); or null
+let rtcPlaying = null; // WebRTC: the response id whose audio the server's track is playing
+const remoteAudio = { el: null, analyser: null, timer: 0 };
 let connectGen = 0; // bumps on every connect/disconnect: late async results of an old try are ignored
 let reconnectTimer = 0;
 let thinkingTimer = 0;
@@ -94,6 +102,11 @@ const testHook = {
   turns: [], // one record per reply, in order
   errors: [], // server error events
   prewarm: null, // {ok, ms}
+  get transport() {
+    return sock?.kind === "webrtc" ? "webrtc" : sock ? "websocket" : null;
+  },
+  rtcAudioMs: 0, // WebRTC: ms of audible reply audio the page played from the server's track
+  rtcCallId: null,
 };
 window.__quillman = testHook;
 
@@ -142,7 +155,13 @@ function runEffect(fx, prevCtx) {
     case FX.STOP_PLAYBACK:
       // The server may have finished sending a reply we are still playing: cutting its audio
       // interrupts it for the listener whatever response.done said.
-      {
+      if (serverPlays()) {
+        // The server plays the reply: ask it to drop the rest (after a barge-in it already has;
+        // then this is a no-op). It truncates the item itself at what the track played.
+        const playing = rtcPlaying != null;
+        if (playing) send({ type: "output_audio_buffer.clear" });
+        if ((playing || prevCtx.responseOpen) && prevCtx.responseId) markInterrupted(prevCtx.responseId);
+      } else {
         const playedS = audio.player?.playedS ?? 0; // before stop() forgets what was scheduled
         if ((audio.player?.stop() || prevCtx.responseOpen) && prevCtx.responseId) {
           markInterrupted(prevCtx.responseId, playedS);
@@ -205,7 +224,88 @@ async function connect() {
     return;
   }
   if (gen !== connectGen) return; // the user hung up while we waited
-  openSocket();
+  openLink(gen);
+}
+
+const hasWebRtc = () => typeof RTCPeerConnection === "function";
+const transportChoice = () => chooseTransport(ui.transportSelect?.value, hasWebRtc());
+const serverPlays = () => sock?.kind === "webrtc";
+
+/** The page's credential (its key, or a one-use secret from the server), then the transport. */
+async function openLink(gen) {
+  let bearer = null;
+  try {
+    bearer = await credential({ apiKey, fetchImpl: fetch, url: endpoint("web/client_secret") });
+  } catch (err) {
+    if (gen !== connectGen) return;
+    dispatch(err instanceof CallRefused ? { type: "SOCKET_REFUSED" } : { type: "SOCKET_CLOSED", code: 0, reason: String(err) });
+    return;
+  }
+  if (gen !== connectGen) return;
+  if (transportChoice() === "webrtc") openRtc(gen, bearer);
+  else openSocket(bearer);
+}
+
+async function openRtc(gen, bearer) {
+  let link;
+  try {
+    link = await openCall({
+      url: endpoint("v1/realtime/calls"),
+      bearer,
+      stream: audio.stream,
+      Peer: RTCPeerConnection,
+      fetchImpl: fetch,
+      onEvent: (ev) => gen === connectGen && onServerEvent(ev),
+      onTrack: (stream, track) => gen === connectGen && playRemote(stream ?? new MediaStream([track])),
+      onClose: () => {
+        if (gen !== connectGen) return;
+        sock = null;
+        dispatch({ type: "SOCKET_CLOSED", code: 0, reason: "call ended" });
+      },
+    });
+  } catch (err) {
+    if (gen !== connectGen) return;
+    if (err instanceof CallRefused && err.status < 500) dispatch({ type: "SOCKET_REFUSED" });
+    else diagnoseRefusal({ code: 0, reason: String(err) });
+    return;
+  }
+  if (gen !== connectGen) {
+    link.close(); // hung up while the offer was out
+    return;
+  }
+  sock = link;
+  testHook.rtcCallId = link.callId;
+}
+
+/** The server's reply track: played by an <audio> element; its level, for the page's counters. */
+function playRemote(stream) {
+  stopRemote();
+  const el = new Audio();
+  el.autoplay = true;
+  el.srcObject = stream;
+  el.play?.().catch(() => {}); // allowed: the call started from a click
+  remoteAudio.el = el;
+  if (audio.ctx) {
+    const analyser = audio.ctx.createAnalyser();
+    analyser.fftSize = 1024;
+    audio.ctx.createMediaStreamSource(stream).connect(analyser); // not to the speakers: the element plays
+    remoteAudio.analyser = analyser;
+    const data = new Float32Array(analyser.fftSize);
+    remoteAudio.timer = setInterval(() => {
+      analyser.getFloatTimeDomainData(data);
+      let sum = 0;
+      for (const v of data) sum += v * v;
+      if (Math.sqrt(sum / data.length) > 0.005) testHook.rtcAudioMs += 50;
+    }, 50);
+  }
+}
+
+function stopRemote() {
+  clearInterval(remoteAudio.timer);
+  remoteAudio.analyser?.disconnect();
+  if (remoteAudio.el) remoteAudio.el.srcObject = null;
+  Object.assign(remoteAudio, { el: null, analyser: null, timer: 0 });
+  rtcPlaying = null;
 }
 
 function micErrorText(err) {
@@ -263,10 +363,10 @@ function readApiKey() {
   return sessionStorage.getItem(API_KEY_STORE);
 }
 
-function openSocket() {
+function openSocket(bearer) {
   const url = endpoint("v1/realtime");
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
-  const ws = apiKey ? new WebSocket(url, ["realtime", KEY_SUBPROTOCOL + apiKey]) : new WebSocket(url);
+  const ws = bearer ? new WebSocket(url, ["realtime", KEY_SUBPROTOCOL + bearer]) : new WebSocket(url);
   let opened = false;
   sock = ws;
   ws.onopen = () => (opened = true);
@@ -307,10 +407,14 @@ function closeSocket() {
   connectGen++;
   const ws = sock;
   sock = null;
-  if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000, "client closed");
+  if (ws?.kind === "webrtc") {
+    ws.close();
+    stopRemote();
+  } else if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000, "client closed");
 }
 
 function send(event) {
+  if (sock?.kind === "webrtc") return sock.send(event);
   if (!sock || sock.readyState !== WebSocket.OPEN) return false;
   sock.send(JSON.stringify(event));
   return true;
@@ -322,10 +426,12 @@ function configureSession() {
 }
 
 function sessionConfig() {
-  const output = { format: { type: "audio/pcm", rate: SESSION_RATE } };
+  // Over WebRTC the audio is the tracks' (Opus): no formats to name.
+  const format = serverPlays() ? {} : { format: { type: "audio/pcm", rate: SESSION_RATE } };
+  const output = { ...format };
   const voice = selectedVoice();
   if (voice) output.voice = voice;
-  const input = { format: { type: "audio/pcm", rate: SESSION_RATE } };
+  const input = { ...format };
   const turn = turnDetection();
   if (turn) input.turn_detection = turn; // else the server's default mode
   return { type: "realtime", audio: { input, output },
@@ -350,7 +456,7 @@ function onTurnChange() {
 function onMicFrame({ pcm, rms, time }) {
   if (!muted && rms >= VOICED_RMS) lastVoicedTime = time;
   updateMeter(muted ? 0 : rms);
-  if (!isConnected(machine.state)) return;
+  if (!isConnected(machine.state) || serverPlays()) return; // WebRTC: the mic track carries the audio
   // A stalled server must not make us buffer audio without bound: drop, and say so in the counts.
   if (sock && sock.bufferedAmount > MAX_SOCKET_BACKLOG) {
     testHook.framesDropped++;
@@ -431,6 +537,22 @@ function onServerEvent(ev) {
     case "response.done":
       onResponseDone(ev.response ?? {});
       break;
+    // WebRTC: the server's track started / finished / stopped playing a reply.
+    case "output_audio_buffer.started":
+      rtcPlaying = ev.response_id;
+      if (isLive(ev.response_id)) {
+        const r = replies.get(ev.response_id);
+        if (r) r.chunks++;
+        onPlaybackStart(audio.ctx?.currentTime ?? 0);
+      }
+      break;
+    case "output_audio_buffer.stopped":
+    case "output_audio_buffer.cleared":
+      if (rtcPlaying === ev.response_id) rtcPlaying = null;
+      dispatch({ type: "PLAYBACK_DRAINED" });
+      break;
+    case "conversation.item.truncated":
+      break; // the server cut an interrupted reply at what was heard
     case "error": {
       const err = ev.error ?? {};
       testHook.errors.push(err);
@@ -487,7 +609,7 @@ function markInterrupted(responseId, playedS = 0) {
   if (r) {
     r.interrupted = true;
     r.playedMs = Math.round(playedS * 1000);
-    if (r.status !== "in_progress") sendTruncate(r);
+    if (r.status !== "in_progress" && !serverPlays()) sendTruncate(r);
   }
   transcript.replyInterrupted(responseId);
 }
@@ -505,7 +627,7 @@ function onResponseDone(response) {
   if (r) {
     r.status = response.status ?? "completed";
     r.timings = response.timings ?? null;
-    if (r.interrupted) sendTruncate(r);
+    if (r.interrupted && !serverPlays()) sendTruncate(r);
   }
   transcript.replyDone(response.id, {
     status: response.status,
@@ -618,6 +740,11 @@ async function prewarm() {
       dispatch({ type: "SERVER_FAILED", failures });
       return;
     }
+    if (res.status === 401 && !apiKey) {
+      testHook.prewarm = { ok: true, skipped: true, ms: Math.round(performance.now() - started) };
+      dispatch({ type: "PREWARM_SKIPPED" });
+      return;
+    }
     if (!res.ok) throw new Error(`HTTP ${res.status}`);
     testHook.prewarm = { ok: true, ms: Math.round(performance.now() - started) };
     dispatch({ type: "PREWARM_OK" });
@@ -654,7 +781,8 @@ function statusText() {
   return STATUS[state];
 }
 
-const WARM_TEXT = { pending: null, ready: "Models ready", failed: "Warm-up failed", broken: "A model failed to start" };
+const WARM_TEXT = { pending: null, ready: "Models ready", skipped: "Ready", failed: "Warm-up failed",
+                    broken: "A model failed to start" };
 
 function render() {
   const { state, ctx } = machine;
@@ -720,6 +848,12 @@ ui.textForm.addEventListener("submit", onSubmitText);
 ui.voiceSelect.addEventListener("change", onVoiceChange);
 ui.turnSelect.value = localStorage.getItem(TURN_KEY) ?? "";
 ui.turnSelect.addEventListener("change", onTurnChange);
+if (ui.transportSelect) {
+  ui.transportSelect.value = chooseTransport(HASH_TRANSPORT ?? localStorage.getItem(TRANSPORT_KEY), hasWebRtc());
+  if (!hasWebRtc()) ui.transportSelect.disabled = true;
+  // Applies from the next call (or reconnect): a live call keeps its transport.
+  ui.transportSelect.addEventListener("change", () => localStorage.setItem(TRANSPORT_KEY, ui.transportSelect.value));
+}
 document.addEventListener("keydown", (e) => {
   // "M" toggles mute, except while typing.
   if (e.key.toLowerCase() !== "m" || e.ctrlKey || e.metaKey || e.altKey) return;
@@ -727,7 +861,7 @@ document.addEventListener("keydown", (e) => {
   if (!ui.muteButton.disabled) setMuted(!muted);
 });
 window.addEventListener("pagehide", () => {
-  closeSocket();
+  closeSocket(); // a WebRTC call too: its peer connection closes, the server ends the call
   releaseMic();
 });
 

@@ -129,6 +129,9 @@ const CONNECTED = {
 export const TABLE = Object.freeze({
   [S.WARMING]: {
     PREWARM_OK: { target: S.IDLE, assign: () => ({ warm: "ready" }) },
+    // A keyed server's /prewarm needs the key a page using client secrets does not have: the
+    // first reply may just be slower. Not a failure, and no claim that the models are warm.
+    PREWARM_SKIPPED: { target: S.IDLE, assign: () => ({ warm: "skipped" }) },
     PREWARM_FAILED: { target: S.IDLE, assign: prewarmFailed },
     SERVER_FAILED: { target: S.ERROR, assign: serverFailed },
     // Starting before warm-up ends is allowed: the server just answers later.
@@ -256,6 +259,7 @@ const ANY = {
   },
   // Warm-up may finish after the user already started a call.
   PREWARM_OK: { assign: () => ({ warm: "ready" }) },
+  PREWARM_SKIPPED: { assign: () => ({ warm: "skipped" }) },
   PREWARM_FAILED: { assign: prewarmFailed },
   // A model deployment failed to start (GET /prewarm or /healthz said which): waiting is pointless.
   SERVER_FAILED: { assign: serverFailed },

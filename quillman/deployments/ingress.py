@@ -357,10 +357,12 @@ class Ingress:
     async def page_client_secret(self, request: Request) -> Response:
         """The web page's backend endpoint: a secret for this page's next call, so that a page
         served by a keyed server never holds the key. Off unless
-        ``client_secrets.web_page_endpoint``; from this server's own pages (Origin) only."""
+        ``client_secrets.web_page_endpoint`` (then 204: no secret); from this server's own pages
+        (Origin) only."""
         if not self.config.client_secrets.web_page_endpoint:
-            return refusal_response(errors.PageSecretsDisabled(
-                "this server gives the page no client secrets (client_secrets.web_page_endpoint)"))
+            # 204, not an error: the page then connects without a credential (or with the key
+            # it was given), and the browser logs nothing.
+            return Response(status_code=204)
         if "origin" not in request.headers:
             return refusal_response(errors.OriginNotAllowed("only the server's web page may ask for a secret"))
         if (refusal := security.check_origin(request.headers, self.config.server.allowed_origins)) is not None:

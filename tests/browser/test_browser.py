@@ -41,6 +41,8 @@ LAUNCH_ARGS = [
     "--disable-component-update",
     "--disable-sync",
     "--use-fake-device-for-media-stream",
+    # WebRTC host candidates as addresses, not mDNS names (nothing answers mDNS in a container).
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
 ]
 FAKE_UI = "--use-fake-ui-for-media-stream"  # auto-accepts the mic prompt
 
@@ -150,7 +152,9 @@ def open_page(sync_playwright, name: str, *, wav: Path | None = None, fake_ui: b
             browser.close()
 
 
-def _load_and_warm(page, server_url: str, path: str = "/") -> None:
+def _load_and_warm(page, server_url: str, path: str = "/#transport=websocket") -> None:
+    # These tests check the websocket transport (the page's own playback); test_webrtc_page.py
+    # the default one.
     page.goto(server_url + path)
     # GET /prewarm returns once every model is loaded; the pill then says so.
     page.wait_for_function("() => window.__quillman && window.__quillman.prewarm !== null", timeout=300_000)
@@ -311,7 +315,7 @@ def test_mic_denied_then_type_reconnect_and_errors(server_url, sync_playwright):
             page.route(re.compile(r"/voices$"), lambda route: route.fulfill(status=404, json={"detail": "Not Found"}))
             # An API key in the address is taken, kept off the screen, and offered as the subprotocol
             # browsers use for it (this server has no keys configured, so it just accepts).
-            _load_and_warm(page, server_url, "/#key=test-key")
+            _load_and_warm(page, server_url, "/#key=test-key&transport=websocket")
             assert page.url == server_url + "/"
             assert page.locator("#voice-field").is_hidden()
             page.get_by_role("button", name=re.compile("Start talking")).click()

@@ -283,3 +283,21 @@ test("several failed models are named together", () => {
   const text = serverFailedText([{ role: "the language model" }, { role: "speech synthesis (TTS)", reason: "x" }]);
   assert.equal(text, "The language model and speech synthesis (TTS) failed to start. Run `quillman doctor` on the server to see why. (x)");
 });
+
+test("a warm-up the page may not run (a keyed server, a page with a client secret) is skipped, not failed", () => {
+  const m = run(["PREWARM_SKIPPED"]);
+  assert.equal(m.state, S.IDLE);
+  assert.equal(m.ctx.warm, "skipped");
+  assert.equal(m.ctx.notice, null);
+  const during = run(["PREWARM_SKIPPED"], run([{ type: "START", mode: "voice" }]));
+  assert.equal(during.state, S.CONNECTING);
+  assert.equal(during.ctx.warm, "skipped");
+});
+
+test("over WebRTC the server's stopped event ends a reply's playback like the page's own drain", () => {
+  let m = run([{ type: "SPEECH_STARTED" }, { type: "SPEECH_STOPPED" }, { type: "RESPONSE_CREATED", responseId: "r1" },
+               { type: "AUDIO_STARTED", responseId: "r1" }, { type: "RESPONSE_DONE", responseId: "r1" }], listening());
+  assert.equal(m.state, S.ASSISTANT_SPEAKING); // output_audio_buffer.stopped comes after response.done
+  m = run(["PLAYBACK_DRAINED"], m);
+  assert.equal(m.state, S.LISTENING);
+});

@@ -1,0 +1,85 @@
+"""The web client over WebRTC (its default) in headless Chromium, against a keyed server.
+
+The server requires an API key and gives its own page one-use client secrets
+(``client_secrets.web_page_endpoint``): the page is opened without a key, gets a secret from
+``POST /web/client_secret``, opens a call with it (``POST /v1/realtime/calls``), speaks a question
+from Chromium's fake microphone (an espeak-ng WAV) over the Opus track, and plays the reply from
+the server's track. The API key never reaches the page.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+
+from quillman.server_process import ROOT, serve_run
+from test_browser import (ARTIFACTS, MAX_WER, QUESTIONS, READ_PAGE, _save, _wer, open_page,  # noqa: F401
+                          sync_playwright, synthesize_fake_mic)
+
+pytestmark = pytest.mark.browser
+
+API_KEY = "quillman-browser-key"
+PORT = 8006
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("webrtc-keyed")
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    config["applications"][0]["args"]["client_secrets"] = {"web_page_endpoint": True}
+    path = folder / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    with serve_run(path, port=PORT, log_path=folder / "serve.log", env={"QUILLMAN_API_KEYS": API_KEY}) as server:
+        yield server, folder / "serve.log"
+
+
+def test_a_spoken_question_over_webrtc_with_a_client_secret(keyed_server, sync_playwright, tmp_path):
+    server, log_path = keyed_server
+    url = server.url
+    wav = tmp_path / "question.wav"
+    spans = synthesize_fake_mic(wav, [(1.5, QUESTIONS[0])])
+    console: list[str] = []
+    requests: list[str] = []
+    result: dict = {"question": QUESTIONS[0], "span_s": spans}
+    try:
+        with open_page(sync_playwright, "webrtc", wav=wav, console=console, requests=requests) as page:
+            page.goto(url + "/")
+            page.wait_for_function("() => window.__quillman && window.__quillman.prewarm !== null", timeout=60_000)
+            assert page.locator("#transport-select").input_value() == "webrtc"
+            page.get_by_role("button", name=re.compile("Start talking")).click()
+            page.wait_for_function("() => window.__quillman.state === 'listening'", timeout=60_000)
+            assert page.evaluate("() => window.__quillman.transport") == "webrtc"
+            page.wait_for_function(
+                """() => {
+                  const q = window.__quillman, t = q.turns[0];
+                  return t && t.status !== 'in_progress' && q.state === 'listening' && q.rtcAudioMs > 0
+                    && document.querySelectorAll('.msg-user:not(.is-pending)').length >= 1;
+                }""",
+                timeout=180_000,
+            )
+            state = result["final"] = page.evaluate(READ_PAGE)
+            state["rtcAudioMs"] = page.evaluate("() => window.__quillman.rtcAudioMs")
+            turn = state["q"]["turns"][0]
+            assert _wer(QUESTIONS[0], state["users"][0]) <= MAX_WER, state["users"]
+            assert state["assistants"][0].strip(), state["assistants"]
+            assert turn["status"] == "completed" and turn["clientLatencyMs"] is not None, turn
+            events = state["q"]["events"]
+            assert events.get("output_audio_buffer.started") and events.get("output_audio_buffer.stopped"), events
+            assert "response.output_audio.delta" not in events  # the audio came on the track
+            assert state["q"]["framesSent"] == 0  # no base64 audio over the channel
+            assert state["rtcAudioMs"] >= 500, state["rtcAudioMs"]  # the reply was audible in the page
+            assert not state["q"]["errors"], state["q"]["errors"]
+            page.screenshot(path=str(ARTIFACTS / "webrtc.png"))
+            # The page asked its server for a secret and never had the key.
+            assert any(u.endswith("/web/client_secret") for u in requests)
+            assert API_KEY not in json.dumps(page.evaluate("() => ({...sessionStorage, ...localStorage})"))
+            assert API_KEY not in page.content()
+            refused = [c for c in console if c.startswith(("error", "pageerror")) and "401" not in c]
+            assert not refused, console  # (401: the page may not run /prewarm on a keyed server)
+    finally:
+        _save("webrtc", result, console)
+    # Secrets never reach the log (a secret is ek_ and 43 URL-safe characters).
+    assert not re.search(r"ek_[A-Za-z0-9_-]{40}", log_path.read_text(errors="replace"))
