@@ -19,8 +19,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 PREFIX = "ek_"
 REMEMBER_EXPIRED_S = 3600.0  # an expired secret is told apart from an unknown one this long

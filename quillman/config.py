@@ -331,7 +331,7 @@ class WebRtcConfig(_Strict):
     # STUN (server-reflexive candidates) and TURN (relay) servers; aiortc uses the first of each.
     ice_servers: list[IceServer] = Field(default_factory=list)
     # A call whose ICE (and DTLS) does not complete within this is closed and forgotten.
-    connect_timeout_s: float = Field(15.0, gt=0, le=120)
+    connect_timeout_s: float = Field(10.0, gt=0, le=120)
     # Client events from the data channel waiting for the session: past this the channel is
     # flooding and further events are refused (rate_limit_exceeded) until it drains.
     max_event_backlog: int = Field(256, ge=8)

@@ -7,6 +7,10 @@ side voice-to-voice latency (last speech sample sent -> first reply audio byte r
 p50/p95/p99, the server's per-stage timings (``response.done`` -> ``timings``), transcript WER,
 reply real-time factor, turns completed / failed / cancelled / lost, and the machine's CPU use.
 
+``--transport websocket,webrtc`` runs every level over both transports on the same run (WebRTC:
+an aiortc caller on ``POST /v1/realtime/calls``, :mod:`quillman.loadtest.webrtc_talker`); their
+levels are labelled ``webrtc:<variant>``.
+
 ``--baseline`` runs every level twice: the streaming pipeline and the server's naive sequential
 one (``session.quillman.pipeline = "sequential"``: whole utterance transcribed after it ends ->
 full LLM reply -> one synthesis -> send), and reports their ratio. ``--start`` runs
@@ -71,7 +75,18 @@ class Progress:
 VARIANTS = ("streaming", "server_vad")
 
 
+TRANSPORTS = ("websocket", "webrtc")
+WEBRTC_PREFIX = "webrtc:"
+
+
 async def _connect(url: str, mode: str) -> RealtimeClient:
+    if mode.startswith(WEBRTC_PREFIX):
+        from quillman.loadtest.webrtc_talker import WebRtcTalker
+
+        inner = mode[len(WEBRTC_PREFIX):]
+        talker = WebRtcTalker(url, None if inner == "streaming" else {"type": "server_vad"})
+        await talker.connect(session={"quillman": {"pipeline": "sequential" if inner == "sequential" else "streaming"}})
+        return talker
     client = RealtimeClient(url, turn_detection=None if mode == "streaming" else {"type": "server_vad"})
     pipeline = "sequential" if mode == "sequential" else "streaming"
     await client.connect(session={"quillman": {"pipeline": pipeline}})
@@ -251,8 +266,17 @@ def parse_variants(text: str) -> list[str]:
     return values
 
 
+def parse_transports(text: str) -> list[str]:
+    values = [v.strip() for v in str(text).split(",") if v.strip()]
+    if not values or any(v not in TRANSPORTS for v in values):
+        raise argparse.ArgumentTypeError(f"--transport wants websocket and/or webrtc; got {text!r}")
+    return values
+
+
 def _run_sweep(url: str, args: argparse.Namespace) -> dict[str, Any]:
-    modes = list(args.variants) + (["sequential"] if args.baseline else [])
+    variants = list(args.variants) + (["sequential"] if args.baseline else [])
+    modes = [m for t in args.transport for m in (variants if t == "websocket" else
+                                                   [WEBRTC_PREFIX + v for v in variants])]
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     clips = spoken_questions()
     if args.warmup_turns:
@@ -267,6 +291,7 @@ def _run_sweep(url: str, args: argparse.Namespace) -> dict[str, Any]:
                   f"{s['lost']} lost; v2v p50 {s['latency_ms']['p50']} ms p95 {s['latency_ms']['p95']} ms; "
                   f"WER {s['wer_mean']}; CPU {s['cpu'].get('mean_pct')}% mean", file=sys.stderr)
     settings = {"concurrency": args.concurrency, "turns": args.turns, "together": args.together,
+                "transports": args.transport,
                 "duration_s": args.duration, "pause_s": args.pause_s, "warmup_turns": args.warmup_turns,
                 "modes": modes, "rounds": len(split_turns(args.turns, args.rounds)) if len(modes) > 1 else 1,
                 "questions": len(clips), "chunk_ms": 20}
@@ -346,6 +371,8 @@ def add_arguments(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("--variants", type=parse_variants, default=list(VARIANTS),
                        help="comma-separated: streaming (the server's own turn detection: what users get), "
                             "server_vad; measured in alternating blocks of one run")
+    bench.add_argument("--transport", type=parse_transports, default=["websocket"],
+                       help="comma-separated: websocket, webrtc (both: measured in alternating blocks of one run)")
     bench.add_argument("--rounds", type=int, default=2,
                        help="with several variants: alternate them in this many blocks per level")
     bench.add_argument("--slo-ms", type=float, default=DEFAULT_SLO_MS,
@@ -380,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     ``quillman bench qa ARGS`` scores answers instead (quillman.loadtest.qa), ``quillman bench
     turns ARGS`` replays the labeled turn-taking set (quillman.loadtest.turn_replay), ``quillman
     bench asr ARGS`` the ASR's word error rate per input format (quillman.loadtest.asr_bench),
-    ``quillman bench replay ARGS`` counts replayed answers (quillman.loadtest.replay)."""
+    ``quillman bench replay ARGS`` counts replayed answers (quillman.loadtest.replay), ``quillman
+    bench webrtc-leaks ARGS`` opens and closes WebRTC calls in a loop (quillman.loadtest.webrtc_leaks)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["turns"]:
         from quillman.loadtest.turn_replay import main as turns_main
@@ -394,6 +422,10 @@ def main(argv: list[str] | None = None) -> int:
         from quillman.loadtest.replay import main as replay_main
 
         return replay_main(argv[1:])
+    if argv[:1] == ["webrtc-leaks"]:
+        from quillman.loadtest.webrtc_leaks import main as leaks_main
+
+        return leaks_main(argv[1:])
     if argv[:1] == ["asr"]:
         from quillman.loadtest.asr_bench import main as asr_main
 

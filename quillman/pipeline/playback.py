@@ -11,8 +11,9 @@ its own real-time schedule; this module only does the bookkeeping.
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 

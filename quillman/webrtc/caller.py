@@ -123,7 +123,7 @@ class WebRtcCaller:
         self._tasks: list[asyncio.Task] = []
         self.channel = None
 
-    async def __aenter__(self) -> "WebRtcCaller":
+    async def __aenter__(self) -> WebRtcCaller:
         await self.connect()
         return self
 

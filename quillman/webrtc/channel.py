@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from quillman import errors, protocol
 from quillman.pipeline.session import ClientInput, PcmFrame

@@ -17,7 +17,7 @@ import asyncio
 import fractions
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import av
 import numpy as np

@@ -107,7 +107,7 @@ class ConfiguredConnection(aioice.ice.Connection):
                         candidate, _ = await asyncio.wait_for(
                             aioice.ice.server_reflexive_candidate(protocol, self.stun_server), timeout)
                         candidates.append(candidate)
-                    except (OSError, asyncio.TimeoutError, aioice.ice.stun.TransactionError):
+                    except (TimeoutError, OSError, aioice.ice.stun.TransactionError):
                         logger.info("STUN request to %s failed", self.stun_server)
         if self.turn_server:
             candidates += await super().get_component_candidates(component, [], timeout)

@@ -14,10 +14,19 @@ import re
 
 import pytest
 import yaml
+from test_browser import (  # noqa: F401
+    ARTIFACTS,
+    MAX_WER,
+    QUESTIONS,
+    READ_PAGE,
+    _save,
+    _wer,
+    open_page,
+    sync_playwright,
+    synthesize_fake_mic,
+)
 
 from quillman.server_process import ROOT, serve_run
-from test_browser import (ARTIFACTS, MAX_WER, QUESTIONS, READ_PAGE, _save, _wer, open_page,  # noqa: F401
-                          sync_playwright, synthesize_fake_mic)
 
 pytestmark = pytest.mark.browser
 

@@ -104,7 +104,7 @@ async def test_a_spoken_two_turn_conversation_over_webrtc(server_url, transcribe
             while True:
                 try:
                     seen.append(json.loads(await asyncio.wait_for(sideband.recv(), 1))["type"])
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             assert "response.done" in seen and "output_audio_buffer.stopped" in seen
     finally:
@@ -184,3 +184,11 @@ async def test_a_hung_up_call_and_an_unknown_sideband(server_url, no_leaks):
         with pytest.raises(websockets.exceptions.InvalidStatus) as info:
             await websockets.connect(server_url.replace("http", "ws") + "/v1/realtime?call_id=rtc_nope", open_timeout=30)
         assert info.value.response.status_code == 404
+
+
+async def test_calls_opened_and_closed_in_a_loop_leak_nothing(server_url):
+    from quillman.loadtest.webrtc_leaks import loop
+
+    report = await loop(server_url, 20)
+    assert report["failed"] == 0, report
+    assert all(v <= 0 for v in report["leaked"].values()), report

@@ -5,7 +5,6 @@ peer connections, calls and UDP sockets go back to where they were after each te
 from __future__ import annotations
 
 import asyncio
-import json
 
 import numpy as np
 import pytest
@@ -108,7 +107,7 @@ async def test_barge_in_cuts_the_track_and_truncates_at_the_played_position(back
 
 async def test_output_audio_buffer_clear_from_the_client(backends, session_config, phrases_24k, no_leaks):
     backends.reply = " ".join(["word"] * 40)
-    caller, call, task = await open_call(Voiced(backends), session_config)
+    caller, _call, task = await open_call(Voiced(backends), session_config)
     caller.say(np.concatenate([phrases_24k[0], np.zeros(24000, np.int16)]), 24000)
     await caller.wait_for("output_audio_buffer.started", TIMEOUT_S)
     caller.send({"type": "output_audio_buffer.clear", "event_id": "c1"})
@@ -118,7 +117,7 @@ async def test_output_audio_buffer_clear_from_the_client(backends, session_confi
 
 
 async def test_append_on_the_data_channel_is_refused(backends, session_config, no_leaks):
-    caller, call, task = await open_call(backends, session_config)
+    caller, _call, task = await open_call(backends, session_config)
     caller.send({"type": "input_audio_buffer.append", "audio": "AAAA", "event_id": "a1"})
     error = await caller.wait_for("error", TIMEOUT_S)
     assert error["error"]["code"] == "unsupported_event" and error["error"]["event_id"] == "a1"
