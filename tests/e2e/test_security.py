@@ -266,6 +266,40 @@ async def test_sessions_beyond_the_cap_are_refused_not_queued(ws_url, server_url
     assert await wait_sessions(server_url, 0) == 0
 
 
+# --- ephemeral client secrets (ek_...) ------------------------------------------------------------
+
+
+async def test_a_client_secret_opens_one_socket_and_one_call_only(server_url, ws_url):
+    """Minted with the key (the shared Ray actor holds it), used once; reused, unknown or used
+    to mint: refused with stable codes. The WebRTC side: tests/e2e/test_webrtc.py."""
+    from quillman.webrtc.caller import CallRefused, WebRtcCaller
+
+    async with httpx.AsyncClient(timeout=60) as http:
+        async def mint(key=API_KEY, **body):
+            return await http.post(f"{server_url}/v1/realtime/client_secrets", json=body, headers=bearer(key))
+
+        minted = await mint(expires_after={"anchor": "created_at", "seconds": 60},
+                            session={"type": "realtime", "instructions": "Be brief."})
+        assert minted.status_code == 200, minted.text
+        secret = minted.json()["value"]
+        assert secret.startswith("ek_") and minted.json()["session"]["instructions"] == "Be brief."
+        ws = await open_session(ws_url, subprotocols=["realtime", KEY_SUBPROTOCOL + secret])
+        await ws.close()
+        assert await refused(ws_url, subprotocols=[KEY_SUBPROTOCOL + secret]) == (401, "client_secret_already_used")
+        assert await refused(ws_url, subprotocols=[KEY_SUBPROTOCOL + "ek_unknown"]) == (401, "invalid_client_secret")
+        assert (await mint(key=secret)).json()["error"]["code"] == "client_secret_not_allowed"
+        assert (await mint(key=None)).status_code == 401
+
+        call_secret = (await mint()).json()["value"]
+        caller = WebRtcCaller(server_url, key=call_secret)
+        await caller.connect()
+        await caller.close()
+        again = WebRtcCaller(server_url, key=call_secret)
+        with pytest.raises(CallRefused) as info:
+            await again.connect()
+        assert (info.value.status, info.value.code) == (401, "client_secret_already_used")
+
+
 # --- where it listens -----------------------------------------------------------------------------
 
 
