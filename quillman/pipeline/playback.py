@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+import soxr
 
 from quillman import protocol
-from quillman.audio import resample
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,9 @@ class _Reply:
 class PlaybackBuffer:
     """Reply audio waiting for the track, per response in arrival order.
 
-    ``emit`` gets ``output_audio_buffer.started`` when a response's first audio goes onto the
-    track, ``stopped`` when a finished response's audio has all been played, ``cleared`` when
+    ``emit`` gets ``output_audio_buffer.started`` when a response's first audio is queued for the
+    track (it plays within one 20 ms frame; sent then, it comes before the response's
+    ``output_audio.done`` and ``response.done``, as in GA), ``stopped`` when a finished response's audio has all been played, ``cleared`` when
     :meth:`clear` drops unplayed audio.
     """
 
@@ -70,18 +71,35 @@ class PlaybackBuffer:
     _chunks: collections.deque[_Chunk] = field(default_factory=collections.deque)
     _replies: dict[str, _Reply] = field(default_factory=dict)  # response id -> its playback
     _dropped: set[str] = field(default_factory=set)  # responses cut by clear(): later audio ignored
+    # One streaming resampler per response: its chunks join without clicks at their edges.
+    _resamplers: dict[str, soxr.ResampleStream] = field(default_factory=dict)
 
     def play(self, event: protocol.OutputAudioDelta) -> None:
         if event.pcm is None or not len(event.pcm) or event.response_id in self._dropped:
             return
-        pcm = resample(np.asarray(event.pcm, dtype=np.int16), event.rate_hz, self.rate_hz)
-        self._replies.setdefault(event.response_id, _Reply(event.item_id))
-        self._chunks.append(_Chunk(event.response_id, event.item_id, pcm))
+        pcm = np.asarray(event.pcm, dtype=np.int16)
+        if event.rate_hz != self.rate_hz:
+            stream = self._resamplers.get(event.response_id)
+            if stream is None:
+                stream = self._resamplers[event.response_id] = soxr.ResampleStream(
+                    event.rate_hz, self.rate_hz, 1, dtype="int16")
+            pcm = stream.resample_chunk(pcm)
+        reply = self._replies.setdefault(event.response_id, _Reply(event.item_id))
+        if not reply.started:
+            reply.started = True
+            self.emit(protocol.OutputAudioBufferStarted(response_id=event.response_id))
+        if len(pcm):
+            self._chunks.append(_Chunk(event.response_id, event.item_id, pcm))
 
     def response_finished(self, response_id: str) -> None:
+        stream = self._resamplers.pop(response_id, None)
         reply = self._replies.get(response_id)
         if reply is None:
             return  # no audio: nothing was or will be played
+        if stream is not None:  # the resampler's last samples
+            tail = stream.resample_chunk(np.zeros(0, dtype=np.int16), last=True)
+            if len(tail):
+                self._chunks.append(_Chunk(response_id, reply.item_id, tail))
         reply.finished = True
         self._stop_drained()
 
@@ -104,9 +122,6 @@ class PlaybackBuffer:
         while filled < samples and self._chunks:
             chunk = self._chunks[0]
             reply = self._replies[chunk.response_id]
-            if not reply.started:
-                reply.started = True
-                self.emit(protocol.OutputAudioBufferStarted(response_id=chunk.response_id))
             n = min(samples - filled, len(chunk.pcm) - chunk.offset)
             out[filled:filled + n] = chunk.pcm[chunk.offset:chunk.offset + n]
             chunk.offset += n
@@ -135,6 +150,8 @@ class PlaybackBuffer:
                     self.emit(protocol.OutputAudioBufferCleared(response_id=response_id))
                 cuts.append(Cut(response_id, reply.item_id, reply.played * 1000 // self.rate_hz))
         self._dropped.update(c.response_id for c in cuts)
+        for cut in cuts:
+            self._resamplers.pop(cut.response_id, None)
         return cuts
 
     def _stop_drained(self) -> None:

@@ -17,13 +17,13 @@ def kinds(events) -> list[tuple[str, str]]:
     return [(e.type, e.response_id) for e in events]
 
 
-def test_started_on_first_take_stopped_once_drained_after_finish():
+def test_started_on_the_first_audio_stopped_once_drained_after_finish():
     events = []
     buffer = PlaybackBuffer(events.append)
     buffer.play(delta("r1", "i1", 1500))
-    assert events == []  # queued, not yet played
-    assert buffer.take(960).min() == 100
-    assert kinds(events) == [("output_audio_buffer.started", "r1")]
+    assert kinds(events) == [("output_audio_buffer.started", "r1")]  # before its response.done
+    buffer.play(delta("r1", "i1", 0))
+    assert buffer.take(960).min() == 100 and len(events) == 1
     buffer.response_finished("r1")
     tail = buffer.take(960)
     assert (tail[:540] == 100).all() and (tail[540:] == 0).all()  # then silence
@@ -40,10 +40,14 @@ def test_not_stopped_before_the_response_is_done():
     assert kinds(events) == [("output_audio_buffer.started", "r1")]
 
 
-def test_resampled_to_the_track_rate():
+def test_resampled_to_the_track_rate_as_one_stream():
     buffer = PlaybackBuffer(lambda e: None)
-    buffer.play(delta("r1", "i1", 2400, rate=24000))
-    assert buffer.queued_samples == 4800
+    for _ in range(4):  # 4 x 50 ms at 24 kHz
+        buffer.play(delta("r1", "i1", 1200, rate=24000))
+    buffer.response_finished("r1")  # flushes the resampler's tail
+    assert abs(buffer.queued_samples - 9600) <= 2
+    played = np.concatenate([buffer.take(960) for _ in range(10)])
+    assert np.abs(played[200:9400].astype(int) - 100).max() <= 2  # no clicks between chunks
 
 
 def test_clear_cuts_at_the_played_position_and_drops_later_audio():
