@@ -2,10 +2,11 @@
 ``connect`` / ``talk`` / ``stream_audio`` / ``close`` that ``quillman bench`` uses with the
 websocket client, so one sweep measures both transports on the same run.
 
-Latency is taken where the websocket client takes it, as far as the transport lets it: from the
-moment the last speech sample goes out on the microphone track to the first audible reply frame
-arriving on the reply track (the server paces that track in real time, so the first frame that
-arrives is the first one played). The reply audio is what the track carried from
+Latency is taken as the websocket client takes it: from when the sample at the server's
+``speech_stopped.audio_end_ms`` went out on the microphone track (the server's input timeline
+counts the track's frames from its first) to the first reply frame with any signal arriving on
+the reply track (the server paces that track in real time: the first frame that arrives is the
+first one played; the websocket client takes the first audio delta, leading silence included). The reply audio is what the track carried from
 ``output_audio_buffer.started`` to ``stopped``.
 """
 
@@ -22,6 +23,7 @@ from quillman.client import TurnResult
 from quillman.webrtc.caller import RATE_HZ, WebRtcCaller
 
 TAIL_S = 0.2  # after output_audio_buffer.stopped, frames still in flight
+SIGNAL_RMS = 1.0  # a frame with any signal (between replies the track carries digital silence)
 
 
 def http_base(url: str) -> str:
@@ -57,7 +59,7 @@ class WebRtcTalker:
     async def talk(self, pcm: np.ndarray, sample_rate_hz: int, timeout: float) -> TurnResult:
         caller = self.caller
         since = len(caller.events)
-        spoken_until = caller.say(pcm, sample_rate_hz)
+        caller.say(pcm, sample_rate_hz)
         result = TurnResult(sample_rate_hz=RATE_HZ)
         done = await caller.wait_for("response.done", timeout, since)
         response = done["response"]
@@ -73,9 +75,11 @@ class WebRtcTalker:
             stopped = await caller.wait_for("output_audio_buffer.stopped", timeout, since, response_id=response["id"])
             await asyncio.sleep(TAIL_S)
             result.reply_audio = caller.heard.audio(since=started["_t"] - 0.1, until=stopped["_t"] + TAIL_S)
-            first = caller.heard.first_sound(spoken_until)
+            stopped_speech = next((e for e in events if e["type"] == "input_audio_buffer.speech_stopped"), None)
+            speech_end = caller.mic.sent_at(stopped_speech["audio_end_ms"]) if stopped_speech else None
+            first = caller.heard.first_sound(speech_end, SIGNAL_RMS) if speech_end is not None else None
             if first is not None:
-                result.latency_ms = round((first - spoken_until) * 1000, 1)
+                result.latency_ms = round((first - speech_end) * 1000, 1)
         try:
             heard = await caller.wait_for("conversation.item.input_audio_transcription.completed", 10, since)
             result.user_transcript = heard.get("transcript")

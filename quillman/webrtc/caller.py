@@ -52,6 +52,11 @@ class MicTrack(MediaStreamTrack):
     def speaking(self) -> bool:
         return bool(self._queue)
 
+    def sent_at(self, audio_ms: float) -> float | None:
+        """When (monotonic) the sample at ``audio_ms`` of this track's timeline went out: the
+        server's input timeline (``speech_stopped.audio_end_ms``) counts from its first frame."""
+        return None if self._start is None else self._start + audio_ms / 1000
+
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
@@ -90,9 +95,9 @@ class Heard:
         picked = [f for f, t in zip(self.frames, self.times) if since <= t < until]
         return np.concatenate(picked) if picked else np.zeros(0, dtype=np.int16)
 
-    def first_sound(self, since: float) -> float | None:
+    def first_sound(self, since: float, level: float = SILENT_RMS) -> float | None:
         for frame, t in zip(self.frames, self.times):
-            if t >= since and _rms(frame) > SILENT_RMS:
+            if t >= since and _rms(frame) > level:
                 return t
         return None
 

@@ -78,6 +78,7 @@ def make_ingress(keys=(), handles=None, states=None):
     ingress.handles = handles or {name: FakeHandle(name) for name in NAMES}
     ingress._voices = None
     ingress.sessions = {}
+    ingress.calls = {}  # WebRTC calls (tests/unit/deployments/test_ingress_webrtc.py)
     ingress.metrics = SessionMetrics()
     ingress.deployment_watch = DeploymentWatch(lambda: dict(states or {}), max_age_s=0.0)
     return ingress

@@ -324,7 +324,7 @@ def test_parser_returns_an_event_or_a_known_error(item):
         return
     assert event.type in {"session.update", "input_audio_buffer.append", "input_audio_buffer.commit",
                           "input_audio_buffer.clear", "conversation.item.create", "response.create",
-                          "response.cancel"}
+                          "response.cancel", "output_audio_buffer.clear"}  # (WebRTC only: the session says)
 
 
 # --- the session ---------------------------------------------------------------------------------
