@@ -332,6 +332,9 @@ class WebRtcConfig(_Strict):
     ice_servers: list[IceServer] = Field(default_factory=list)
     # A call whose ICE (and DTLS) does not complete within this is closed and forgotten.
     connect_timeout_s: float = Field(10.0, gt=0, le=120)
+    # 20 ms packets of the caller's audio held before decoding (aiortc's own default: 4 = 80 ms,
+    # all of it voice-to-voice latency); more absorbs more reordering on bad networks.
+    jitter_buffer_frames: int = Field(2, ge=1, le=8)
     # Client events from the data channel waiting for the session: past this the channel is
     # flooding and further events are refused (rate_limit_exceeded) until it drains.
     max_event_backlog: int = Field(256, ge=8)

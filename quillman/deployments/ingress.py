@@ -400,7 +400,7 @@ class Ingress:
                 return session
 
             call = Call(new_call_id(), make_session, self.rtc_config, webrtc.connect_timeout_s,
-                        webrtc.max_event_backlog)
+                        webrtc.max_event_backlog, webrtc.jitter_buffer_frames)
             answer = await call.answer(offer)
         except errors.QuillmanError as exc:
             self.open_sockets -= 1

@@ -31,7 +31,7 @@ from quillman import errors, protocol
 from quillman.pipeline.playback import PlaybackBuffer
 from quillman.pipeline.session import RealtimeSession
 from quillman.webrtc.channel import LABEL, EventChannel, Inbox, client_event
-from quillman.webrtc.media import RATE_HZ, ReplyTrack, pump_input
+from quillman.webrtc.media import RATE_HZ, ReplyTrack, pump_input, set_jitter_buffer
 from quillman.webrtc.signalling import Offer
 
 logger = logging.getLogger(__name__)
@@ -67,13 +67,15 @@ def udp_sockets() -> int:
 
 class Call:
     def __init__(self, call_id: str, make_session: Callable[[Callable[[str], Awaitable[None]], PlaybackBuffer], RealtimeSession],
-                 rtc_config: RTCConfiguration, connect_timeout_s: float, max_event_backlog: int):
+                 rtc_config: RTCConfiguration, connect_timeout_s: float, max_event_backlog: int,
+                 jitter_buffer_frames: int = 2):
         self.id = call_id
         self.buffer = PlaybackBuffer(emit=lambda event: self.session.emit(event), rate_hz=RATE_HZ)
         self.session = make_session(self._send, self.buffer)
         self.inbox = Inbox(max_event_backlog)
         self.track = ReplyTrack(self.buffer)
         self.connect_timeout_s = connect_timeout_s
+        self.jitter_buffer_frames = jitter_buffer_frames
         self.pc = RTCPeerConnection(rtc_config)
         COUNTS["peer_connections"] += 1
         self._pc_closed = False
@@ -99,6 +101,7 @@ class Call:
             for transceiver in self.pc.getTransceivers():
                 if transceiver.kind == "audio":
                     transceiver.setCodecPreferences(opus)
+                    set_jitter_buffer(transceiver.receiver, self.jitter_buffer_frames)
             await self.pc.setLocalDescription(await self.pc.createAnswer())
         except (ValueError, AttributeError, IndexError, KeyError, TypeError) as exc:
             # aiortc's SDP parser raises these for malformed lines; none is ours to show.

@@ -114,7 +114,10 @@ def _rms(frame: np.ndarray) -> float:
 
 class WebRtcCaller:
     def __init__(self, base_url: str, key: str | None = None, session: dict[str, Any] | None = None,
-                 raw_sdp: bool = False):
+                 raw_sdp: bool = False, jitter_buffer_frames: int | None = 2):
+        """``jitter_buffer_frames``: the reply track's receive buffer (None: aiortc's 80 ms); 2
+        stands in for a browser's adaptive buffer on a clean network."""
+        self.jitter_buffer_frames = jitter_buffer_frames
         self.base_url = base_url.rstrip("/")
         self.key = key
         self.session = session
@@ -139,6 +142,11 @@ class WebRtcCaller:
         self.channel = self.pc.createDataChannel("oai-events")
         self.channel.on("message", self._on_message)
         self.pc.addTrack(self.mic)
+        if self.jitter_buffer_frames is not None:
+            from quillman.webrtc.media import set_jitter_buffer
+
+            for transceiver in self.pc.getTransceivers():
+                set_jitter_buffer(transceiver.receiver, self.jitter_buffer_frames)
         self.pc.on("track", lambda track: self._tasks.append(asyncio.create_task(self._record(track))))
         await self.pc.setLocalDescription(await self.pc.createOffer())
         return self.pc.localDescription.sdp

@@ -77,3 +77,18 @@ def test_ice_servers_reach_aiortc():
     servers = network.rtc_configuration(config).iceServers
     assert [s.urls for s in servers] == [["stun:stun.example:3478"], ["turn:turn.example:3478"]]
     assert servers[1].username == "u"
+
+
+async def test_the_receive_jitter_buffer_is_set():
+    from aiortc import RTCPeerConnection
+
+    from quillman.webrtc.media import set_jitter_buffer
+
+    pc = RTCPeerConnection()
+    try:
+        transceiver = pc.addTransceiver("audio")
+        assert set_jitter_buffer(transceiver.receiver, 2)
+        assert transceiver.receiver._RTCRtpReceiver__jitter_buffer._prefetch == 2
+        assert not set_jitter_buffer(object(), 2)  # not aiortc's receiver: left alone
+    finally:
+        await pc.close()
