@@ -549,6 +549,10 @@ function onServerEvent(ev) {
     case "output_audio_buffer.stopped":
     case "output_audio_buffer.cleared":
       if (rtcPlaying === ev.response_id) rtcPlaying = null;
+      // Cleared: the reply was cut (it may have been fully generated and still playing).
+      if (ev.type === "output_audio_buffer.cleared" && replies.get(ev.response_id)?.interrupted === false) {
+        markInterrupted(ev.response_id);
+      }
       dispatch({ type: "PLAYBACK_DRAINED" });
       break;
     case "conversation.item.truncated":
