@@ -92,3 +92,40 @@ def test_a_spoken_question_over_webrtc_with_a_client_secret(keyed_server, sync_p
         _save("webrtc", result, console)
     # Secrets never reach the log (a secret is ek_ and 43 URL-safe characters).
     assert not re.search(r"ek_[A-Za-z0-9_-]{40}", log_path.read_text(errors="replace"))
+
+
+def test_barge_in_over_webrtc_is_cut_and_truncated_by_the_server(keyed_server, sync_playwright, tmp_path):
+    """Talking over a reply: the server clears its track and truncates the reply at what was played;
+    the page marks it interrupted and sends no truncate of its own; the new turn is answered."""
+    server, _ = keyed_server
+    wav = tmp_path / "barge-in.wav"
+    synthesize_fake_mic(wav, [(1.0, LONG_QUESTION), (6.0, QUESTIONS[1])])
+    console: list[str] = []
+    result: dict = {}
+    try:
+        with open_page(sync_playwright, "webrtc-barge-in", wav=wav, console=console) as page:
+            page.goto(server.url + "/")
+            page.wait_for_function("() => window.__quillman && window.__quillman.prewarm !== null", timeout=60_000)
+            page.get_by_role("button", name=re.compile("Start talking")).click()
+            page.wait_for_function("() => window.__quillman.state === 'assistantSpeaking'", timeout=120_000)
+            page.wait_for_function("() => (window.__quillman.events['output_audio_buffer.cleared'] ?? 0) > 0",
+                                   timeout=60_000)
+            page.wait_for_function(
+                """() => {
+                  const q = window.__quillman;
+                  return q.turns.length >= 2 && q.turns[q.turns.length - 1].status === 'completed'
+                    && q.state === 'listening';
+                }""",
+                timeout=180_000,
+            )
+            state = result["final"] = page.evaluate(READ_PAGE)
+            turns, events = state["q"]["turns"], state["q"]["events"]
+            assert turns[0]["interrupted"], turns[0]
+            assert page.locator(".msg-assistant").first.locator(".msg-tag").inner_text() == "interrupted"
+            assert events.get("conversation.item.truncated", 0) >= 1, events  # by the server itself
+            assert not turns[0].get("truncated")  # the page sent no conversation.item.truncate
+            assert _wer(QUESTIONS[1], state["users"][-1]) <= MAX_WER, state["users"]
+            assert not state["q"]["errors"], state["q"]["errors"]
+            page.screenshot(path=str(ARTIFACTS / "webrtc-barge-in.png"))
+    finally:
+        _save("webrtc-barge-in", result, console)
