@@ -16,6 +16,7 @@ import pytest
 import yaml
 from test_browser import (  # noqa: F401
     ARTIFACTS,
+    LONG_QUESTION,
     MAX_WER,
     QUESTIONS,
     READ_PAGE,
