@@ -554,10 +554,16 @@ class RealtimeSession:
         )
 
     def _show(self, response: Response, turn_detected: float | None) -> None:
-        if self.response is None:
-            self.response = response
-        else:  # it follows the one in progress (its task waits for that one's)
+        if self.response is not None:
+            # It follows the one in progress: a voice reply's task waits for that one's; a
+            # speculation started before it stays held until it is current (_response_finished).
             self._queued.append(response)
+            if not response.visible:
+                response.commit(turn_detected or time.perf_counter())
+            else:
+                response.timings.turn_detected = turn_detected
+            return
+        self.response = response
         if not response.visible:
             response.open_gate(turn_detected or time.perf_counter())
         else:
@@ -582,3 +588,6 @@ class RealtimeSession:
                 self.function_calls.made(call.call_id, cancelled=True)
         logger.info("[%s] response %s %s timings=%s reply=%r", self.id, response.id, status,
                     timings, text[:200])
+        if self.response is not None and not self.response.visible:
+            # A speculation committed behind the one that just ended: its turn now.
+            self.response.open_gate(self.response.timings.turn_detected or time.perf_counter())
