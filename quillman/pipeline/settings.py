@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from pydantic import ValidationError
+
 from quillman import errors, protocol
 from quillman.audio import G711_RATE_HZ, PCM16
 from quillman.config import LlmConfig, SessionConfig, VadConfig
@@ -105,9 +107,16 @@ class SessionSettings:
         given["type"] = td.type
         if td.type == "semantic_vad":  # its end of turn is the judgment, not a silence
             given = {"type": td.type, "eagerness": td.eagerness or "auto"}
-        options = base.model_copy(update=given)
+        values = {**base.model_dump(), **given}
         # A pause (segment + speculation) never outlasts the end of turn.
-        options = options.model_copy(update={"pause_ms": min(options.pause_ms, options.silence_duration_ms)})
+        values["pause_ms"] = min(values["pause_ms"], values["silence_duration_ms"])
+        try:  # validated again as the operator's config: no update bypasses a bound
+            options = VadConfig.model_validate(values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = "session.audio.input.turn_detection." + ".".join(map(str, first["loc"]))
+            raise errors.InvalidEvent(f"invalid 'session.update': {where.rstrip('.')}: {first['msg']}",
+                                      param=where.rstrip(".")) from None
         return {"turn_detection": options, "create_response": td.create_response,
                 "interrupt_response": td.interrupt_response}
 

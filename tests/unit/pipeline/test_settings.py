@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from quillman import errors, protocol
@@ -93,3 +95,26 @@ def test_the_servers_max_tokens_is_a_ceiling(session_tokens, response_tokens, ex
 def test_response_tools_without_a_name_are_refused():
     with pytest.raises(errors.InvalidTool):
         response_settings(initial(), protocol.ResponseOptions(tools=[{"type": "function"}]), SessionConfig(), LlmConfig())
+
+
+@pytest.mark.parametrize("field, value", [
+    ("threshold", 0.0), ("threshold", 1.0), ("prefix_padding_ms", -1), ("prefix_padding_ms", 2001),
+    ("silence_duration_ms", 99), ("silence_duration_ms", 5001),
+])
+def test_a_client_cannot_exceed_the_configs_vad_bounds(field, value):
+    """One source per bound (quillman.config): the wire refuses what VadConfig forbids, and
+    apply() validates the merged options again (an update built without validation too)."""
+    frame = {"type": "session.update", "event_id": "ev_1", "session": {
+        "audio": {"input": {"turn_detection": {"type": "server_vad", field: value}}}}}
+    with pytest.raises(errors.InvalidEvent) as refused:
+        protocol.parse_client_event(json.dumps(frame))
+    assert refused.value.param == f"session.audio.input.turn_detection.{field}"
+    with pytest.raises(ValueError):
+        VadConfig(**{field: value})
+    unchecked = protocol.SessionUpdate.model_construct(audio=protocol.SessionAudio.model_construct(
+        input=protocol.AudioInput.model_construct(
+            turn_detection=protocol.TurnDetection.model_construct(type="server_vad", **{field: value}))))
+    with pytest.raises(errors.InvalidEvent) as bypass:
+        initial().apply(unchecked, "joe")
+    assert bypass.value.param == f"session.audio.input.turn_detection.{field}"
+    assert initial().turn_detection == VadConfig()
