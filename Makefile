@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: llama-wheel llama-builds-bench run doctor test install install-vllm install-test install-bench system-deps unit e2e web-unit browser soak bench benchmarks clean distclean
+.PHONY: llama-wheel llama-builds-bench run doctor test check install install-vllm install-test install-bench system-deps unit e2e web-unit browser soak bench benchmarks clean distclean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -113,6 +113,13 @@ test: install-test
 
 unit: install-test
 	$(BIN)/python -m pytest -q tests/unit
+
+# The contributor's loop (<= 5 min on 2 cores): lint, types of the typed modules (pyproject's
+# [tool.mypy] files), and the unit tests spread over the cores. No server is started.
+check: install-test
+	$(BIN)/ruff check quillman tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -n auto tests/unit
 
 e2e: install-test
 	$(BIN)/python -m pytest -q tests/e2e

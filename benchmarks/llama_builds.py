@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 entry["system_info"] = measured["system_info"]
     print("| build | TTFT p50 (ms) | tokens/s p50 | compiled features |")
     print("|---|---|---|---|")
-    for name, entry in results.items():
+    for entry in results.values():
         if entry.get("error") and not entry["runs"]:
             print(f"| {entry['cpu']} | - | - | failed: {entry['error']} |")
             continue

@@ -43,7 +43,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from quillman.audio import int16_to_float, resample
+from quillman.audio import resample
 from quillman.config import VadConfig
 from quillman.engines.cache import model_cache_dir
 from quillman.loadtest.report import percentile

@@ -73,7 +73,7 @@ class SessionSettings:
             changes["transcription_only"] = update.type == "transcription"
         if update.include is not None:
             changes["partial_transcripts"] = protocol.INCLUDE_PARTIAL_TRANSCRIPTS in update.include
-        if "turn_detection" in (audio_in.model_fields_set if audio_in else ()):
+        if audio_in is not None and "turn_detection" in audio_in.model_fields_set:
             changes.update(self._turn_detection(audio_in.turn_detection))
         if update.quillman is not None and update.quillman.pipeline is not None:
             changes["sequential"] = update.quillman.pipeline == "sequential"
@@ -131,7 +131,7 @@ class SessionSettings:
 
     def session_object(self, session_id: str) -> protocol.SessionObject | protocol.TranscriptionSessionObject:
         vad = self.turn_detection
-        turn_detection = None
+        turn_detection: protocol.SemanticTurnDetection | protocol.ServerTurnDetection | None = None
         if vad is not None and vad.type == "semantic_vad":
             turn_detection = protocol.SemanticTurnDetection(
                 eagerness=vad.eagerness, create_response=self.create_response,

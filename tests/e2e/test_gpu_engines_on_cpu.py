@@ -55,7 +55,7 @@ def scheduler(url: str) -> dict:
 
 
 async def test_two_sessions_are_transcribed_by_the_transformers_backend(vllm_url):
-    health = httpx.get(f"{vllm_url}/healthz", timeout=10).json()
+    health = (await asyncio.to_thread(httpx.get, f"{vllm_url}/healthz", timeout=10)).json()
     assert health["deployments"]["Transcriber"]["status"] == "healthy", health
     ws_url = vllm_url.replace("http://", "ws://") + "/v1/realtime"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import asyncio
 import time
 
@@ -79,7 +81,7 @@ def test_conditions_and_settings_from_the_command_line():
     assert len(conditions) == 8
     assert [c.name for c in conditions[:4]] == ["pcm16", "pcmu", "pcm16 + RNNoise", "pcmu + RNNoise"]
     assert conditions[-1].name == "pcmu + noise 10 dB + RNNoise" and conditions[-1].rate_hz == 8000
-    with pytest.raises(Exception):
+    with pytest.raises(argparse.ArgumentTypeError):
         ab.conditions_from(["wav"], ["off"], ["none"])
     settings = ab.settings_from(["tiny.en", "base"], ["fit", "full"], ["1", "5"])
     assert len(settings) == 8 and settings[-1].name == "base full beam 5"
@@ -184,5 +186,5 @@ def test_asr_specs_with_a_narrowband_setting():
     assert (config.beam_size, config.narrowband_model, config.narrowband_beam_size,
             config.narrowband_encoder_window) == (5, "base", 5, "fit")
     for bad in ("tiny.en", "tiny.en:wide", "tiny.en:fit:x"):
-        with pytest.raises(Exception):
+        with pytest.raises(argparse.ArgumentTypeError):
             ab.AsrSetting.parse(bad)

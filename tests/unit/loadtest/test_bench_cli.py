@@ -14,7 +14,7 @@ def test_parse_concurrency():
     assert bench.parse_concurrency("1,2,4,8") == [1, 2, 4, 8]
     assert bench.parse_concurrency("3") == [3]
     for bad in ("0", "", "1,-2"):
-        with pytest.raises(Exception):
+        with pytest.raises(argparse.ArgumentTypeError):
             bench.parse_concurrency(bad)
 
 
