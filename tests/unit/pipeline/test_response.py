@@ -328,7 +328,8 @@ async def test_waits_for_the_previous_response(backends):
 
     before = asyncio.create_task(previous())
     h = Harness(backends, after=before).start()
-    await asyncio.sleep(0.02)
+    for _ in range(20):  # loop steps, not wall time: everything it could do without waiting
+        await asyncio.sleep(0)
     assert h.events == [] and backends.llm_calls == []
     release.set()
     assert (await h.done())["response"]["status"] == "completed"
@@ -342,7 +343,7 @@ async def test_cancelling_a_response_does_not_cancel_the_one_it_waits_for(backen
 
     before = asyncio.create_task(previous())
     h = Harness(backends, after=before).start()
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # its task runs to the wait for the previous one
     h.response.cancel("client_cancelled")
     await h.done()
     await asyncio.sleep(0)
@@ -356,7 +357,7 @@ async def test_cancel_before_the_task_runs_still_reports_done(backends):
     # task has had a single step: the client must still get its response.done.
     h = Harness(backends).start()
     h.response.cancel("client_cancelled")
-    await asyncio.sleep(0.05)
+    await asyncio.wait({h.response.task})
     assert [e["response"]["status"] for e in h.of_type("response.done")] == ["cancelled"]
     assert h.finished and h.finished[0][0] == "cancelled"
 
