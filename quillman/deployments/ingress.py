@@ -34,6 +34,7 @@ from quillman.config import AppConfig
 from quillman.engines.asr.base import Transcript
 from quillman.engines.llm.base import Delta, GenerationRequest
 from quillman.engines.smart_turn import load_smart_turn
+from quillman.logs import log_to_console
 from quillman.scheduling import QueueWait
 from quillman.engines.vad import SileroVad
 from quillman.deployments.health import ROLES, WHAT_TO_RUN, DeploymentWatch, read_serve_states
@@ -219,6 +220,7 @@ def web_file(path: str) -> Response:
 class Ingress:
     def __init__(self, transcriber: DeploymentHandle, language_model: DeploymentHandle,
                  speaker: DeploymentHandle, config: AppConfig):
+        log_to_console()
         self.config = AppConfig.model_validate(config)
         self.handles = {"Transcriber": transcriber, "LanguageModel": language_model, "Speaker": speaker}
         self._voices: list[str] | None = None
