@@ -117,7 +117,7 @@ unit: install-test
 # The contributor's loop (<= 5 min on 2 cores): lint, types of the typed modules (pyproject's
 # [tool.mypy] files), and the unit tests spread over the cores. No server is started.
 check: install-test
-	$(BIN)/ruff check quillman tests benchmarks
+	$(BIN)/ruff check quillman quillman_bench tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -n auto tests/unit
 
@@ -131,7 +131,7 @@ web-unit:
 browser: install-test
 	$(BIN)/python -m pytest -q -m browser tests/browser
 
-# The load tools (quillman/loadtest/: bench, soak, benchmarks/) need the bench extra (psutil,
+# The load tools (quillman_bench/: bench, soak, benchmarks/) need the bench extra (psutil,
 # jiwer, matplotlib) and espeak-ng; not the test extra.
 $(VENV)/.installed-bench: $(VENV)/.installed
 	$(BIN)/pip install -e '.[bench]'
@@ -143,7 +143,7 @@ install-bench: $(VENV)/.installed-bench system-deps
 SOAK_SESSIONS ?= 4
 SOAK_MINUTES ?= 10
 soak: install-bench
-	$(BIN)/python -m quillman.loadtest.soak --start --sessions $(SOAK_SESSIONS) --minutes $(SOAK_MINUTES) --json soak.json
+	$(BIN)/python -m quillman_bench.soak --start --sessions $(SOAK_SESSIONS) --minutes $(SOAK_MINUTES) --json soak.json
 
 CONCURRENCY ?= 1,2,4
 # Against URL=ws://... if given, else starts its own server. Writes bench.json and bench.png.

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runnable from a checkout without installing
 
-from quillman.loadtest.report import median  # noqa: E402
+from quillman_bench.report import median  # noqa: E402
 
 PROMPTS = ("What is the capital of France?", "Tell me a fun fact about the moon.",
            "How do I boil an egg?", "Why is the sky blue?")

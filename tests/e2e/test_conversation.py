@@ -12,8 +12,8 @@ import pytest
 import soundfile as sf
 
 from quillman.client import RealtimeClient
-from quillman.loadtest.speech import spoken_question as spoken
-from quillman.loadtest.speech import word_error_rate, word_recall
+from quillman_bench.speech import spoken_question as spoken
+from quillman_bench.speech import word_error_rate, word_recall
 
 pytestmark = pytest.mark.e2e
 

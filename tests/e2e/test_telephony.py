@@ -15,8 +15,8 @@ from openai import AsyncOpenAI
 
 from quillman.audio import PCMA, PCMU, decode_audio_base64, encode_audio_base64, resample
 from quillman.client import RealtimeClient, transcribe_stream, transcription_session
-from quillman.loadtest.speech import spoken_question, word_error_rate, word_recall
-from quillman.loadtest.twilio_caller import TwilioCaller
+from quillman_bench.speech import spoken_question, word_error_rate, word_recall
+from quillman_bench.twilio_caller import TwilioCaller
 
 pytestmark = pytest.mark.e2e
 

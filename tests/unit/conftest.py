@@ -24,7 +24,7 @@ from quillman.config import LlmConfig, SessionConfig, VadConfig
 from quillman.engines.asr.base import ASR_SAMPLE_RATE_HZ, Transcript
 from quillman.engines.vad import SileroVad
 from quillman.pipeline.session import RealtimeSession
-from quillman.loadtest.speech import espeak
+from quillman_bench.speech import espeak
 
 PHRASE_A = "What is the capital of France"
 PHRASE_B = "and how many people live there"

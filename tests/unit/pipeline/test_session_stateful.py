@@ -94,7 +94,7 @@ from hypothesis.stateful import (
 
 from quillman.audio import resample
 from quillman.protocol import SUPPORTED_RATES_HZ
-from quillman.loadtest.speech import espeak
+from quillman_bench.speech import espeak
 
 
 def _load_unit_fakes():
