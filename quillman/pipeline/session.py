@@ -37,13 +37,14 @@ from typing import Any, Awaitable, Callable
 from quillman import errors, protocol
 from quillman.audio import decode_audio_base64
 from quillman.config import LlmConfig, SessionConfig, VadConfig
+from quillman.engines.loader import language_model_capabilities
 from quillman.metrics import SessionMetrics
 from quillman.pipeline.backends import Backends
 from quillman.pipeline.conversation import ROOT, Conversation
 from quillman.pipeline import semantic
 from quillman.pipeline.limits import SessionLimits
 from quillman.pipeline.response import Response, Timings, UserInput
-from quillman.pipeline.settings import SessionSettings, response_settings
+from quillman.pipeline.settings import SessionSettings, check_capabilities, response_settings
 from quillman.pipeline.tools import FunctionCalls
 from quillman.pipeline.transcription import PartialTranscripts
 from quillman.pipeline.turns import (
@@ -126,6 +127,7 @@ class RealtimeSession:
         self.end_of_turn = end_of_turn
         self.config = config
         self.llm = llm
+        self.capabilities = language_model_capabilities(llm)  # what its engine honours
         self._send = send
         if end_of_turn is None and vad_config.type == "semantic_vad":
             logger.warning("no end-of-turn model: sessions start with server_vad instead of semantic_vad")
@@ -343,6 +345,8 @@ class RealtimeSession:
         if update.instructions is not None:
             self.conversation.check_text(update.instructions, "the instructions", "session.instructions")
         settings = self.settings.apply(update, default_voice=self.config.voice)  # raises before any change
+        if update.tools is not None or update.tool_choice is not None:
+            check_capabilities(settings.tools, settings.tool_choice, self.capabilities, "session.tools")
         if self.end_of_turn is None and settings.turn_detection and settings.turn_detection.type == "semantic_vad":
             raise errors.UnsupportedFeature(
                 "semantic_vad needs the end-of-turn model, which this server has not loaded; use server_vad",
@@ -537,7 +541,7 @@ class RealtimeSession:
 
     def _new_response(self, user: UserInput | None, speculative: bool,
                       options: protocol.ResponseOptions | None, origin: float) -> Response:
-        settings = response_settings(self.settings, options, self.config, self.llm)
+        settings = response_settings(self.settings, options, self.config, self.llm, self.capabilities)
         user_item_id = user.item_id if user else None
         last = self._queued[-1] if self._queued else self.response
         previous = last.task if last is not None else None

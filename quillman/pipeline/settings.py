@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from quillman import errors, protocol
 from quillman.audio import G711_RATE_HZ, PCM16
 from quillman.config import LlmConfig, SessionConfig, VadConfig
-from quillman.engines.llm.base import Tool, ToolChoice
+from quillman.engines.llm.base import Capabilities, Tool, ToolChoice
 from quillman.pipeline.tools import choice_wire, parse_tool_choice, parse_tools
 
 
@@ -199,17 +199,24 @@ class ResponseSettings:
     output_format: str = PCM16  # the wire format of the output audio deltas
 
 
+def check_capabilities(tools: tuple[Tool, ...], tool_choice: ToolChoice, capabilities: Capabilities,
+                       param: str) -> None:
+    """Refuse what the engine cannot do (it would be dropped): asked of the engine, not of
+    the backend's name."""
+    if tools and tool_choice != "none" and not capabilities.tools:
+        raise errors.UnsupportedFeature("function calling is not supported by this server's language model "
+                                        "engine (llm.backend / llm.scheduler)", param=param)
+
+
 def response_settings(settings: SessionSettings, options: protocol.ResponseOptions | None,
-                      pipeline: SessionConfig, llm: LlmConfig) -> ResponseSettings:
+                      pipeline: SessionConfig, llm: LlmConfig, capabilities: Capabilities) -> ResponseSettings:
     options = options or protocol.ResponseOptions()
     tools = parse_tools(options.tools, "response") if options.tools is not None else settings.tools
     if options.tool_choice is not None:
         tool_choice = parse_tool_choice(options.tool_choice, tools, "response")
     else:
         tool_choice = kept_choice(settings.tool_choice, tools)
-    if tools and tool_choice != "none" and llm.backend == "vllm":
-        raise errors.UnsupportedFeature("function calling is not supported on the vllm backend yet",
-                                        param="response.tools")
+    check_capabilities(tools, tool_choice, capabilities, "response.tools")
     modalities = options.output_modalities or settings.output_modalities
     voice = settings.voice
     requested = options.audio.output.voice if options.audio and options.audio.output else None

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 from quillman.engines.llm import tools as tool_format
-from quillman.engines.llm.base import Delta, GenerationRequest, Pacing, Usage
+from quillman.engines.llm.base import Capabilities, Delta, GenerationRequest, Pacing, Usage
 from quillman.errors import ModelError
 from quillman.priority import POLL_S, NodePriority
 
@@ -113,6 +113,8 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 class BatchedLlamaCpp:
+    capabilities = Capabilities(tools=True, session_cache=True, deadlines=True, pacing=True)
+
     """A :class:`~quillman.engines.llm.base.LanguageModel` over one llama.cpp context."""
 
     def __init__(self, model_path: str, *, n_threads: int, n_threads_batch: int, n_ctx: int,

@@ -8,6 +8,8 @@ import pytest
 
 from quillman import errors, protocol
 from quillman.config import LlmConfig, SessionConfig, VadConfig
+from quillman.engines.llm.base import Capabilities
+from quillman.engines.loader import language_model_capabilities
 from quillman.pipeline.settings import SessionSettings, response_settings
 
 
@@ -89,12 +91,14 @@ def test_the_servers_max_tokens_is_a_ceiling(session_tokens, response_tokens, ex
     if session_tokens:
         settings = settings.apply(update(max_output_tokens=session_tokens), "joe")
     options = protocol.ResponseOptions(max_output_tokens=response_tokens) if response_tokens else None
-    assert response_settings(settings, options, SessionConfig(), LlmConfig(max_tokens=64)).max_output_tokens == expected
+    assert response_settings(settings, options, SessionConfig(), LlmConfig(max_tokens=64),
+                             Capabilities(tools=True)).max_output_tokens == expected
 
 
 def test_response_tools_without_a_name_are_refused():
     with pytest.raises(errors.InvalidTool):
-        response_settings(initial(), protocol.ResponseOptions(tools=[{"type": "function"}]), SessionConfig(), LlmConfig())
+        response_settings(initial(), protocol.ResponseOptions(tools=[{"type": "function"}]), SessionConfig(), LlmConfig(),
+                          Capabilities(tools=True))
 
 
 @pytest.mark.parametrize("field, value", [
@@ -118,3 +122,21 @@ def test_a_client_cannot_exceed_the_configs_vad_bounds(field, value):
         initial().apply(unchecked, "joe")
     assert bypass.value.param == f"session.audio.input.turn_detection.{field}"
     assert initial().turn_detection == VadConfig()
+
+
+@pytest.mark.parametrize("llm, tools", [
+    (LlmConfig(), True),  # the batched llama.cpp engine: grammar-constrained calls
+    (LlmConfig(scheduler="serial"), False),  # one context, text only
+    (LlmConfig(backend="vllm"), False),
+    (LlmConfig(backend="openai", base_url="http://127.0.0.1:1/v1"), True),
+])
+def test_function_calls_are_refused_where_the_engine_cannot_make_them(llm, tools):
+    """Asked of the engine's capabilities, not the backend's name; refused, never dropped."""
+    assert language_model_capabilities(llm).tools is tools
+    options = protocol.ResponseOptions(tools=[{"type": "function", "name": "f", "parameters": {}}])
+    if tools:
+        assert response_settings(initial(), options, SessionConfig(), llm, language_model_capabilities(llm)).tools
+    else:
+        with pytest.raises(errors.UnsupportedFeature) as refused:
+            response_settings(initial(), options, SessionConfig(), llm, language_model_capabilities(llm))
+        assert refused.value.param == "response.tools"
