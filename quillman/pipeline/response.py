@@ -25,7 +25,7 @@ from quillman.pipeline.backends import Backends
 from quillman.pipeline.fanout import ordered_fanout
 from quillman.pipeline.sentences import SentenceSplitter, split_stream
 from quillman.pipeline.settings import ResponseSettings
-from quillman.scheduling import SPOKEN_REPLY_PACING, QueueWait, speech_seconds_estimate
+from quillman.scheduling import READING_PACE, SPOKEN_REPLY_PACING, QueueWait, speech_seconds_estimate
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -427,7 +427,7 @@ class Response:
             tool_choice=settings.tool_choice,
             # The first words are due now: the user is waiting (a speculation, until its gate).
             deadline=time.time(),
-            pacing=SPOKEN_REPLY_PACING if settings.output_audio else None,
+            pacing=SPOKEN_REPLY_PACING if settings.output_audio else READING_PACE,
         )
         if logger.isEnabledFor(logging.DEBUG):  # the exact prompt: what "answers the wrong question" needs
             logger.debug("[%s] %s prompt: %s", self.session_id, self.id, json.dumps(request.messages))

@@ -405,7 +405,9 @@ async def test_sentences_carry_playback_deadlines_and_the_llm_the_session_and_pa
     assert deadlines == sorted(deadlines) and deadlines[-1] > deadlines[0]
 
 
-async def test_a_text_reply_is_not_paced(backends):
+async def test_a_text_reply_is_paced_for_reading(backends):
+    from quillman.scheduling import READING_PACE
+
     h = Harness(backends, output_audio=False).start()
     await h.done()
-    assert backends.llm_calls[0].args["request"].pacing is None
+    assert backends.llm_calls[0].args["request"].pacing == READING_PACE
