@@ -419,6 +419,12 @@ def error_body(exc: errors.QuillmanError) -> ErrorBody:
     return ErrorBody(type=exc.type, code=exc.code, message=exc.message, param=exc.param, event_id=exc.event_id)
 
 
+def http_error_body(exc: errors.QuillmanError) -> dict[str, Any]:
+    """The JSON body of an HTTP error (a refused handshake, a refused route): the same
+    ``error`` object an ``error`` event carries, as the hosted API answers."""
+    return {"error": error_body(exc).model_dump()}
+
+
 # One definition of the per-stage latency breakdown: ``response.done`` -> ``response.timings``,
 # the stage histograms of the metrics and the bench's tables all use these names.
 STAGES = ("turn_detected_ms", "transcript_ms", "first_token_ms", "first_sentence_ms",

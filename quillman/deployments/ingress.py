@@ -29,7 +29,7 @@ from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
-from quillman import errors, security
+from quillman import errors, protocol, security
 from quillman.config import AppConfig
 from quillman.engines.asr.base import Transcript
 from quillman.engines.llm.base import Delta, GenerationRequest
@@ -68,7 +68,7 @@ def refusal_response(refusal: errors.HandshakeRefused) -> JSONResponse:
         headers = {"Retry-After": str(RETRY_AFTER_S)}
     elif isinstance(refusal, errors.InvalidApiKey):
         headers = {"WWW-Authenticate": "Bearer"}
-    return JSONResponse(security.error_body(refusal), status_code=refusal.http_status, headers=headers)
+    return JSONResponse(protocol.http_error_body(refusal), status_code=refusal.http_status, headers=headers)
 
 
 async def refuse(websocket: WebSocket, refusal: errors.HandshakeRefused) -> None:
