@@ -107,9 +107,12 @@ run: install $(if $(findstring vllm,$(CONFIG)),$(VENV)/.installed-vllm)
 doctor: install
 	$(BIN)/quillman doctor --config $(CONFIG)
 
+# The unit tests spread over the cores (pytest-xdist); the tests that start servers one at a
+# time (they share port 8000 and the machine's Ray).
 test: install-test
 	node --test web/tests/
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto tests/unit
+	$(BIN)/python -m pytest -q tests/e2e tests/browser tests/gpu
 
 unit: install-test
 	$(BIN)/python -m pytest -q tests/unit
