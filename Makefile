@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: llama-wheel llama-builds-bench run doctor test install install-vllm install-test install-bench system-deps unit e2e web-unit browser soak bench benchmarks clean distclean
+.PHONY: llama-wheel llama-builds-bench run doctor test check install install-vllm install-test install-bench system-deps unit e2e web-unit browser soak bench benchmarks clean distclean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -107,12 +107,22 @@ run: install $(if $(findstring vllm,$(CONFIG)),$(VENV)/.installed-vllm)
 doctor: install
 	$(BIN)/quillman doctor --config $(CONFIG)
 
+# The unit tests spread over the cores (pytest-xdist); the tests that start servers one at a
+# time (they share port 8000 and the machine's Ray).
 test: install-test
 	node --test web/tests/
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto tests/unit
+	$(BIN)/python -m pytest -q tests/e2e tests/browser tests/gpu
 
 unit: install-test
 	$(BIN)/python -m pytest -q tests/unit
+
+# The contributor's loop (<= 5 min on 2 cores): lint, types of the typed modules (pyproject's
+# [tool.mypy] files), and the unit tests spread over the cores. No server is started.
+check: install-test
+	$(BIN)/ruff check quillman quillman_bench tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -n auto tests/unit
 
 e2e: install-test
 	$(BIN)/python -m pytest -q tests/e2e
@@ -124,7 +134,7 @@ web-unit:
 browser: install-test
 	$(BIN)/python -m pytest -q -m browser tests/browser
 
-# The load tools (quillman/loadtest/: bench, soak, benchmarks/) need the bench extra (psutil,
+# The load tools (quillman_bench/: bench, soak, benchmarks/) need the bench extra (psutil,
 # jiwer, matplotlib) and espeak-ng; not the test extra.
 $(VENV)/.installed-bench: $(VENV)/.installed
 	$(BIN)/pip install -e '.[bench]'
@@ -136,7 +146,7 @@ install-bench: $(VENV)/.installed-bench system-deps
 SOAK_SESSIONS ?= 4
 SOAK_MINUTES ?= 10
 soak: install-bench
-	$(BIN)/python -m quillman.loadtest.soak --start --sessions $(SOAK_SESSIONS) --minutes $(SOAK_MINUTES) --json soak.json
+	$(BIN)/python -m quillman_bench.soak --start --sessions $(SOAK_SESSIONS) --minutes $(SOAK_MINUTES) --json soak.json
 
 CONCURRENCY ?= 1,2,4
 # Against URL=ws://... if given, else starts its own server. Writes bench.json and bench.png.

@@ -31,8 +31,8 @@ from quillman.engines.asr.base import ASR_SAMPLE_RATE_HZ  # noqa: E402
 from quillman.engines.asr.ct2_convert import convert_ct2_whisper  # noqa: E402
 from quillman.engines.asr.faster_whisper import resolve_model_path  # noqa: E402
 from quillman.engines.loader import load_recognizer  # noqa: E402
-from quillman.loadtest.report import median  # noqa: E402
-from quillman.loadtest.speech import QUESTIONS, espeak, word_error_rate  # noqa: E402
+from quillman_bench.report import median  # noqa: E402
+from quillman_bench.speech import QUESTIONS, espeak, word_error_rate  # noqa: E402
 
 
 def _backends(model: str, threads: int, hf_dir: str) -> dict[str, AsrConfig]:

@@ -4,11 +4,11 @@ mid-turn, an in-place update. One run, one cluster.
   python benchmarks/cluster.py [--concurrency 6] [--turns 4] [--out docs/benchmarks]
                                [--doc docs/deploy.md] [--note "shared machine"]
 
-Starts the nodes of ``CPU_NODES`` with ``ray start`` (quillman/loadtest/local_cluster.py), deploys
+Starts the nodes of ``CPU_NODES`` with ``ray start`` (quillman_bench/local_cluster.py), deploys
 configs/cpu-nodes.yaml with ``serve deploy``, then: samples each stage's running replicas
 (``GET /healthz``) every ``--sample-s`` while ``quillman bench`` runs and afterwards until every
 stage is back at its minimum; loses the speech node mid-reply and replaces it; updates the app in
-place (quillman/loadtest/cluster.py, the scenarios tests/e2e/test_cluster.py asserts on). Writes
+place (quillman_bench/cluster.py, the scenarios tests/e2e/test_cluster.py asserts on). Writes
 cluster.json, cluster.md and cluster.png under --out, and with --doc fills the ``cluster`` block of
 docs/deploy.md.
 """
@@ -28,12 +28,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from quillman.loadtest.cluster import (STAGES, UPDATED_INSTRUCTIONS, deploy_config,  # noqa: E402
+from quillman_bench.cluster import (STAGES, UPDATED_INSTRUCTIONS, deploy_config,  # noqa: E402
                                        lose_the_speech_node, replica_counts, update_in_place,
                                        wait_healthy)
-from quillman.loadtest.local_cluster import CPU_NODES, local_cluster  # noqa: E402
-from quillman.loadtest.machine import machine_info  # noqa: E402
-from quillman.loadtest.report import _fmt  # noqa: E402
+from quillman_bench.local_cluster import CPU_NODES, local_cluster  # noqa: E402
+from quillman_bench.machine import machine_info  # noqa: E402
+from quillman_bench.report import _fmt  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from update_docs import replace_block  # noqa: E402

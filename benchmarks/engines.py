@@ -4,7 +4,7 @@ its Ray Serve deployment through a DeploymentHandle, same inputs, same run.
   python benchmarks/engines.py [--config serve_config.yaml] [--repeats 5] [--json out.json] [--markdown]
 
 Measured, each as the median over ``--repeats`` (the two sides alternate which goes first, so a
-noisy neighbour hurts both alike; medians and p95 by ``quillman.loadtest.report.percentile``):
+noisy neighbour hurts both alike; medians and p95 by ``quillman_bench.report.percentile``):
 - ASR: latency and real-time factor (latency / audio length) per segment length;
 - LLM: time to first token and tokens/s of the streamed reply (temperature 0: same tokens both sides);
 - TTS: time to first chunk and real-time factor (synthesis time / audio length) per sentence;
@@ -37,8 +37,8 @@ from quillman.audio import int16_to_float  # noqa: E402
 from quillman.config import AppConfig  # noqa: E402
 from quillman.engines.asr.base import ASR_SAMPLE_RATE_HZ  # noqa: E402
 from quillman.engines.llm.base import GenerationParams, GenerationRequest, Usage  # noqa: E402
-from quillman.loadtest.report import median, percentile  # noqa: E402
-from quillman.loadtest.speech import QUESTIONS, espeak  # noqa: E402
+from quillman_bench.report import median, percentile  # noqa: E402
+from quillman_bench.speech import QUESTIONS, espeak  # noqa: E402
 
 SEGMENT_LENGTHS_S = (1.0, 2.0, 4.0, 8.0)
 LLM_PROMPTS = QUESTIONS[:4]
@@ -281,7 +281,7 @@ def stop_ray() -> None:
 
 
 def machine_info() -> dict[str, Any]:
-    from quillman.loadtest.machine import machine_info as info  # psutil: the bench extra
+    from quillman_bench.machine import machine_info as info  # psutil: the bench extra
 
     return info()
 

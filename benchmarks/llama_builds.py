@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runnable from a checkout without installing
 
-from quillman.loadtest.report import median  # noqa: E402
+from quillman_bench.report import median  # noqa: E402
 
 PROMPTS = ("What is the capital of France?", "Tell me a fun fact about the moon.",
            "How do I boil an egg?", "Why is the sky blue?")
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 entry["system_info"] = measured["system_info"]
     print("| build | TTFT p50 (ms) | tokens/s p50 | compiled features |")
     print("|---|---|---|---|")
-    for name, entry in results.items():
+    for entry in results.values():
         if entry.get("error") and not entry["runs"]:
             print(f"| {entry['cpu']} | - | - | failed: {entry['error']} |")
             continue

@@ -33,8 +33,8 @@ from update_docs import replace_block  # noqa: E402
 from quillman.config import AppConfig  # noqa: E402
 from quillman.engines.llm.base import GenerationParams, GenerationRequest, Usage  # noqa: E402
 from quillman.engines.loader import load_language_model  # noqa: E402
-from quillman.loadtest.report import _fmt, median  # noqa: E402
-from quillman.loadtest.speech import QUESTIONS  # noqa: E402
+from quillman_bench.report import _fmt, median  # noqa: E402
+from quillman_bench.speech import QUESTIONS  # noqa: E402
 
 CONFIGS = {"llama.cpp": ROOT / "serve_config.yaml", "vLLM (CPU)": ROOT / "configs" / "cpu-vllm.yaml"}
 MAX_TOKENS = 64

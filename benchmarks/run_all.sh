@@ -2,7 +2,7 @@
 # Regenerate every number, table and the plot in docs/benchmarks.md, in one go:
 #   1. quillman bench: concurrency sweep (default 1,2,4), streaming and the sequential baseline
 #   2. benchmarks/engines.py: each engine plain vs behind its deployment
-#   3. the turn-taking set: replayed in audio time (quillman bench turns) and live (quillman.loadtest.turns)
+#   3. the turn-taking set: replayed in audio time (quillman bench turns) and live (quillman_bench.turns)
 #   4. benchmarks/update_docs.py: fills the generated blocks of docs/benchmarks.md
 # Outputs: docs/benchmarks/{bench.json,bench.md,latency.png,engines.json,engines.md,turns*.{json,md},turn-replay.{json,md}}.
 #
@@ -42,7 +42,7 @@ echo "== engine micro-benchmarks" >&2
 
 echo "== turn taking: labeled set, semantic_vad vs server_vad (docs/benchmarks.md#turn-taking)" >&2
 "$PY" -m quillman.cli bench turns --config "$CONFIG" --markdown --json "$OUT/turn-replay.json" > "$OUT/turn-replay.md"
-"$PY" -m quillman.loadtest.turns "${target[@]}" --markdown --json "$OUT/turns.json" > "$OUT/turns.md"
+"$PY" -m quillman_bench.turns "${target[@]}" --markdown --json "$OUT/turns.json" > "$OUT/turns.md"
 
 echo "== docs/benchmarks.md" >&2
 "$PY" benchmarks/update_docs.py --bench "$OUT/bench.json" --engines "$OUT/engines.json" --note "${NOTE:-}"

@@ -28,7 +28,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from quillman.loadtest.report import _fmt  # noqa: E402
+from quillman_bench.report import _fmt  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from update_docs import replace_block  # noqa: E402

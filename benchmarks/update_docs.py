@@ -20,7 +20,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from quillman.loadtest.report import markdown_report  # noqa: E402
+from quillman_bench.report import markdown_report  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import engines as engines_mod  # noqa: E402

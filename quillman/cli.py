@@ -5,7 +5,7 @@
   quillman say "What is the capital of France?" -o reply.wav
   quillman doctor [--config serve_config.yaml]   load and probe every engine, one process each
   quillman check-config serve_config.yaml
-  quillman bench ...            (needs the bench extra; see quillman.loadtest.bench)
+  quillman bench ...            (needs the bench extra; see quillman_bench.bench)
 """
 
 from __future__ import annotations
@@ -128,12 +128,12 @@ BENCH_HELP = "measure voice-to-voice latency with simulated callers (needs the b
 def _bench(argv: list[str]) -> int:
     """``quillman bench``: the load-test tooling is imported only here, and only if its extra
     is installed."""
-    from quillman.loadtest import INSTALL_HINT, REQUIRED_MODULES, missing_modules
+    from quillman_bench import INSTALL_HINT, REQUIRED_MODULES, missing_modules
 
     missing = missing_modules()
     if not missing:
         try:
-            from quillman.loadtest.bench import main as bench_main
+            from quillman_bench.bench import main as bench_main
         except ImportError as exc:  # a broken install of the extra; other import errors propagate
             if (exc.name or "").split(".")[0] not in REQUIRED_MODULES:
                 raise

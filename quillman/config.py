@@ -7,7 +7,7 @@ Units are in the names (``_ms``, ``_s``, ``_hz``).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -160,14 +160,21 @@ class TtsConfig(_EngineConfig):
     startup_delay_s: float = Field(0.0, ge=0, le=900)
 
 
+# The bounds of what a client's turn_detection may set, in one place: the operator's config
+# (VadConfig) and the wire (protocol.TurnDetection) both use these types.
+VadThreshold = Annotated[float, Field(gt=0, lt=1)]
+PrefixPaddingMs = Annotated[int, Field(ge=0, le=2000)]
+SilenceDurationMs = Annotated[int, Field(ge=100, le=5000)]
+
+
 class VadConfig(_Strict):
     """Server VAD defaults; a client's ``session.update`` turn_detection overrides them."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)  # a session's settings are values
 
-    threshold: float = Field(0.5, gt=0, lt=1)
-    prefix_padding_ms: int = Field(300, ge=0, le=2000)
-    silence_duration_ms: int = Field(500, ge=100, le=5000)
+    threshold: VadThreshold = 0.5
+    prefix_padding_ms: PrefixPaddingMs = 300
+    silence_duration_ms: SilenceDurationMs = 500
     # A shorter silence closes a segment: it is transcribed at once (while the user may go on
     # talking) and a reply is started speculatively, kept only if the turn really ends.
     pause_ms: int = Field(192, ge=64, le=2000)

@@ -166,7 +166,8 @@ class NodePriority:
     async def yield_while_busy(self, until: float | None, include_self: bool = True) -> float:
         """The asyncio form of :meth:`wait_while_busy`."""
         start = time.monotonic()
-        while self.busy(include_self) and (until is None or time.time() < until):
+        # Polled: the counters live in other processes' shared memory, no event to await.
+        while self.busy(include_self) and (until is None or time.time() < until):  # noqa: ASYNC110
             await asyncio.sleep(POLL_S)
         return time.monotonic() - start
 

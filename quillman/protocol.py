@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, model_serializer
 
 from quillman import errors
+from quillman.config import PrefixPaddingMs, SilenceDurationMs, VadThreshold
 
 SUPPORTED_RATES_HZ = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 
@@ -41,9 +42,10 @@ class AudioFormat(_Lenient):
 
 class TurnDetection(_Lenient):
     type: Literal["server_vad", "semantic_vad"] = "server_vad"
-    threshold: float | None = Field(None, gt=0, lt=1)
-    prefix_padding_ms: int | None = Field(None, ge=0, le=5000)
-    silence_duration_ms: int | None = Field(None, ge=100, le=10000)
+    # The operator's bounds (quillman.config): a client cannot set what the config forbids.
+    threshold: VadThreshold | None = None
+    prefix_padding_ms: PrefixPaddingMs | None = None
+    silence_duration_ms: SilenceDurationMs | None = None
     create_response: bool = True
     interrupt_response: bool = True
     idle_timeout_ms: int | None = None
@@ -426,6 +428,12 @@ class ErrorBody(_Compact):
 
 def error_body(exc: errors.QuillmanError) -> ErrorBody:
     return ErrorBody(type=exc.type, code=exc.code, message=exc.message, param=exc.param, event_id=exc.event_id)
+
+
+def http_error_body(exc: errors.QuillmanError) -> dict[str, Any]:
+    """The JSON body of an HTTP error (a refused handshake, a refused route): the same
+    ``error`` object an ``error`` event carries, as the hosted API answers."""
+    return {"error": error_body(exc).model_dump()}
 
 
 # One definition of the per-stage latency breakdown: ``response.done`` -> ``response.timings``,

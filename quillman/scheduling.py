@@ -31,6 +31,9 @@ SECONDS_PER_WORD_ESTIMATE = 0.3
 # tokens a word) at once, then a little faster than speech (~3 words/s = ~4 tokens/s), kept 1 s
 # ahead of when playback needs them.
 SPOKEN_REPLY_PACING = Pacing(burst_tokens=12, tokens_per_s=6.0, lead_s=1.0)
+# A text reply (read, not heard), and any request that names no pacing: fast, but paced, so
+# that one never holds a batching engine's steps while another reply's first words are due.
+READING_PACE = Pacing(burst_tokens=20, tokens_per_s=40.0, lead_s=0.5)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
 dict is another); ``subprotocols`` is the list a websocket client offered. The same checks guard
 the websocket handshake and the protected HTTP routes (``/prewarm``, the API docs); a failed
 check is returned as a :class:`quillman.errors.HandshakeRefused` value, which the ingress turns
-into its HTTP answer (:func:`error_body` is the JSON it sends).
+into its HTTP answer (``protocol.http_error_body`` is the JSON it sends).
 """
 
 from __future__ import annotations
@@ -84,8 +84,3 @@ def check_origin(headers: Mapping[str, str], allowed: Sequence[str]) -> errors.O
     if origin_is_allowed(headers, allowed):
         return None
     return errors.OriginNotAllowed("this page's origin may not open sessions (server.allowed_origins)")
-
-
-def error_body(refusal: errors.HandshakeRefused) -> dict[str, dict[str, str]]:
-    """The JSON body of a refusal, the same for a websocket handshake and an HTTP route."""
-    return {"error": {"type": refusal.type, "code": refusal.code, "message": refusal.message}}

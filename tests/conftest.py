@@ -11,7 +11,7 @@ import os
 import pytest
 import yaml
 
-from quillman.server_process import DEFAULT_HTTP_URL, ROOT, healthy, serve_run
+from quillman_bench.server_process import DEFAULT_HTTP_URL, ROOT, healthy, serve_run
 
 SERVER_URL = DEFAULT_HTTP_URL
 # Models built from shipped weights (Whisper base assembled, GGUF converted for vLLM) are cached

@@ -15,6 +15,7 @@ from typing import Any, Callable, ClassVar
 
 from quillman.engines.loader import load_timed
 from quillman.errors import StartupTimeoutError
+from quillman.logs import log_to_console
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class ModelDeployment:
         setting to raise. (A load still running in its thread cannot be stopped; Serve replaces
         the replica whose constructor failed, and the thread goes with the process.)
         """
+        log_to_console()
         name = type(self).__name__
         timeout_s = self.config.startup_timeout_s
         phase = "loading the engine"

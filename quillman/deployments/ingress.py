@@ -40,6 +40,7 @@ from quillman.config import AppConfig
 from quillman.engines.asr.base import Transcript
 from quillman.engines.llm.base import Delta, GenerationRequest
 from quillman.engines.smart_turn import load_smart_turn
+from quillman.logs import log_to_console
 from quillman.scheduling import QueueWait
 from quillman.engines.vad import SileroVad
 from quillman.deployments.health import ROLES, WHAT_TO_RUN, DeploymentWatch, read_serve_states
@@ -76,14 +77,14 @@ def refusal_response(refusal: errors.HandshakeRefused) -> JSONResponse:
         headers = {"Retry-After": str(RETRY_AFTER_S)}
     elif isinstance(refusal, errors.InvalidApiKey):
         headers = {"WWW-Authenticate": "Bearer"}
-    return JSONResponse(security.error_body(refusal), status_code=refusal.http_status, headers=headers)
+    return JSONResponse(protocol.http_error_body(refusal), status_code=refusal.http_status, headers=headers)
 
 
 def error_response(exc: errors.QuillmanError, status: int = 400) -> JSONResponse:
     """A request refused for its content (a bad ``session`` config): the error event's body."""
     if isinstance(exc, errors.HandshakeRefused):
         return refusal_response(exc)
-    return JSONResponse({"error": protocol.error_body(exc).model_dump()}, status_code=status)
+    return JSONResponse(protocol.http_error_body(exc), status_code=status)
 
 
 def session_update(config: dict[str, Any]) -> protocol.SessionUpdate:
@@ -241,6 +242,7 @@ def web_file(path: str) -> Response:
 class Ingress:
     def __init__(self, transcriber: DeploymentHandle, language_model: DeploymentHandle,
                  speaker: DeploymentHandle, config: AppConfig):
+        log_to_console()
         self.config = AppConfig.model_validate(config)
         self.handles = {"Transcriber": transcriber, "LanguageModel": language_model, "Speaker": speaker}
         self._voices: list[str] | None = None

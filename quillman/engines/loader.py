@@ -7,7 +7,7 @@ from typing import Callable, TypeVar
 
 from quillman.config import AsrConfig, LlmConfig, TtsConfig
 from quillman.engines.asr.base import SpeechRecognizer
-from quillman.engines.llm.base import LanguageModel
+from quillman.engines.llm.base import Capabilities, LanguageModel
 from quillman.engines.tts.base import SpeechSynthesizer
 
 
@@ -36,6 +36,32 @@ def load_recognizer(config: AsrConfig) -> SpeechRecognizer:
     from quillman.engines.asr.transformers_whisper import TransformersWhisperRecognizer
 
     return TransformersWhisperRecognizer.from_config(config)
+
+
+def language_model_class(config: LlmConfig) -> type:
+    """The engine class ``config`` names, without loading it (its module imports no weights
+    and no optional GPU package)."""
+    if config.backend == "llama_cpp":
+        if config.scheduler == "serial":
+            from quillman.engines.llm.llama_cpp import LlamaCppModel
+
+            return LlamaCppModel
+        from quillman.engines.llm.llama_batch import BatchedLlamaCpp
+
+        return BatchedLlamaCpp
+    if config.backend == "vllm":
+        from quillman.engines.llm.vllm import VllmModel
+
+        return VllmModel
+    from quillman.engines.llm.openai_compat import OpenAICompatibleModel
+
+    return OpenAICompatibleModel
+
+
+def language_model_capabilities(config: LlmConfig) -> Capabilities:
+    """What the configured engine honours of a request: the ingress asks this once, so a
+    session refuses what the engine cannot do before any request reaches it."""
+    return language_model_class(config).capabilities
 
 
 def load_language_model(config: LlmConfig) -> LanguageModel:

@@ -7,6 +7,7 @@ event), and the session goes on.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from quillman import errors
 from quillman.config import SessionConfig
@@ -15,14 +16,15 @@ from quillman.config import SessionConfig
 class TokenBucket:
     """Events per second with a burst allowance (per-session rate limit)."""
 
-    def __init__(self, rate_per_s: float, burst: int):
+    def __init__(self, rate_per_s: float, burst: int, clock: Callable[[], float] = time.monotonic):
         self.rate = rate_per_s
         self.burst = float(burst)
+        self._clock = clock  # injected by tests: refills without waiting
         self._tokens = float(burst)
-        self._last = time.monotonic()
+        self._last = clock()
 
     def take(self) -> bool:
-        now = time.monotonic()
+        now = self._clock()
         self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
         self._last = now
         if self._tokens < 1:
@@ -32,9 +34,9 @@ class TokenBucket:
 
 
 class SessionLimits:
-    def __init__(self, config: SessionConfig):
+    def __init__(self, config: SessionConfig, clock: Callable[[], float] = time.monotonic):
         self.config = config
-        self._bucket = TokenBucket(config.max_events_per_s, config.event_burst)
+        self._bucket = TokenBucket(config.max_events_per_s, config.event_burst, clock)
         self._first_audio: float | None = None  # perf_counter of the first append
         self._audio_s = 0.0  # seconds of input audio accepted so far
 

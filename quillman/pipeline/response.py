@@ -24,7 +24,7 @@ from quillman.pipeline.backends import Backends
 from quillman.pipeline.fanout import ordered_fanout
 from quillman.pipeline.sentences import SentenceSplitter, split_stream
 from quillman.pipeline.settings import ResponseSettings
-from quillman.scheduling import SPOKEN_REPLY_PACING, QueueWait, speech_seconds_estimate
+from quillman.scheduling import READING_PACE, SPOKEN_REPLY_PACING, QueueWait, speech_seconds_estimate
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -126,6 +126,9 @@ class Response:
     cancel_reason: str = "client_cancelled"
     task: asyncio.Task | None = None
     _held: list[protocol.ServerEvent] | None = None
+    # Its turn was committed while another response was on the wire: still held (one response
+    # at a time on the wire), but owed a response.done now, even if it is cancelled unseen.
+    _committed: bool = False
     _created: bool = False  # response.created sent
     _message_index: int | None = None  # output index of the message item, once it is opened
     calls: list[FunctionCall] = field(default_factory=list)
@@ -157,7 +160,7 @@ class Response:
 
     def _on_task_done(self, task: asyncio.Task) -> None:
         # Cancelled before its first step: _run never ran, so its response.done is sent here.
-        if task.cancelled() and self.status == "in_progress" and self.visible:
+        if task.cancelled() and self.status == "in_progress" and self.owed:
             self._finish("cancelled", protocol.StatusDetails(type="cancelled", reason=self.cancel_reason))
         elif not task.cancelled() and task.exception() is not None:  # a bug: not swallowed unseen
             logger.error("response %s crashed", self.id, exc_info=task.exception())
@@ -170,6 +173,17 @@ class Response:
     @property
     def visible(self) -> bool:
         return self._held is None
+
+    @property
+    def owed(self) -> bool:
+        """The client will see it: it ends in exactly one response.done."""
+        return self.visible or self._committed
+
+    def commit(self, turn_detected: float) -> None:
+        """Its turn ended while another response is on the wire: it stays held until
+        ``open_gate`` (when that one is done) but can no longer be dropped unseen."""
+        self._committed = True
+        self.timings.turn_detected = turn_detected
 
     def open_gate(self, turn_detected: float) -> None:
         """The turn really ended: release held events and stream the rest live."""
@@ -358,7 +372,7 @@ class Response:
             if self.user is None or user_text:
                 await self._generate(user_text)
         except asyncio.CancelledError:
-            if not self.visible:
+            if not self.owed:
                 raise  # a speculation nobody saw: end silently
             self._finish("cancelled", protocol.StatusDetails(type="cancelled", reason=self.cancel_reason))
             raise
@@ -412,7 +426,7 @@ class Response:
             tool_choice=settings.tool_choice,
             # The first words are due now: the user is waiting (a speculation, until its gate).
             deadline=time.time(),
-            pacing=SPOKEN_REPLY_PACING if settings.output_audio else None,
+            pacing=SPOKEN_REPLY_PACING if settings.output_audio else READING_PACE,
         )
         if logger.isEnabledFor(logging.DEBUG):  # the exact prompt: what "answers the wrong question" needs
             logger.debug("[%s] %s prompt: %s", self.session_id, self.id, json.dumps(request.messages))

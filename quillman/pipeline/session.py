@@ -44,6 +44,7 @@ from typing import Any, Awaitable, Callable
 from quillman import errors, protocol
 from quillman.audio import decode_audio_base64
 from quillman.config import LlmConfig, SessionConfig, VadConfig
+from quillman.engines.loader import language_model_capabilities
 from quillman.metrics import SessionMetrics
 from quillman.pipeline.backends import Backends
 from quillman.pipeline.conversation import ROOT, Conversation
@@ -51,7 +52,7 @@ from quillman.pipeline import semantic
 from quillman.pipeline.limits import SessionLimits
 from quillman.pipeline.playback import Playback
 from quillman.pipeline.response import Response, Timings, UserInput
-from quillman.pipeline.settings import SessionSettings, response_settings
+from quillman.pipeline.settings import SessionSettings, check_capabilities, response_settings
 from quillman.pipeline.tools import FunctionCalls
 from quillman.pipeline.transcription import PartialTranscripts
 from quillman.pipeline.turns import (
@@ -144,6 +145,7 @@ class RealtimeSession:
         self.end_of_turn = end_of_turn
         self.config = config
         self.llm = llm
+        self.capabilities = language_model_capabilities(llm)  # what its engine honours
         self._send = send
         self.playback = playback
         self._truncate_when_done: dict[str, int] = {}  # reply item -> ms played when it was cut
@@ -399,6 +401,8 @@ class RealtimeSession:
         if update.instructions is not None:
             self.conversation.check_text(update.instructions, "the instructions", "session.instructions")
         settings = self.settings.apply(update, default_voice=self.config.voice)  # raises before any change
+        if update.tools is not None or update.tool_choice is not None:
+            check_capabilities(settings.tools, settings.tool_choice, self.capabilities, "session.tools")
         if self.end_of_turn is None and settings.turn_detection and settings.turn_detection.type == "semantic_vad":
             raise errors.UnsupportedFeature(
                 "semantic_vad needs the end-of-turn model, which this server has not loaded; use server_vad",
@@ -629,7 +633,7 @@ class RealtimeSession:
 
     def _new_response(self, user: UserInput | None, speculative: bool,
                       options: protocol.ResponseOptions | None, origin: float) -> Response:
-        settings = response_settings(self.settings, options, self.config, self.llm)
+        settings = response_settings(self.settings, options, self.config, self.llm, self.capabilities)
         user_item_id = user.item_id if user else None
         last = self._queued[-1] if self._queued else self.response
         previous = last.task if last is not None else None
@@ -646,10 +650,16 @@ class RealtimeSession:
         )
 
     def _show(self, response: Response, turn_detected: float | None) -> None:
-        if self.response is None:
-            self.response = response
-        else:  # it follows the one in progress (its task waits for that one's)
+        if self.response is not None:
+            # It follows the one in progress: a voice reply's task waits for that one's; a
+            # speculation started before it stays held until it is current (_response_finished).
             self._queued.append(response)
+            if not response.visible:
+                response.commit(turn_detected or time.perf_counter())
+            else:
+                response.timings.turn_detected = turn_detected
+            return
+        self.response = response
         if not response.visible:
             response.open_gate(turn_detected or time.perf_counter())
         else:
@@ -678,3 +688,6 @@ class RealtimeSession:
                 self.function_calls.made(call.call_id, cancelled=True)
         logger.info("[%s] response %s %s timings=%s reply=%r", self.id, response.id, status,
                     timings, text[:200])
+        if self.response is not None and not self.response.visible:
+            # A speculation committed behind the one that just ended: its turn now.
+            self.response.open_gate(self.response.timings.turn_detected or time.perf_counter())

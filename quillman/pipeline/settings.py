@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from pydantic import ValidationError
+
 from quillman import errors, protocol
 from quillman.audio import G711_RATE_HZ, PCM16
 from quillman.config import LlmConfig, SessionConfig, VadConfig
-from quillman.engines.llm.base import Tool, ToolChoice
+from quillman.engines.llm.base import Capabilities, Tool, ToolChoice
 from quillman.pipeline.tools import choice_wire, parse_tool_choice, parse_tools
 
 
@@ -71,7 +73,7 @@ class SessionSettings:
             changes["transcription_only"] = update.type == "transcription"
         if update.include is not None:
             changes["partial_transcripts"] = protocol.INCLUDE_PARTIAL_TRANSCRIPTS in update.include
-        if "turn_detection" in (audio_in.model_fields_set if audio_in else ()):
+        if audio_in is not None and "turn_detection" in audio_in.model_fields_set:
             changes.update(self._turn_detection(audio_in.turn_detection))
         if update.quillman is not None and update.quillman.pipeline is not None:
             changes["sequential"] = update.quillman.pipeline == "sequential"
@@ -105,9 +107,16 @@ class SessionSettings:
         given["type"] = td.type
         if td.type == "semantic_vad":  # its end of turn is the judgment, not a silence
             given = {"type": td.type, "eagerness": td.eagerness or "auto"}
-        options = base.model_copy(update=given)
+        values = {**base.model_dump(), **given}
         # A pause (segment + speculation) never outlasts the end of turn.
-        options = options.model_copy(update={"pause_ms": min(options.pause_ms, options.silence_duration_ms)})
+        values["pause_ms"] = min(values["pause_ms"], values["silence_duration_ms"])
+        try:  # validated again as the operator's config: no update bypasses a bound
+            options = VadConfig.model_validate(values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = "session.audio.input.turn_detection." + ".".join(map(str, first["loc"]))
+            raise errors.InvalidEvent(f"invalid 'session.update': {where.rstrip('.')}: {first['msg']}",
+                                      param=where.rstrip(".")) from None
         return {"turn_detection": options, "create_response": td.create_response,
                 "interrupt_response": td.interrupt_response}
 
@@ -122,7 +131,7 @@ class SessionSettings:
 
     def session_object(self, session_id: str) -> protocol.SessionObject | protocol.TranscriptionSessionObject:
         vad = self.turn_detection
-        turn_detection = None
+        turn_detection: protocol.SemanticTurnDetection | protocol.ServerTurnDetection | None = None
         if vad is not None and vad.type == "semantic_vad":
             turn_detection = protocol.SemanticTurnDetection(
                 eagerness=vad.eagerness, create_response=self.create_response,
@@ -190,17 +199,24 @@ class ResponseSettings:
     output_format: str = PCM16  # the wire format of the output audio deltas
 
 
+def check_capabilities(tools: tuple[Tool, ...], tool_choice: ToolChoice, capabilities: Capabilities,
+                       param: str) -> None:
+    """Refuse what the engine cannot do (it would be dropped): asked of the engine, not of
+    the backend's name."""
+    if tools and tool_choice != "none" and not capabilities.tools:
+        raise errors.UnsupportedFeature("function calling is not supported by this server's language model "
+                                        "engine (llm.backend / llm.scheduler)", param=param)
+
+
 def response_settings(settings: SessionSettings, options: protocol.ResponseOptions | None,
-                      pipeline: SessionConfig, llm: LlmConfig) -> ResponseSettings:
+                      pipeline: SessionConfig, llm: LlmConfig, capabilities: Capabilities) -> ResponseSettings:
     options = options or protocol.ResponseOptions()
     tools = parse_tools(options.tools, "response") if options.tools is not None else settings.tools
     if options.tool_choice is not None:
         tool_choice = parse_tool_choice(options.tool_choice, tools, "response")
     else:
         tool_choice = kept_choice(settings.tool_choice, tools)
-    if tools and tool_choice != "none" and llm.backend == "vllm":
-        raise errors.UnsupportedFeature("function calling is not supported on the vllm backend yet",
-                                        param="response.tools")
+    check_capabilities(tools, tool_choice, capabilities, "response.tools")
     modalities = options.output_modalities or settings.output_modalities
     voice = settings.voice
     requested = options.audio.output.voice if options.audio and options.audio.output else None

@@ -27,7 +27,7 @@ from test_browser import (  # noqa: F401
     synthesize_fake_mic,
 )
 
-from quillman.server_process import ROOT, serve_run
+from quillman_bench.server_process import ROOT, serve_run
 
 pytestmark = pytest.mark.browser
 

@@ -13,8 +13,8 @@ import sys
 
 import pytest
 
-from quillman.loadtest import bench
-from quillman.loadtest.report import SCHEMA_VERSION
+from quillman_bench import bench
+from quillman_bench.report import SCHEMA_VERSION
 from quillman.protocol import STAGES
 
 pytestmark = pytest.mark.e2e

@@ -3,7 +3,7 @@
 ``ray start --head`` and two ``ray start --address`` worker nodes on this machine (token
 authentication on, as Ray 2.60 sets it up), ``serve deploy configs/cpu-nodes.yaml``: the Ingress on
 the head, Transcriber and LanguageModel on the "models" node, the Speaker on the "speech" node,
-pinned by custom resources (quillman/loadtest/cluster.py has the scenarios). Then:
+pinned by custom resources (quillman_bench/cluster.py has the scenarios). Then:
 
 - a worker node is lost mid-turn (SIGKILL to all its processes): the spoken reply whose speech
   was being synthesized there ends ``failed`` with ``model_unavailable``; a text-only session
@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import pytest
 
-from quillman.loadtest.cluster import (UPDATED_INSTRUCTIONS, deploy_config, lose_the_speech_node,
+from quillman_bench.cluster import (UPDATED_INSTRUCTIONS, deploy_config, lose_the_speech_node,
                                        update_in_place, wait_healthy)
-from quillman.loadtest.local_cluster import CPU_NODES, local_cluster
-from quillman.loadtest.speech import word_error_rate
+from quillman_bench.local_cluster import CPU_NODES, local_cluster
+from quillman_bench.speech import word_error_rate
 
 pytestmark = pytest.mark.e2e
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +12,8 @@ import pytest
 import soundfile as sf
 
 from quillman.client import RealtimeClient
-from quillman.loadtest.speech import spoken_question as spoken
-from quillman.loadtest.speech import word_error_rate, word_recall
+from quillman_bench.speech import spoken_question as spoken
+from quillman_bench.speech import word_error_rate, word_recall
 
 pytestmark = pytest.mark.e2e
 

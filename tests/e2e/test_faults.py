@@ -11,7 +11,7 @@
   already done), Serve starts a new replica, and the same session's next turn is answered.
 
 Replicas are found with psutil as the Ray processes behind the server's port (see
-quillman/loadtest/server.py), so only the server under test is touched; tests that need them skip when
+quillman_bench/server.py), so only the server under test is touched; tests that need them skip when
 the server is not on this machine.
 """
 
@@ -27,9 +27,9 @@ import numpy as np
 import pytest
 
 from quillman.client import RealtimeClient
-from quillman.loadtest.server import DEPLOYMENTS, ServerProcesses
-from quillman.loadtest.server import healthz as server_healthz
-from quillman.loadtest.speech import QUESTIONS, spoken_question
+from quillman_bench.server import DEPLOYMENTS, ServerProcesses
+from quillman_bench.server import healthz as server_healthz
+from quillman_bench.speech import QUESTIONS, spoken_question
 
 pytestmark = pytest.mark.e2e
 

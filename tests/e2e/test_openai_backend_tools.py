@@ -14,7 +14,7 @@ import yaml
 from openai import AsyncOpenAI
 
 from quillman.engines.llm.llama_cpp import resolve_gguf_path
-from quillman.server_process import ROOT, serve_run
+from quillman_bench.server_process import ROOT, serve_run
 
 pytestmark = pytest.mark.e2e
 

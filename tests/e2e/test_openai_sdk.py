@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from openai import AsyncOpenAI
 
-from quillman.loadtest.speech import spoken_question, word_error_rate
+from quillman_bench.speech import spoken_question, word_error_rate
 
 pytestmark = pytest.mark.e2e
 

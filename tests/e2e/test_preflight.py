@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from quillman.server_process import ROOT
+from quillman_bench.server_process import ROOT
 
 pytestmark = pytest.mark.e2e
 QUILLMAN = str(Path(sys.executable).with_name("quillman"))

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from quillman.client import RealtimeClient
-from quillman.loadtest.speech import spoken_question as spoken
-from quillman.loadtest.speech import word_error_rate
-from quillman.server_process import ROOT, serve_run
+from quillman_bench.speech import spoken_question as spoken
+from quillman_bench.speech import word_error_rate
+from quillman_bench.server_process import ROOT, serve_run
 
 pytestmark = pytest.mark.e2e
 

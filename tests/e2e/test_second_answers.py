@@ -17,7 +17,7 @@ import re
 import pytest
 from openai import AsyncOpenAI
 
-from quillman.loadtest.speech import espeak, with_silence
+from quillman_bench.speech import espeak, with_silence
 from test_openai_sdk import speak
 
 pytestmark = pytest.mark.e2e

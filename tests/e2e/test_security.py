@@ -33,7 +33,7 @@ KEYED_PORT = 8001
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The real graph (serve run serve_config.yaml) with API keys required."""
-    from quillman.server_process import serve_run
+    from quillman_bench.server_process import serve_run
 
     with serve_run("serve_config.yaml", port=KEYED_PORT,
                    log_path=tmp_path_factory.mktemp("keyed-server") / "serve.log",

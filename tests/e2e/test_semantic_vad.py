@@ -1,7 +1,7 @@
 """semantic_vad against the real graph: a mid-sentence pause does not end the turn, a finished
 question is answered. Enabled per session (session.update), so the shared server serves it.
 
-Only utterances the labeled set (quillman/loadtest/data/turn_set.json, docs/benchmarks.md)
+Only utterances the labeled set (quillman_bench/data/turn_set.json, docs/benchmarks.md)
 shows are judged right for this voice (espeak-ng en-us) at the pause that matters.
 """
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from quillman.client import RealtimeClient
-from quillman.loadtest.speech import espeak, with_silence, word_error_rate, word_recall
-from quillman.loadtest.turns import PAUSE_S
+from quillman_bench.speech import espeak, with_silence, word_error_rate, word_recall
+from quillman_bench.turns import PAUSE_S
 
 pytestmark = pytest.mark.e2e
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from quillman.client import RealtimeClient
-from quillman.loadtest.speech import spoken_question as spoken
-from quillman.loadtest.speech import word_error_rate
+from quillman_bench.speech import spoken_question as spoken
+from quillman_bench.speech import word_error_rate
 
 pytestmark = pytest.mark.e2e
 

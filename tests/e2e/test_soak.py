@@ -29,7 +29,7 @@ def test_soak_at_ci_scale(ws_url, tmp_path):
     out = tmp_path / "soak.json"
     # Model replicas warm their buffers for the longest sentence seen so far, which a one-minute
     # run can't get past; their memory is reported, the Ingress's is checked here.
-    command = [sys.executable, "-m", "quillman.loadtest.soak", "--url", ws_url,
+    command = [sys.executable, "-m", "quillman_bench.soak", "--url", ws_url,
                "--sessions", str(SESSIONS), "--minutes", str(MINUTES), "--plan", "cycle", "--seed", "7",
                "--warmup-s", "15", "--max-growth-mb", "100000", "--json", str(out), "--quiet"]
     run = subprocess.run(command, capture_output=True, text=True, timeout=420, cwd=ROOT)

@@ -4,7 +4,6 @@ official openai SDK, a live-transcription session, and bad Twilio frames."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import time
 
@@ -16,8 +15,8 @@ from openai import AsyncOpenAI
 
 from quillman.audio import PCMA, PCMU, decode_audio_base64, encode_audio_base64, resample
 from quillman.client import RealtimeClient, transcribe_stream, transcription_session
-from quillman.loadtest.speech import spoken_question, word_error_rate, word_recall
-from quillman.loadtest.twilio_caller import TwilioCaller
+from quillman_bench.speech import spoken_question, word_error_rate, word_recall
+from quillman_bench.twilio_caller import TwilioCaller
 
 pytestmark = pytest.mark.e2e
 
@@ -28,7 +27,8 @@ def media_url(server_url: str) -> str:
 
 async def test_a_twilio_call_hears_spoken_replies_and_can_interrupt_them(server_url, transcribe_reply):
     # Twilio's webhook: TwiML that connects the call to our media stream.
-    answer = httpx.post(server_url + "/twilio/voice", data={"CallSid": "CA1", "From": "+15550000000"}, timeout=30)
+    answer = await asyncio.to_thread(httpx.post, server_url + "/twilio/voice",
+                                     data={"CallSid": "CA1", "From": "+15550000000"}, timeout=30)
     assert answer.status_code == 200 and answer.headers["content-type"].startswith("application/xml")
     assert '<Connect><Stream url="ws://127.0.0.1:8000/twilio/media-stream" />' in answer.text
 

@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 from openai import AsyncOpenAI
 
-from quillman.loadtest.speech import spoken_question
+from quillman_bench.speech import spoken_question
 from test_openai_sdk import speak
 
 pytestmark = pytest.mark.e2e

@@ -20,7 +20,7 @@ import pytest
 import websockets
 from openai import AsyncOpenAI
 
-from quillman.loadtest.speech import spoken_question, word_error_rate, word_recall
+from quillman_bench.speech import spoken_question, word_error_rate, word_recall
 from quillman.webrtc.caller import RATE_HZ, CallRefused, WebRtcCaller
 
 pytestmark = pytest.mark.e2e
@@ -187,7 +187,7 @@ async def test_a_hung_up_call_and_an_unknown_sideband(server_url, no_leaks):
 
 
 async def test_calls_opened_and_closed_in_a_loop_leak_nothing(server_url):
-    from quillman.loadtest.webrtc_leaks import loop
+    from quillman_bench.webrtc_leaks import loop
 
     report = await loop(server_url, 20)
     assert report["failed"] == 0, report

@@ -29,13 +29,13 @@ def whisper(gpu_1x, load_or_skip):
 
 @pytest.fixture(scope="module")
 def question_16k() -> np.ndarray:
-    from quillman.loadtest.speech import espeak
+    from quillman_bench.speech import espeak
 
     return int16_to_float(espeak(QUESTION, ASR_SAMPLE_RATE_HZ))
 
 
 def test_whisper_large_v3_transcribes_speech(whisper, question_16k):
-    from quillman.loadtest.speech import word_error_rate
+    from quillman_bench.speech import word_error_rate
 
     assert whisper.attn_implementation in ("flash_attention_2", "sdpa")
     whisper.transcribe(question_16k, "en")  # warm-up
@@ -122,7 +122,7 @@ def test_xtts_streams_speech_in_chunks(xtts, gpu_1x):
 def test_xtts_clones_a_voice_from_a_reference_wav(gpu_1x, tmp_path, load_or_skip):
     import soundfile as sf
 
-    from quillman.loadtest.speech import espeak
+    from quillman_bench.speech import espeak
 
     wav = tmp_path / "reference.wav"
     sf.write(wav, espeak("This is my reference voice, recorded for cloning. " * 2, 22050), 22050)

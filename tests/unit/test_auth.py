@@ -17,8 +17,7 @@ from quillman import errors
 from quillman.config import SessionConfig
 from quillman.deployments.ingress import RETRY_AFTER_S, refuse
 from quillman.security import KEY_SUBPROTOCOL, check_api_key, check_origin, presented_key
-from quillman.pipeline import session as session_module
-from quillman.pipeline.limits import TokenBucket
+from quillman.pipeline.limits import SessionLimits, TokenBucket
 
 pytestmark = pytest.mark.usefixtures("hang_guard")
 
@@ -133,10 +132,9 @@ class Clock:
         return self.now
 
 
-def test_token_bucket(monkeypatch):
+def test_token_bucket():
     clock = Clock()
-    monkeypatch.setattr(session_module.time, "monotonic", clock)
-    bucket = TokenBucket(rate_per_s=10, burst=3)
+    bucket = TokenBucket(rate_per_s=10, burst=3, clock=clock)
     assert [bucket.take() for _ in range(4)] == [True, True, True, False]  # the burst, then empty
     clock.now += 0.05  # half a token
     assert not bucket.take()
@@ -173,12 +171,15 @@ async def test_rate_limit_drops_events_with_an_error(make_driver, backends):
 
 
 async def test_rate_limit_refills(make_driver, backends):
-    d = await make_driver(tiny_limits(max_events_per_s=50, event_burst=2))
+    config = tiny_limits(max_events_per_s=50, event_burst=2)
+    d = await make_driver(config)
+    now = [0.0]
+    d.session.limits = SessionLimits(config, clock=lambda: now[0])  # the bucket on a test clock
     for _ in range(3):
         await d.send(text_item("hi"))
     await d.settle(0.01)
     assert [e["code"] for e in d.errors()] == ["rate_limit_exceeded"]
-    await asyncio.sleep(0.1)  # 5 tokens' worth, capped at the burst of 2
+    now[0] += 0.1  # 5 tokens' worth, capped at the burst of 2
     await d.send({"type": "response.create"})
     done = await d.wait_for("response.done")
     assert done["response"]["status"] == "completed"

@@ -32,9 +32,9 @@ def test_bench_help_comes_from_the_loadtest_package(capsys):
 
 
 def test_bench_without_its_extra_says_how_to_install(monkeypatch, capsys):
-    import quillman.loadtest
+    import quillman_bench
 
-    monkeypatch.setattr(quillman.loadtest, "missing_modules", lambda: ["psutil"])
+    monkeypatch.setattr(quillman_bench, "missing_modules", lambda: ["psutil"])
     assert main(["bench", "--url", "ws://127.0.0.1:1/v1/realtime"]) == 2
     err = capsys.readouterr().err
     assert "psutil" in err and "install the bench extra: pip install -e '.[bench]'" in err
@@ -43,5 +43,14 @@ def test_bench_without_its_extra_says_how_to_install(monkeypatch, capsys):
 def test_the_runtime_cli_does_not_import_the_loadtest_tools():
     # talk / say / doctor / check-config work without the bench extra installed.
     code = ("import sys; from quillman.cli import main; from quillman import client, doctor; "
-            "assert not any(m.startswith('quillman.loadtest') for m in sys.modules), sorted(sys.modules)")
+            "assert not any(m.startswith('quillman_bench') for m in sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_the_server_package_never_imports_the_tooling():
+    """quillman/ is what the server runs; quillman_bench/ (bench, soak, load test, cluster
+    simulation, server processes) may import it, never the other way round: only the CLI's
+    ``bench`` command reaches for the tooling, inside the command."""
+    importers = sorted(str(path.relative_to(ROOT)) for path in (ROOT / "quillman").rglob("*.py")
+                       if "quillman_bench" in path.read_text())
+    assert importers == ["quillman/cli.py"], importers

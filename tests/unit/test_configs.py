@@ -204,7 +204,7 @@ def test_each_model_stage_has_a_startup_timeout_longer_than_its_delay():
 
 
 def test_cpu_nodes_is_cpu_cluster_pinned_to_the_nodes_of_the_simulated_cluster():
-    from quillman.loadtest.local_cluster import CPU_NODES
+    from quillman_bench.local_cluster import CPU_NODES
 
     nodes = yaml.safe_load((CONFIGS / "cpu-nodes.yaml").read_text())
     cluster = yaml.safe_load((CONFIGS / "cpu-cluster.yaml").read_text())

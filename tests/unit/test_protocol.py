@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pydantic
 import pytest
 
 from quillman import errors, protocol
@@ -275,7 +276,7 @@ def test_items_and_parts():
 
 
 def test_server_event_models_refuse_fields_they_do_not_define():
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError):
         protocol.SpeechStartedEvent(audio_start_ms=0, item_id="i", surprise=1)
 
 

@@ -10,14 +10,13 @@ import hmac
 
 import pytest
 
-from quillman import errors, security
+from quillman import errors, protocol, security
 from quillman.config import ServerConfig
 from quillman.security import (
     KEY_SUBPROTOCOL,
     check_api_key,
     check_origin,
     configured_keys,
-    error_body,
     key_is_valid,
     origin_is_allowed,
     presented_key,
@@ -182,5 +181,5 @@ def test_an_origin_without_a_host_header_is_foreign():
     errors.InvalidApiKey("no key"), errors.OriginNotAllowed("no"), errors.ServerAtCapacity("full"),
 ])
 def test_error_body_is_the_realtime_error_shape(refusal):
-    assert error_body(refusal) == {"error": {"type": refusal.type, "code": refusal.code,
-                                             "message": refusal.message}}
+    assert protocol.http_error_body(refusal) == {"error": {"type": refusal.type, "code": refusal.code,
+                                                           "message": refusal.message}}

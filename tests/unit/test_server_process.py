@@ -1,4 +1,4 @@
-"""Metrics endpoint discovery and Prometheus text parsing (quillman.server_process).
+"""Metrics endpoint discovery and Prometheus text parsing (quillman_bench.server_process).
 
 Pure: a fake Ray temp dir and sample Prometheus text; no server.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from quillman.server_process import http_url, metrics_urls, parse_samples
+from quillman_bench.server_process import http_url, metrics_urls, parse_samples
 
 
 def test_http_url():

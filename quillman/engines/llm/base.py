@@ -10,7 +10,19 @@ engines that queue work serve the earliest deadline first).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Literal, Protocol
+from typing import Any, AsyncIterator, ClassVar, Literal, Protocol
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine does with a request's optional parts. The session asks the engine
+    (``LanguageModel.capabilities``), never the backend's name: what an engine cannot do is
+    refused with ``unsupported_feature``, never dropped."""
+
+    tools: bool = False  # function calls: ``tools`` / ``tool_choice`` are honoured
+    session_cache: bool = False  # keeps a conversation's evaluated prompt under ``session_id``
+    deadlines: bool = False  # queued work is served earliest ``deadline`` first
+    pacing: bool = False  # a spoken reply's tokens are produced at its ``pacing``, not flat out
 
 
 @dataclass(frozen=True)
@@ -103,6 +115,9 @@ Delta = str | ToolCallDelta | Usage
 
 class LanguageModel(Protocol):
     """``stream`` is an async generator of :data:`Delta`; closing it (cancellation) must stop
-    generation and free what the request held."""
+    generation and free what the request held. ``capabilities`` (a class attribute) says what
+    it honours of a request."""
+
+    capabilities: ClassVar[Capabilities]
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]: ...

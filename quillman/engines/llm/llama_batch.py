@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 from quillman.engines.llm import tools as tool_format
-from quillman.engines.llm.base import Delta, GenerationRequest, Pacing, Usage
+from quillman.engines.llm.base import Capabilities, Delta, GenerationRequest, Usage
 from quillman.errors import ModelError
 from quillman.priority import POLL_S, NodePriority
+from quillman.scheduling import READING_PACE
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +42,6 @@ _END = object()
 _PENALTY_LAST_N = 64  # tokens the repetition penalties look back over
 # A step evaluating at least this many prompt tokens uses n_threads_batch (see _step).
 BATCH_THREADS_FROM_TOKENS = 64
-# Requests without a pacing (text replies, which are read) are paced this fast, so that one
-# never holds the steps while another reply's first words are due.
-READING_PACE = Pacing(burst_tokens=20, tokens_per_s=40.0, lead_s=0.5)
 
 
 @dataclass
@@ -113,6 +111,8 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 class BatchedLlamaCpp:
+    capabilities = Capabilities(tools=True, session_cache=True, deadlines=True, pacing=True)
+
     """A :class:`~quillman.engines.llm.base.LanguageModel` over one llama.cpp context."""
 
     def __init__(self, model_path: str, *, n_threads: int, n_threads_batch: int, n_ctx: int,

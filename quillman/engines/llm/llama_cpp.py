@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, AsyncIterator
 
 from quillman.aio import iterate_in_thread
-from quillman.engines.llm.base import Delta, GenerationRequest, Usage
+from quillman.engines.llm.base import Capabilities, Delta, GenerationRequest, Usage
 from quillman.engines.llm.tools import ToolCallParser
 from quillman.errors import ConfigError
 
@@ -54,6 +54,9 @@ def load_llama_cpp(config: "LlmConfig"):
 
 
 class LlamaCppModel:
+    # One context, one request at a time, text only (the batched engine has the rest).
+    capabilities = Capabilities()
+
     def __init__(self, model: str = "smollm2-135m", n_threads: int = 1, n_threads_batch: int = 2,
                  n_ctx: int = 2048):
         from llama_cpp import Llama

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import aiohttp
 
 from quillman.config import LlmConfig
-from quillman.engines.llm.base import Delta, GenerationRequest, ToolCallDelta, Usage
+from quillman.engines.llm.base import Capabilities, Delta, GenerationRequest, ToolCallDelta, Usage
 from quillman.errors import ConfigError, ModelError
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ async def iterate_sse_data(lines: AsyncIterator[bytes]) -> AsyncIterator[str]:
 
 
 class OpenAICompatibleModel:
+    capabilities = Capabilities(tools=True)  # the server it talks to does the rest its own way
+
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None, timeout_s: float = 60.0):
         self.base_url = base_url.rstrip("/")
         self.url = f"{self.base_url}/chat/completions"

@@ -34,7 +34,7 @@ from typing import Any, AsyncIterator
 from quillman.config import LlmConfig
 from quillman.engines.gpu import (GPU_EXTRA_HINT, import_optional, require_cuda, resolve_model_dir,
                                   staggered_start)
-from quillman.engines.llm.base import Delta, GenerationRequest, Message, Usage
+from quillman.engines.llm.base import Capabilities, Delta, GenerationRequest, Message, Usage
 from quillman.errors import ConfigError, ModelError
 
 logger = logging.getLogger(__name__)
@@ -135,6 +135,9 @@ def scheduler_stats_logger(sink: dict[str, Any]) -> type:
 
 
 class VllmModel:
+    # vLLM batches and caches prefixes itself; function calling is not wired here yet.
+    capabilities = Capabilities(session_cache=True)
+
     def __init__(self, engine: Any, *, tokenizer: Any = None, name: str = "vllm",
                  stats: dict[str, Any] | None = None, max_model_len: int | None = None):
         self._engine = engine

@@ -179,7 +179,7 @@ def test_a_note_comes_before_each_question_that_follows_an_answer_and_the_prompt
     conversation = Conversation(max_messages=16, max_prompt_chars=10_000)
     turns = [("Q1", "A1"), ("Q2", "A2"), ("Q3", None)]
     prompts = []
-    for index, (question, answer) in enumerate(turns):
+    for question, answer in turns:
         conversation.add_client_item(protocol.ConversationItem.model_validate(
             {"type": "message", "role": "user", "content": [{"type": "input_text", "text": question}]}))
         prompts.append(conversation.messages("sys", question_note="New question."))

@@ -291,3 +291,20 @@ async def test_speech_over_the_filler_leaves_the_done_call_answerable(filler_dri
     await answer(driver)
     assert driver.errors() == []
     driver.assert_client_order()
+
+
+async def test_an_engine_without_function_calls_refuses_tools_instead_of_dropping_them(make_driver, backends):
+    """llm.scheduler "serial" (one llama.cpp context, text only): tools in session.update or
+    response.create are refused with unsupported_feature; the session goes on answering."""
+    from quillman.config import LlmConfig
+
+    d = await make_driver(llm=LlmConfig(scheduler="serial"))
+    tool = {"type": "function", "name": "get_time", "parameters": {"type": "object", "properties": {}}}
+    await d.send({"type": "session.update", "event_id": "ev_tools", "session": {"tools": [tool]}})
+    await d.send({"type": "response.create", "event_id": "ev_resp", "response": {"tools": [tool]}})
+    await d.settle()
+    refused = {e["event_id"]: (e["code"], e["param"]) for e in d.errors()}
+    assert refused == {"ev_tools": ("unsupported_feature", "session.tools"),
+                       "ev_resp": ("unsupported_feature", "response.tools")}, refused
+    done = await d.text_turn("hello")
+    assert done["response"]["status"] == "completed"

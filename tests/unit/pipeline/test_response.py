@@ -328,7 +328,8 @@ async def test_waits_for_the_previous_response(backends):
 
     before = asyncio.create_task(previous())
     h = Harness(backends, after=before).start()
-    await asyncio.sleep(0.02)
+    for _ in range(20):  # loop steps, not wall time: everything it could do without waiting
+        await asyncio.sleep(0)
     assert h.events == [] and backends.llm_calls == []
     release.set()
     assert (await h.done())["response"]["status"] == "completed"
@@ -342,7 +343,7 @@ async def test_cancelling_a_response_does_not_cancel_the_one_it_waits_for(backen
 
     before = asyncio.create_task(previous())
     h = Harness(backends, after=before).start()
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # its task runs to the wait for the previous one
     h.response.cancel("client_cancelled")
     await h.done()
     await asyncio.sleep(0)
@@ -356,7 +357,7 @@ async def test_cancel_before_the_task_runs_still_reports_done(backends):
     # task has had a single step: the client must still get its response.done.
     h = Harness(backends).start()
     h.response.cancel("client_cancelled")
-    await asyncio.sleep(0.05)
+    await asyncio.wait({h.response.task})
     assert [e["response"]["status"] for e in h.of_type("response.done")] == ["cancelled"]
     assert h.finished and h.finished[0][0] == "cancelled"
 
@@ -404,7 +405,9 @@ async def test_sentences_carry_playback_deadlines_and_the_llm_the_session_and_pa
     assert deadlines == sorted(deadlines) and deadlines[-1] > deadlines[0]
 
 
-async def test_a_text_reply_is_not_paced(backends):
+async def test_a_text_reply_is_paced_for_reading(backends):
+    from quillman.scheduling import READING_PACE
+
     h = Harness(backends, output_audio=False).start()
     await h.done()
-    assert backends.llm_calls[0].args["request"].pacing is None
+    assert backends.llm_calls[0].args["request"].pacing == READING_PACE

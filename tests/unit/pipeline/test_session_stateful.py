@@ -94,7 +94,7 @@ from hypothesis.stateful import (
 
 from quillman.audio import resample
 from quillman.protocol import SUPPORTED_RATES_HZ
-from quillman.loadtest.speech import espeak
+from quillman_bench.speech import espeak
 
 
 def _load_unit_fakes():
@@ -1218,3 +1218,31 @@ async def test_regression_turn_ended_at_max_turn_s_has_speech_stopped(make_drive
     first_item = turn_events[0][1]
     assert turn_events[:3] == [("speech_started", first_item), ("speech_stopped", first_item),
                                ("committed", first_item)], turn_events
+
+
+@pytest.mark.usefixtures("hang_guard")
+async def test_regression_speculation_committed_behind_a_text_response_waits_for_it(driver, backends,
+                                                                                  phrases_24k):
+    """Bug 7 (found by CI's run of the machine): speech, then a pause (server VAD starts a
+    speculative reply, unseen), a response.create meanwhile (accepted: nothing is on the wire),
+    then the turn ends: the speculation's held response.created went out at once while the text
+    response still streamed, two responses open on the wire. The committed speculation must wait
+    for the text response's response.done, then come out whole."""
+    await driver.send(VAD_ON)
+    backends.llm_hang_calls = {0: 3, 1: 3}  # the text response and the speculation wait
+    await driver.append(np.concatenate([SILENCE_200MS, phrases_24k[0], np.zeros(8400, np.int16)]))  # 350 ms
+    await driver.settle()
+    await driver.send(USER_ITEM)
+    await driver.send({"type": "response.create", "response": {"output_modalities": ["text"]}})
+    text_id = (await driver.wait_for("response.created"))["response"]["id"]
+    await driver.append(np.zeros(24000, np.int16))  # the turn ends
+    await driver.wait_for("input_audio_buffer.committed")
+    await driver.settle(0.1)
+    assert [e["response"]["id"] for e in driver.of_type("response.created")] == [text_id], "\n".join(driver.types())
+    backends.llm_release.set()
+    await driver.wait_for("response.done", count=2)
+    created = [driver.events.index(e) for e in driver.of_type("response.created")]
+    done = [driver.events.index(e) for e in driver.of_type("response.done")]
+    assert len(created) == 2 and created[0] < done[0] < created[1] < done[1], driver.types()
+    assert [e["response"]["status"] for e in driver.of_type("response.done")] == ["completed", "completed"]
+    assert driver.errors() == []

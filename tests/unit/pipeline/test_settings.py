@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from quillman import errors, protocol
 from quillman.config import LlmConfig, SessionConfig, VadConfig
+from quillman.engines.llm.base import Capabilities
+from quillman.engines.loader import language_model_capabilities
 from quillman.pipeline.settings import SessionSettings, response_settings
 
 
@@ -87,9 +91,52 @@ def test_the_servers_max_tokens_is_a_ceiling(session_tokens, response_tokens, ex
     if session_tokens:
         settings = settings.apply(update(max_output_tokens=session_tokens), "joe")
     options = protocol.ResponseOptions(max_output_tokens=response_tokens) if response_tokens else None
-    assert response_settings(settings, options, SessionConfig(), LlmConfig(max_tokens=64)).max_output_tokens == expected
+    assert response_settings(settings, options, SessionConfig(), LlmConfig(max_tokens=64),
+                             Capabilities(tools=True)).max_output_tokens == expected
 
 
 def test_response_tools_without_a_name_are_refused():
     with pytest.raises(errors.InvalidTool):
-        response_settings(initial(), protocol.ResponseOptions(tools=[{"type": "function"}]), SessionConfig(), LlmConfig())
+        response_settings(initial(), protocol.ResponseOptions(tools=[{"type": "function"}]), SessionConfig(), LlmConfig(),
+                          Capabilities(tools=True))
+
+
+@pytest.mark.parametrize("field, value", [
+    ("threshold", 0.0), ("threshold", 1.0), ("prefix_padding_ms", -1), ("prefix_padding_ms", 2001),
+    ("silence_duration_ms", 99), ("silence_duration_ms", 5001),
+])
+def test_a_client_cannot_exceed_the_configs_vad_bounds(field, value):
+    """One source per bound (quillman.config): the wire refuses what VadConfig forbids, and
+    apply() validates the merged options again (an update built without validation too)."""
+    frame = {"type": "session.update", "event_id": "ev_1", "session": {
+        "audio": {"input": {"turn_detection": {"type": "server_vad", field: value}}}}}
+    with pytest.raises(errors.InvalidEvent) as refused:
+        protocol.parse_client_event(json.dumps(frame))
+    assert refused.value.param == f"session.audio.input.turn_detection.{field}"
+    with pytest.raises(ValueError):
+        VadConfig(**{field: value})
+    unchecked = protocol.SessionUpdate.model_construct(audio=protocol.SessionAudio.model_construct(
+        input=protocol.AudioInput.model_construct(
+            turn_detection=protocol.TurnDetection.model_construct(type="server_vad", **{field: value}))))
+    with pytest.raises(errors.InvalidEvent) as bypass:
+        initial().apply(unchecked, "joe")
+    assert bypass.value.param == f"session.audio.input.turn_detection.{field}"
+    assert initial().turn_detection == VadConfig()
+
+
+@pytest.mark.parametrize("llm, tools", [
+    (LlmConfig(), True),  # the batched llama.cpp engine: grammar-constrained calls
+    (LlmConfig(scheduler="serial"), False),  # one context, text only
+    (LlmConfig(backend="vllm"), False),
+    (LlmConfig(backend="openai", base_url="http://127.0.0.1:1/v1"), True),
+])
+def test_function_calls_are_refused_where_the_engine_cannot_make_them(llm, tools):
+    """Asked of the engine's capabilities, not the backend's name; refused, never dropped."""
+    assert language_model_capabilities(llm).tools is tools
+    options = protocol.ResponseOptions(tools=[{"type": "function", "name": "f", "parameters": {}}])
+    if tools:
+        assert response_settings(initial(), options, SessionConfig(), llm, language_model_capabilities(llm)).tools
+    else:
+        with pytest.raises(errors.UnsupportedFeature) as refused:
+            response_settings(initial(), options, SessionConfig(), llm, language_model_capabilities(llm))
+        assert refused.value.param == "response.tools"

@@ -72,7 +72,7 @@ def test_phone_audio_is_heard_with_the_cpu_profile(cpu_profile_engine):
     """μ-law 8 kHz speech, sent as a phone call sends it and decoded by the session's path
     (G.711 decode, resampling, Silero VAD segments), then the shipped ASR settings: WER bound.
     Before the narrowband settings and pause, tiny.en greedy heard these at WER ~0.2-0.3."""
-    from quillman.loadtest import asr_bench as ab
+    from quillman_bench import asr_bench as ab
 
     config, engine = cpu_profile_engine
     assert config.narrowband_model or config.narrowband_beam_size  # the profile has phone settings

@@ -24,7 +24,7 @@ from quillman.engines.asr.ct2_convert import cached_hf_whisper, convert_ct2_whis
 from quillman.engines.asr.transformers_whisper import TransformersWhisperRecognizer  # noqa: E402
 from quillman.engines.loader import load_recognizer  # noqa: E402
 from quillman.errors import ConfigError  # noqa: E402
-from quillman.loadtest.speech import QUESTIONS, espeak, word_error_rate  # noqa: E402
+from quillman_bench.speech import QUESTIONS, espeak, word_error_rate  # noqa: E402
 from tiny_whisper import build_tiny_whisper  # noqa: E402
 
 pytestmark = pytest.mark.skipif(

@@ -100,8 +100,10 @@ async def test_a_new_session_reuses_the_shared_prefix_and_evicts_the_idle_histor
 async def test_waiting_requests_start_earliest_deadline_first(one_slot):
     order: list[str] = []
     long = GenerationParams(max_tokens=30, temperature=0.0, top_p=1.0)
-    busy = asyncio.create_task(collect(one_slot, GenerationRequest(chat("Count to twenty."), long)))
-    await asyncio.sleep(0.05)  # the slot is taken: the next three wait
+    log: list[str] = []
+    busy = asyncio.create_task(collect(one_slot, GenerationRequest(chat("Count to twenty."), long), log, "busy"))
+    while not log:  # its first token: the slot is taken, the next three wait
+        await asyncio.sleep(0.005)
 
     async def run(name: str, deadline: float):
         async for delta in one_slot.stream(GenerationRequest(chat(f"Say {name}."), GREEDY, deadline=deadline)):

@@ -9,7 +9,6 @@ settings handed over.
 
 from __future__ import annotations
 
-import asyncio
 
 import pytest
 from engine_fakes import (
@@ -22,7 +21,7 @@ from engine_fakes import (
 )
 
 from quillman.config import LlmConfig
-from quillman.engines.llm.base import GenerationParams, GenerationRequest, Usage
+from quillman.engines.llm.base import GenerationParams, GenerationRequest
 from quillman.engines.llm.vllm import CPU_KV_CACHE_BYTES, VllmModel, engine_kwargs, fold_system_prompt
 from quillman.engines.loader import load_language_model
 from quillman.errors import ConfigError

@@ -28,7 +28,7 @@ except (ImportError, OSError) as exc:  # OSError: torchaudio's CUDA build withou
 from quillman.config import TtsConfig  # noqa: E402
 from quillman.engines.loader import load_synthesizer  # noqa: E402
 from quillman.engines.tts.xtts import XttsSynthesizer  # noqa: E402
-from quillman.loadtest.speech import espeak  # noqa: E402
+from quillman_bench.speech import espeak  # noqa: E402
 
 SPECIAL_TOKENS = ["[STOP]", "[UNK]", "[SPACE]", "[START]", "[en]", "[de]"]
 MODEL_DIM = 32
