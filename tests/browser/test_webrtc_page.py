@@ -23,7 +23,7 @@ from test_browser import (  # noqa: F401
     _save,
     _wer,
     open_page,
-    sync_playwright,
+    sync_playwright,  # the fixture (pytest finds it by this name)
     synthesize_fake_mic,
 )
 
@@ -46,7 +46,7 @@ def keyed_server(tmp_path_factory):
         yield server, folder / "serve.log"
 
 
-def test_a_spoken_question_over_webrtc_with_a_client_secret(keyed_server, sync_playwright, tmp_path):
+def test_a_spoken_question_over_webrtc_with_a_client_secret(keyed_server, sync_playwright, tmp_path):  # noqa: F811
     server, log_path = keyed_server
     url = server.url
     wav = tmp_path / "question.wav"
@@ -95,7 +95,7 @@ def test_a_spoken_question_over_webrtc_with_a_client_secret(keyed_server, sync_p
     assert not re.search(r"ek_[A-Za-z0-9_-]{40}", log_path.read_text(errors="replace"))
 
 
-def test_barge_in_over_webrtc_is_cut_and_truncated_by_the_server(keyed_server, sync_playwright, tmp_path):
+def test_barge_in_over_webrtc_is_cut_and_truncated_by_the_server(keyed_server, sync_playwright, tmp_path):  # noqa: F811
     """Talking over a reply: the server clears its track and truncates the reply at what was played;
     the page marks it interrupted and sends no truncate of its own; the new turn is answered."""
     server, _ = keyed_server

@@ -13,6 +13,7 @@ import types
 import pytest
 from fastapi.testclient import TestClient
 from ray import serve
+from starlette.testclient import WebSocketDenialResponse
 
 from quillman.client_secrets import SecretStore
 from quillman.config import AppConfig
@@ -188,9 +189,11 @@ def test_a_secret_opens_one_websocket(server):
                              json={}).json()["value"]
         with client.websocket_connect("/v1/realtime", subprotocols=["realtime", f"openai-insecure-api-key.{secret}"]) as ws:
             assert json.loads(ws.receive_text())["type"] == "session.created"
-        with pytest.raises(Exception):
+        with pytest.raises(WebSocketDenialResponse) as refused:
             with client.websocket_connect("/v1/realtime", subprotocols=[f"openai-insecure-api-key.{secret}"]) as ws:
                 ws.receive_text()
+        assert refused.value.status_code == 401
+        assert refused.value.json()["error"]["code"] == "client_secret_already_used"
 
 
 async def test_bad_offers_leave_nothing_behind(server, no_leaks):
@@ -240,8 +243,9 @@ async def test_the_sideband_sees_and_steers_the_call(server, no_leaks):
         assert (await asyncio.to_thread(sideband))["type"] == "session.updated"
         updated = await caller.wait_for("session.updated", 10)
         assert updated["session"]["instructions"] == "From the side."
-        with pytest.raises(Exception):
+        with pytest.raises(WebSocketDenialResponse) as unknown:
             await asyncio.to_thread(lambda: client.websocket_connect("/v1/realtime?call_id=rtc_nope").__enter__())
+        assert (unknown.value.status_code, unknown.value.json()["error"]["code"]) == (404, "call_not_found")
         hang = await asyncio.to_thread(client.post, f"/v1/realtime/calls/{caller.call_id}/hangup")
         assert hang.status_code == 200
         await ended(client, caller)
