@@ -351,7 +351,7 @@ class WebRtcConfig(_Strict):
         low, high = self.udp_port_min, self.udp_port_max
         if (low is None) != (high is None):
             raise ValueError("webrtc.udp_port_min and webrtc.udp_port_max go together")
-        if low is not None and low > high:
+        if low is not None and high is not None and low > high:
             raise ValueError("webrtc.udp_port_min is above webrtc.udp_port_max")
         if self.public_address is not None:
             import ipaddress
