@@ -50,7 +50,10 @@ def test_a_spoken_question_over_webrtc_with_a_client_secret(keyed_server, sync_p
     server, log_path = keyed_server
     url = server.url
     wav = tmp_path / "question.wav"
-    spans = synthesize_fake_mic(wav, [(1.5, QUESTIONS[0])])
+    # The fake device plays from the moment the mic opens; the call is up a moment later (the
+    # secret, ICE gathering, the offer, DTLS): what is said before is not heard, as with a person
+    # who talks before the page says "Listening".
+    spans = synthesize_fake_mic(wav, [(3.0, QUESTIONS[0])])
     console: list[str] = []
     requests: list[str] = []
     result: dict = {"question": QUESTIONS[0], "span_s": spans}
@@ -100,7 +103,7 @@ def test_barge_in_over_webrtc_is_cut_and_truncated_by_the_server(keyed_server, s
     the page marks it interrupted and sends no truncate of its own; the new turn is answered."""
     server, _ = keyed_server
     wav = tmp_path / "barge-in.wav"
-    synthesize_fake_mic(wav, [(1.0, LONG_QUESTION), (6.0, QUESTIONS[1])])
+    synthesize_fake_mic(wav, [(3.0, LONG_QUESTION), (6.0, QUESTIONS[1])])
     console: list[str] = []
     result: dict = {}
     try:
