@@ -326,7 +326,7 @@ class Ingress:
         return RealtimeSession(
             backends=self.backends, config=self.config.session, vad_config=self.config.vad,
             make_vad=SileroVad, send=send, llm=self.config.llm, voices=voices,
-            metrics=self.metrics, end_of_turn=self.end_of_turn,
+            metrics=self.metrics, end_of_turn=self.end_of_turn, mcp=self.config.mcp,
         )
 
     @staticmethod

@@ -1,0 +1,89 @@
+"""A small MCP server for the tests and the MCP overhead bench (the ``mcp`` SDK's MCPServer, the
+successor of FastMCP): two useful tools and three that misbehave on purpose.
+
+    python -m quillman.loadtest.mcp_server --port 8931            # streamable HTTP at /mcp
+    python -m quillman.loadtest.mcp_server --port 8931 --sse      # SSE only, at /sse
+
+``--redirect-to URL``: instead, answer every request with a 307 to URL (the access tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+WEATHER = {"paris": "sunny and 18 degrees", "london": "rainy and 11 degrees", "tokyo": "cloudy and 22 degrees"}
+
+
+def build_server():
+    from mcp.server.mcpserver import MCPServer
+
+    server = MCPServer("quillman-test-tools")
+
+    @server.tool()
+    def get_weather(city: str) -> str:
+        """Get the current weather for a city."""
+        sky = WEATHER.get(city.strip().lower(), "windy and 15 degrees")
+        return f"The weather in {city} is {sky}."
+
+    @server.tool()
+    def get_population(city: str) -> str:
+        """Get the number of people who live in a city."""
+        return f"About 2 million people live in {city}."
+
+    @server.tool()
+    def broken_weather(city: str) -> str:
+        """Get the weather for a city from a station that is offline."""
+        raise ValueError(f"the weather station for {city} is offline")
+
+    @server.tool()
+    async def slow_weather(city: str) -> str:
+        """Get the weather for a city, very slowly."""
+        await asyncio.sleep(3600)
+        return "too late"
+
+    @server.tool()
+    def huge_weather(city: str) -> str:
+        """Get a very long weather report for a city."""
+        return f"The weather in {city} is sunny. " * 20000
+
+    @server.tool()
+    def echo_timing(text: str) -> str:
+        """Echo the text (the overhead bench: the tool's own time is about zero)."""
+        started = time.perf_counter()
+        return f"{text} ({(time.perf_counter() - started) * 1000:.3f} ms)"
+
+    return server
+
+
+def redirect_app(location: str):
+    from starlette.applications import Starlette
+    from starlette.responses import RedirectResponse
+    from starlette.routing import Route
+
+    async def redirect(request):
+        return RedirectResponse(location, status_code=307)
+
+    return Starlette(routes=[Route("/{path:path}", redirect, methods=["GET", "POST", "DELETE"])])
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--sse", action="store_true", help="serve SSE only (at /sse)")
+    parser.add_argument("--redirect-to", default=None)
+    args = parser.parse_args(argv)
+    if args.redirect_to:
+        app = redirect_app(args.redirect_to)
+    else:
+        server = build_server()
+        app = server.sse_app() if args.sse else server.streamable_http_app()
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
