@@ -74,7 +74,10 @@ def parse_entry(text: str) -> Entry:
         address = _address(raw.strip("[]"))
         if address is not None:
             return Entry(raw, network=ipaddress.ip_network(address))
-        host, _, port = raw.rpartition(":") if raw.count(":") == 1 else (raw, "", "")
+        if raw.startswith("[") and "]:" in raw:  # [v6]:port
+            host, _, port = raw[1:].partition("]:")
+        else:
+            host, _, port = raw.rpartition(":") if raw.count(":") == 1 else (raw, "", "")
         address = _address(host.strip("[]"))
         if address is not None:
             return Entry(raw, network=ipaddress.ip_network(address), port=int(port) if port else None)
@@ -172,8 +175,9 @@ class Access:
 
     @staticmethod
     def _check(address: IpAddress, entry: Entry, host: str, param: str) -> None:
-        if is_public(address) or (entry.network is not None and address in entry.network):
-            return
+        if is_public(address) or (entry.network is not None and address in entry.network and (
+                entry.network.is_private or entry.network.num_addresses == 1)):
+            return  # (a network that spans public space too, 0.0.0.0/0, names no inside address)
         raise errors.McpPrivateAddress(
             f"MCP server {host!r} is (or resolves to) a private, loopback or link-local address that "
             "this server's allowlist does not name", param=param)
