@@ -243,28 +243,38 @@ class McpConnection:
         label = self.spec.label
         self._event(protocol.ConversationItemAdded(item=protocol.McpListToolsItem(id=self.item_id, server_label=label)))
         self._emit(protocol.McpListToolsInProgress(item_id=self.item_id))
-        async with contextlib.AsyncExitStack() as stack:
-            try:
-                async with asyncio.timeout(self.config.connect_timeout_s):
-                    await self.access.check_address(self.spec.url, f"{self.spec.param}.server_url")
-                    self._client = await self._connector(self, stack)
-                    listed = await self._list()
-            except asyncio.CancelledError:
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                await self._connect_and_list(stack)
+                if self.failure is None:
+                    await asyncio.Event().wait()  # held open until the session closes (cancel)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the transport broke (the server went away)
+            logger.info("[%s] MCP %s: connection lost (%s)", self.session_id, label, type(exc).__name__)
+        finally:
+            self.lost = True
+            if not self._ready.is_set():
                 self._fail(errors.McpListToolsFailed(f"listing the tools of MCP server {label!r} was cancelled",
                                                      param=self.spec.param), report=False)
-                raise
-            except Exception as exc:  # noqa: BLE001 - any failure to connect is reported, never raised
-                self._fail(self._listing_error(exc))
-                return
-            self.tools = listed
-            logger.info("[%s] MCP %s: %d tools listed", self.session_id, label, len(listed))
-            self._emit(protocol.McpListToolsCompleted(item_id=self.item_id))
-            self._event(protocol.ConversationItemDone(item=self._item()))
-            self._ready.set()
-            try:
-                await asyncio.Event().wait()  # held open until the session closes (cancel)
-            finally:
-                self.lost = True
+
+    async def _connect_and_list(self, stack: contextlib.AsyncExitStack) -> None:
+        label = self.spec.label
+        try:
+            async with asyncio.timeout(self.config.connect_timeout_s):
+                await self.access.check_address(self.spec.url, f"{self.spec.param}.server_url")
+                self._client = await self._connector(self, stack)
+                listed = await self._list()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure to connect is reported, never raised
+            self._fail(self._listing_error(exc))
+            return
+        self.tools = listed
+        logger.info("[%s] MCP %s: %d tools listed", self.session_id, label, len(listed))
+        self._emit(protocol.McpListToolsCompleted(item_id=self.item_id))
+        self._event(protocol.ConversationItemDone(item=self._item()))
+        self._ready.set()
 
     def _item(self) -> protocol.McpListToolsItem:
         return protocol.McpListToolsItem(id=self.item_id, server_label=self.spec.label,
