@@ -297,7 +297,9 @@ class McpConfig(_Strict):
     connect_timeout_s: float = Field(10.0, gt=0)  # connecting and listing the tools
     call_timeout_s: float = Field(20.0, gt=0)  # one tool call
     approval_timeout_s: float = Field(60.0, gt=0)  # require_approval: the client's answer
-    max_output_chars: int = Field(4000, ge=64)  # of a call's output fed back to the model
+    # Of a call's output, in its item and fed back to the model: the default fits the CPU
+    # profile's prompt (llm.n_ctx 2048, about 2 characters per token of budget).
+    max_output_chars: int = Field(2000, ge=64)
     max_calls_per_response: int = Field(3, ge=1, le=16)
     max_servers_per_session: int = Field(4, ge=1, le=16)
     max_tools_per_server: int = Field(32, ge=1, le=128)
