@@ -289,3 +289,38 @@ async def test_a_speculation_runs_no_call_before_the_turn_ends(mcp_driver, backe
     response.open_gate(0.0)
     assert response._seen.is_set()  # noqa: SLF001
     await asyncio.sleep(0)
+
+
+async def test_a_malformed_approval_response_is_an_invalid_event(mcp_driver):
+    driver = await mcp_driver()
+    await driver.send({"type": "conversation.item.create", "item": {
+        "type": "mcp_approval_response", "approval_request_id": "mcpr_x", "approve": "maybe"}})
+    await driver.drain()
+    assert [(e["code"], e["param"]) for e in driver.errors()] == [("invalid_event", "item.approve")]
+
+
+async def test_mcp_tools_given_for_one_response_only(make_driver, session_config, backends, connector):
+    driver = await make_driver(session_config(), mcp=McpConfig(allowed_servers=["127.0.0.1"]), mcp_connector=connector)
+    backends.replies = {0: "", 1: "Sunny."}
+    backends.tool_calls[0] = call(0, "get_population", '{"city": "Paris"}')
+    done = await driver.text_turn("How many people live in Paris?", output_modalities=["text"],
+                                  tools=[mcp_tool()], tool_choice={"type": "mcp", "server_label": "weather"})
+    assert done["response"]["output"][0]["output"].startswith("About 2 million")
+    assert backends.llm_calls[0].args["request"].tool_choice == "required"  # any of that server's tools
+    assert driver.session.settings.mcp == ()  # the session's tools are unchanged
+    strict(driver)
+
+
+def test_engines_that_cannot_run_tools_refuse_mcp():
+    from quillman import errors, protocol
+    from quillman.config import LlmConfig, SessionConfig, VadConfig
+    from quillman.pipeline.mcp_access import Access
+    from quillman.pipeline.settings import SessionSettings, response_settings
+
+    access = Access(["127.0.0.1"])
+    settings = SessionSettings.initial(SessionConfig(), VadConfig(), ["joe"]).apply(
+        protocol.SessionUpdate(tools=[mcp_tool()]), "joe", access)
+    for llm in (LlmConfig(backend="vllm"), LlmConfig(scheduler="serial")):
+        with pytest.raises(errors.UnsupportedFeature) as refused:
+            response_settings(settings, None, SessionConfig(), llm, access)
+        assert refused.value.param == "response.tools"
