@@ -46,7 +46,8 @@ def build_server():
     @server.tool()
     def huge_weather(city: str) -> str:
         """Get a very long weather report for a city."""
-        return f"The weather in {city} is sunny. " * 20000
+        # ~150-250 KB: far over any output cap, under the SDK's 1 MiB limit for one message
+        return f"The weather in {city} is sunny. " * 5000
 
     @server.tool()
     def echo_timing(text: str) -> str:
