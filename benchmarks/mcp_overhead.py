@@ -21,9 +21,7 @@ import asyncio
 import contextlib
 import json
 import re
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,6 +32,7 @@ sys.path.insert(0, str(ROOT))  # runnable from a checkout without installing
 from quillman.config import LlmConfig, McpConfig, SessionConfig, VadConfig  # noqa: E402
 from quillman.engines.llm.base import ToolCallDelta  # noqa: E402
 from quillman.engines.vad import SileroVad  # noqa: E402
+from quillman.loadtest.mcp_server import McpServerProcess  # noqa: E402
 from quillman.pipeline.mcp import McpConnection, parse_mcp_tool  # noqa: E402
 from quillman.pipeline.mcp_access import Access  # noqa: E402
 from quillman.pipeline.session import RealtimeSession  # noqa: E402
@@ -41,28 +40,13 @@ from quillman.pipeline.session import RealtimeSession  # noqa: E402
 OWN_MS = re.compile(r"\(([0-9.]+) ms\)")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextlib.contextmanager
 def mcp_server():
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "quillman.loadtest.mcp_server", "--port", str(port)],
-                               cwd=ROOT, stderr=subprocess.DEVNULL)
+    server = McpServerProcess()
     try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}/mcp"
+        yield server.url()
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        server.stop()
 
 
 def tool(url: str) -> dict:

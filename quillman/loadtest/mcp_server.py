@@ -69,6 +69,49 @@ def redirect_app(location: str):
     return Starlette(routes=[Route("/{path:path}", redirect, methods=["GET", "POST", "DELETE"])])
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class McpServerProcess:
+    """This module run as a process on a free port of 127.0.0.1, until ``stop()``."""
+
+    def __init__(self, *args: str):
+        import subprocess
+        import sys
+
+        self.port = free_port()
+        self.process = subprocess.Popen([sys.executable, "-m", "quillman.loadtest.mcp_server",
+                                         "--port", str(self.port), *args])
+        self._wait()
+
+    def _wait(self) -> None:
+        import socket
+
+        for _ in range(200):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the MCP test server exited with {self.process.returncode}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("the MCP test server did not start")
+
+    def url(self, path: str = "/mcp", host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}{path}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 

@@ -26,59 +26,20 @@ def transcribe_reply(recognizer):
 # --- MCP test servers (quillman.loadtest.mcp_server: the SDK's MCPServer on 127.0.0.1) ----------
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class McpProcess:
-    """``python -m quillman.loadtest.mcp_server`` on a free port, until ``stop()``."""
-
-    def __init__(self, *args: str):
-        import subprocess
-        import sys
-
-        self.port = free_port()
-        self.process = subprocess.Popen([sys.executable, "-m", "quillman.loadtest.mcp_server",
-                                         "--port", str(self.port), *args])
-        self._wait()
-
-    def _wait(self) -> None:
-        import socket
-        import time
-
-        for _ in range(200):
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the MCP test server exited with {self.process.returncode}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("the MCP test server did not start")
-
-    def url(self, path: str = "/mcp", host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}{path}"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-
-
 @pytest.fixture(scope="session")
 def mcp_server():
     """Streamable HTTP at /mcp; shared by every MCP test."""
-    server = McpProcess()
+    from quillman.loadtest.mcp_server import McpServerProcess
+
+    server = McpServerProcess()
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
 def mcp_sse_server():
-    server = McpProcess("--sse")
+    from quillman.loadtest.mcp_server import McpServerProcess
+
+    server = McpServerProcess("--sse")
     yield server
     server.stop()

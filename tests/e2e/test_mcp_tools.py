@@ -18,7 +18,7 @@ from openai import AsyncOpenAI
 from openai.types.realtime import RealtimeServerEvent
 from pydantic import TypeAdapter
 
-from conftest import McpProcess
+from quillman.loadtest.mcp_server import McpServerProcess
 from quillman.loadtest.speech import spoken_question
 from quillman.server_process import ROOT, serve_run
 from test_openai_sdk import speak
@@ -198,7 +198,7 @@ async def test_misbehaving_tools_end_their_call_not_the_turn(mcp_app, mcp_server
 
 async def test_an_mcp_server_that_goes_away_mid_session(mcp_app):
     url, _ = mcp_app
-    doomed = McpProcess()
+    doomed = McpServerProcess()
     try:
         async with client(url).realtime.connect(model="quillman") as connection:
             session = Session(connection)
@@ -237,7 +237,7 @@ async def test_sse_only_servers_work_too(mcp_app, mcp_sse_server):
 
 async def test_access_is_refused_with_its_code(mcp_app, mcp_server):
     url, _ = mcp_app
-    redirector = McpProcess("--redirect-to", mcp_server.url(host="localhost"))
+    redirector = McpServerProcess("--redirect-to", mcp_server.url(host="localhost"))
     try:
         async with client(url).realtime.connect(model="quillman") as connection:
             session = Session(connection)
