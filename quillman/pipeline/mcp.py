@@ -138,8 +138,14 @@ def parse_mcp_tool(definition: dict, param: str, access: Access) -> McpServerSpe
                          authorization=authorization)
 
 
+# Headers the HTTP client owns: a client's value would change how the request is framed or routed.
+_RESERVED_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer",
+                     "proxy-authorization", "mcp-session-id", "mcp-protocol-version"}
+
+
 def _header_safe(name: str, value: str) -> bool:
-    return bool(name) and not any(c in name + value for c in "\r\n\0") and ":" not in name
+    return (bool(name) and not any(c in name + value for c in "\r\n\0") and ":" not in name
+            and name.strip().lower() not in _RESERVED_HEADERS)
 
 
 def _valid_filter(value: Any) -> bool:

@@ -243,6 +243,8 @@ async def test_secrets_never_reach_the_events(mcp_driver, backends, caplog):
     (None, {"server_label": "bad label"}, "invalid_mcp_tool", "session.tools[0].server_label"),
     (None, {"connector_id": "connector_gmail"}, "unsupported_feature", "session.tools[0].connector_id"),
     (None, {"require_approval": "sometimes"}, "invalid_mcp_tool", "session.tools[0].require_approval"),
+    (None, {"headers": {"Host": "internal.example"}}, "invalid_mcp_tool", "session.tools[0].headers"),
+    (None, {"headers": {"X-A": "1\r\nX-B: 2"}}, "invalid_mcp_tool", "session.tools[0].headers"),
 ])
 async def test_refused_tools_change_nothing(make_driver, session_config, connector, config, tool, code, param):
     driver = await make_driver(session_config(), mcp=config or McpConfig(allowed_servers=["http://127.0.0.1:18999"]),
