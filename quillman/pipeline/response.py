@@ -167,6 +167,7 @@ class Response:
     _calls_by_index: dict[int, FunctionCall | McpCall] = field(default_factory=dict)
     _request: GenerationRequest | None = None
     _usage_base: tuple[int, int, int] = (0, 0, 0)
+    _joining: bool = False
     _placed: list[str] = field(default_factory=list)  # its items in the conversation, in order
     _text: list[str] = field(default_factory=list)
     _audio_s: float = 0.0
@@ -585,6 +586,7 @@ class Response:
             self._request = self._follow_up(self._request, pending)
             self._calls_by_index = {}
             self._usage_base = (self._input_tokens, self._output_tokens, self._cached_tokens)
+            self._joining = bool(self._text)  # the answer continues the filler's message
             async for text in self._round(self.backends.generate(self._request)):
                 yield text
 
@@ -687,6 +689,10 @@ class Response:
             self._output_tokens += 1
             self._close_calls("completed")  # text after a call: that call is complete
             self._close_mcp_arguments()
+            if self._joining:  # "One moment." + "The weather…": a space between them
+                self._joining = False
+                if not self._text[-1][-1:].isspace() and not delta[:1].isspace():
+                    delta = " " + delta
             yield self._text_delta(delta)
         self._close_calls("completed")
         self._close_mcp_arguments()

@@ -326,3 +326,17 @@ def test_engines_that_cannot_run_tools_refuse_mcp():
         with pytest.raises(errors.UnsupportedFeature) as refused:
             response_settings(settings, None, SessionConfig(), llm, access)
         assert refused.value.param == "response.tools"
+
+
+async def test_the_filler_and_the_answer_are_one_spoken_message(mcp_driver, backends):
+    driver = await mcp_driver(tool_filler="One moment.")
+    await driver.send({"type": "session.update", "session": {"output_modalities": ["audio"]}})
+    backends.replies = {0: "", 1: "It is sunny."}
+    backends.tool_calls[0] = call(0, "get_weather", '{"city": "Paris"}')
+    done = await driver.text_turn("Weather in Paris?")
+    message, mcp_call = done["response"]["output"]
+    assert mcp_call["type"] == "mcp_call" and "sunny" in mcp_call["output"]
+    assert message["content"][0]["transcript"] == "One moment. It is sunny."
+    spoken = [c.args["text"] for c in backends.tts_calls]
+    assert spoken[0] == "One moment." and "It is sunny." in spoken[-1]  # the filler went out first
+    strict(driver)
