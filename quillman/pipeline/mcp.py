@@ -498,6 +498,8 @@ def _GuardedTransport(guard: _Guard) -> Any:
     backend = getattr(pool, "_network_backend", None)
     if backend is not None:  # httpcore2's pool: connect to the checked address
         pool._network_backend = _GuardedBackend(backend, guard)  # noqa: SLF001
+    else:  # another httpx2 layout: the request and redirect checks still run, DNS is not pinned
+        logger.warning("MCP: cannot pin connections to the checked address with this httpx2 version")
     return transport
 
 

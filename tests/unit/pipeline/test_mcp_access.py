@@ -8,7 +8,7 @@ import pytest
 
 from quillman import errors
 from quillman.config import McpConfig
-from quillman.pipeline.mcp import McpConnection, _Guard, _GuardedBackend, parse_mcp_tool
+from quillman.pipeline.mcp import McpConnection, _Guard, _GuardedBackend, _GuardedTransport, parse_mcp_tool
 from quillman.pipeline.mcp_access import Access, parse_entry
 
 P = "session.tools[0].server_url"
@@ -123,3 +123,9 @@ async def test_a_redirect_elsewhere_is_refused(location, code):
     conn = connection(access, "https://mcp.example.com/mcp")
     await _Guard(conn).on_response(FakeResponse(location))
     assert (conn.refusal.code if conn.refusal else None) == code
+
+
+def test_the_sdk_transport_connects_through_the_guard():
+    conn = connection(Access(["mcp.example.com"]), "https://mcp.example.com/mcp")
+    transport = _GuardedTransport(_Guard(conn))
+    assert isinstance(transport._pool._network_backend, _GuardedBackend)  # noqa: SLF001

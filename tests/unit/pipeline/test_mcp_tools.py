@@ -340,3 +340,17 @@ async def test_the_filler_and_the_answer_are_one_spoken_message(mcp_driver, back
     spoken = [c.args["text"] for c in backends.tts_calls]
     assert spoken[0] == "One moment." and "It is sunny." in spoken[-1]  # the filler went out first
     strict(driver)
+
+
+async def test_a_disconnect_during_a_call_cancels_it_and_closes_the_connection(mcp_driver, backends, connector):
+    driver = await mcp_driver(mcp_tool(allowed_tools=["slow_weather"], _name="slow_weather"),
+                              config=McpConfig(allowed_servers=["127.0.0.1"], call_timeout_s=30))
+    backends.replies = {0: ""}
+    backends.tool_calls[0] = call(0, "slow_weather", '{"city": "Paris"}')
+    await driver.send({"type": "conversation.item.create", "item": {
+        "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Weather?"}]}})
+    await driver.send({"type": "response.create"})
+    await driver.wait_for("response.mcp_call.in_progress")
+    await driver.stop()  # the client goes away: no hang, nothing left running
+    assert connector.closed == 1 and not driver.session.mcp.connections
+    assert driver.session.response is None or driver.session.response.task.done()
