@@ -13,6 +13,8 @@ import argparse
 import asyncio
 import time
 
+from mcp.server.mcpserver import Context  # resolved by name in the tools' annotations
+
 WEATHER = {"paris": "sunny and 18 degrees", "london": "rainy and 11 degrees", "tokyo": "cloudy and 22 degrees"}
 
 
@@ -48,6 +50,16 @@ def build_server():
         """Get a very long weather report for a city."""
         # ~150-250 KB: far over any output cap, under the SDK's 1 MiB limit for one message
         return f"The weather in {city} is sunny. " * 5000
+
+    @server.tool()
+    def check_credentials(city: str, ctx: Context) -> str:
+        """Check the credentials this request carried (never repeats them)."""
+        headers = {k.lower(): v for k, v in (ctx.headers or {}).items()}
+        key, bearer = headers.get("x-api-key"), headers.get("authorization", "")
+        token = bearer[len("Bearer "):] if bearer.startswith("Bearer ") else None
+        if key and token:
+            return "credentials: both present, " + ("they match" if key == token else "they differ")
+        return f"credentials: api key {'present' if key else 'missing'}, bearer {'present' if token else 'missing'}"
 
     @server.tool()
     def echo_timing(text: str) -> str:

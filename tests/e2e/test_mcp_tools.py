@@ -172,6 +172,20 @@ async def test_a_spoken_question_with_a_forced_mcp_tool(mcp_app, mcp_server, app
         assert response["timings"]["mcp_call_ms"] > 0
 
 
+async def test_headers_and_authorization_reach_the_mcp_server(mcp_app, mcp_server):
+    url, _ = mcp_app
+    async with client(url).realtime.connect(model="quillman") as connection:
+        session = Session(connection)
+        await session.update(output_modalities=["text"], tools=[tool(mcp_server.url(), allowed_tools=["check_credentials"])],
+                             tool_choice={"type": "mcp", "server_label": "weather", "name": "check_credentials"})
+        await session.listed()
+        await connection.conversation.item.create(item={
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Check Paris."}]})
+        await connection.response.create()
+        response, _, _ = await session.until_done()
+        assert response["output"][0]["output"] == "credentials: both present, they match"
+
+
 @pytest.mark.parametrize("name, error", [("broken_weather", "tool_execution_error"),
                                          ("slow_weather", "tool_execution_error"),
                                          ("huge_weather", None)])
