@@ -8,7 +8,8 @@ import pytest
 
 from quillman import errors
 from quillman.config import McpConfig
-from quillman.pipeline.mcp import McpConnection, _Guard, _GuardedBackend, _GuardedTransport, parse_mcp_tool
+from quillman.pipeline.mcp import McpConnection, parse_mcp_tool
+from quillman.pipeline.mcp_http import _Guard, _GuardedBackend, _GuardedTransport
 from quillman.pipeline.mcp_access import Access, parse_entry
 
 P = "session.tools[0].server_url"
