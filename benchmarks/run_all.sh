@@ -3,6 +3,7 @@
 #   1. quillman bench: concurrency sweep (default 1,2,4), streaming and the sequential baseline
 #   2. benchmarks/engines.py: each engine plain vs behind its deployment
 #   3. the turn-taking set: replayed in audio time (quillman bench turns) and live (quillman_bench.turns)
+#   (the MCP overhead table is by hand: python benchmarks/mcp_overhead.py --calls 50)
 #   4. benchmarks/update_docs.py: fills the generated blocks of docs/benchmarks.md
 # Outputs: docs/benchmarks/{bench.json,bench.md,latency.png,engines.json,engines.md,turns*.{json,md},turn-replay.{json,md}}.
 #

@@ -376,6 +376,39 @@ class TelephonyConfig(_Strict):
     public_url: str | None = None
 
 
+class McpConfig(_Strict):
+    """Remote MCP servers that sessions' ``{"type": "mcp"}`` tools may name (quillman.pipeline.mcp).
+
+    Off unless ``allowed_servers`` lists something: the server makes the HTTP requests, so a
+    client's ``server_url`` must not reach what the operator did not allow (docs/tools.md#mcp).
+    """
+
+    # Each entry: a URL prefix ("https://mcp.example.com/mcp"), a host ("mcp.example.com",
+    # "*.example.com"), a host and port ("127.0.0.1:8931"), an IP address or a CIDR network.
+    # A host name that resolves to a private, loopback, link-local or otherwise non-public
+    # address is refused unless the entry that admits it is that address (or its network):
+    # a name alone never opens the inside of the network.
+    allowed_servers: list[str] = Field(default_factory=list)
+    connect_timeout_s: float = Field(10.0, gt=0)  # connecting and listing the tools
+    call_timeout_s: float = Field(20.0, gt=0)  # one tool call
+    approval_timeout_s: float = Field(60.0, gt=0)  # require_approval: the client's answer
+    # Of a call's output, in its item and fed back to the model: the default fits the CPU
+    # profile's prompt (llm.n_ctx 2048, about 2 characters per token of budget).
+    max_output_chars: int = Field(2000, ge=64)
+    max_calls_per_response: int = Field(3, ge=1, le=16)
+    max_servers_per_session: int = Field(4, ge=1, le=16)
+    max_tools_per_server: int = Field(32, ge=1, le=128)
+
+    @field_validator("allowed_servers")
+    @classmethod
+    def _parseable(cls, entries: list[str]) -> list[str]:
+        from quillman.pipeline.mcp_access import parse_entry  # the one parser of entries
+
+        for entry in entries:
+            parse_entry(entry)  # raises ValueError naming the entry
+        return entries
+
+
 class AppConfig(_Strict):
     server: ServerConfig = ServerConfig()
     telephony: TelephonyConfig = TelephonyConfig()
@@ -386,6 +419,7 @@ class AppConfig(_Strict):
     tts: TtsConfig = TtsConfig()
     vad: VadConfig = VadConfig()
     session: SessionConfig = SessionConfig()
+    mcp: McpConfig = McpConfig()
 
 
 # --- GPU layout checks -------------------------------------------------------------------------

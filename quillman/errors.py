@@ -137,6 +137,44 @@ class ItemTruncateInvalidItemId(UnknownItemId):
     code = "item_truncate_invalid_item_id"
 
 
+class McpDisabled(UnsupportedFeature):
+    """An MCP tool on a server whose operator allowed no MCP server (``mcp.allowed_servers``)."""
+
+    code = "mcp_disabled"
+
+
+class McpServerNotAllowed(InvalidRequest):
+    """A ``server_url`` outside the operator's allowlist (also after a redirect)."""
+
+    code = "mcp_server_not_allowed"
+
+
+class McpPrivateAddress(McpServerNotAllowed):
+    """A ``server_url`` that is, or resolves to, a private / loopback / link-local address
+    the allowlist does not name."""
+
+    code = "mcp_server_private_address"
+
+
+class InvalidMcpTool(InvalidTool):
+    """An MCP tool definition that cannot be used (label, URL, filters)."""
+
+    code = "invalid_mcp_tool"
+
+
+class McpListToolsFailed(QuillmanError):
+    """Connecting to an MCP server or listing its tools failed (``mcp_list_tools.failed``)."""
+
+    code = "mcp_list_tools_failed"
+    type = "server_error"
+
+
+class UnknownApprovalRequest(InvalidRequest):
+    """An ``mcp_approval_response`` for no pending ``mcp_approval_request``."""
+
+    code = "unknown_approval_request"
+
+
 class ResponseAlreadyActive(InvalidRequest):
     code = "conversation_already_has_active_response"
 

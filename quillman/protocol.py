@@ -168,8 +168,19 @@ class FunctionCallOutputInput(_Lenient):
     output: str
 
 
-_ITEM_TAGS = {"message", "function_call_output"}
-ClientItem = Annotated[Union[ConversationItem, FunctionCallOutputInput], Field(discriminator="type")]
+class McpApprovalResponseInput(_Lenient):
+    """The client's answer to an ``mcp_approval_request`` item: run the call, or not."""
+
+    id: str | None = None
+    type: Literal["mcp_approval_response"]
+    approval_request_id: str = Field(min_length=1, max_length=256)
+    approve: bool
+    reason: str | None = Field(None, max_length=1000)
+
+
+_ITEM_TAGS = {"message", "function_call_output", "mcp_approval_response"}
+ClientItem = Annotated[Union[ConversationItem, FunctionCallOutputInput, McpApprovalResponseInput],
+                       Field(discriminator="type")]
 
 
 class ConversationItemCreate(_ClientEvent):
@@ -377,7 +388,79 @@ class FunctionCallOutputItem(_Wire):
     output: str
 
 
-Item = Union[MessageItem, FunctionCallItem, FunctionCallOutputItem]
+# MCP items (openai SDK: realtime_mcp_list_tools.py, realtime_mcp_tool_call.py,
+# realtime_mcp_approval_request.py / _response.py): no ``object`` and no ``status`` field there.
+
+
+class McpListedTool(_Compact):
+    name: str
+    input_schema: dict[str, Any]
+    description: str | None = None
+    annotations: dict[str, Any] | None = None
+
+
+class McpListToolsItem(_Wire):
+    """The tools an MCP server offers this session (after ``allowed_tools``)."""
+
+    id: str
+    type: Literal["mcp_list_tools"] = "mcp_list_tools"
+    server_label: str
+    tools: list[McpListedTool] = Field(default_factory=list)
+
+
+class McpProtocolError(_Wire):
+    type: Literal["protocol_error"] = "protocol_error"
+    code: int
+    message: str
+
+
+class McpToolExecutionError(_Wire):
+    type: Literal["tool_execution_error"] = "tool_execution_error"
+    message: str
+
+
+class McpHttpError(_Wire):
+    type: Literal["http_error"] = "http_error"
+    code: int
+    message: str
+
+
+McpCallError = Union[McpProtocolError, McpToolExecutionError, McpHttpError]
+
+
+class McpCallItem(_Compact):
+    """A call the server ran on an MCP server: ``output`` or ``error`` once it ended."""
+
+    id: str
+    type: Literal["mcp_call"] = "mcp_call"
+    server_label: str
+    name: str
+    arguments: str
+    approval_request_id: str | None = None
+    output: str | None = None
+    error: McpCallError | None = None
+
+
+class McpApprovalRequestItem(_Wire):
+    id: str
+    type: Literal["mcp_approval_request"] = "mcp_approval_request"
+    server_label: str
+    name: str
+    arguments: str
+
+
+class McpApprovalResponseItem(_Compact):
+    id: str
+    type: Literal["mcp_approval_response"] = "mcp_approval_response"
+    approval_request_id: str
+    approve: bool
+    reason: str | None = None
+
+
+McpItem = Union[McpListToolsItem, McpCallItem, McpApprovalRequestItem, McpApprovalResponseItem]
+Item = Union[MessageItem, FunctionCallItem, FunctionCallOutputItem, McpListToolsItem, McpCallItem,
+             McpApprovalRequestItem, McpApprovalResponseItem]
+OutputItem = Union[MessageItem, FunctionCallItem, McpCallItem, McpApprovalRequestItem]
 
 
 class FunctionTool(_Wire):
@@ -385,6 +468,27 @@ class FunctionTool(_Wire):
     name: str
     description: str
     parameters: dict[str, Any]
+
+
+class McpToolNames(_Compact):
+    tool_names: list[str] | None = None
+    read_only: bool | None = None
+
+
+class McpApprovalFilter(_Compact):
+    always: McpToolNames | None = None
+    never: McpToolNames | None = None
+
+
+class McpTool(_Compact):
+    """An MCP tool as the session shows it: never its ``headers`` or ``authorization``."""
+
+    type: Literal["mcp"] = "mcp"
+    server_label: str
+    server_url: str
+    server_description: str | None = None
+    allowed_tools: list[str] | McpToolNames | None = None
+    require_approval: Literal["always", "never"] | McpApprovalFilter = "always"
 
 
 def user_audio_item(item_id: str, transcript: str | None, status: ItemStatus = "completed") -> MessageItem:
@@ -463,6 +567,8 @@ class ResponseTimings(_Compact):
     # When the end of turn was decided (the silence, or semantic_vad's judgment at a pause);
     # ``metadata["turn_decision"]`` says which signal decided.
     turn_decision_ms: float | None = None
+    # MCP tool calls the server ran: their round trips through the MCP SDK, summed.
+    mcp_call_ms: float | None = None
     speculative: float = 0.0  # 1 when the reply was started before the end of turn
 
     def measured(self) -> dict[str, float]:
@@ -493,7 +599,7 @@ class ResponseObject(_Wire):
     object: Literal["realtime.response"] = "realtime.response"
     status: Literal["in_progress", "completed", "cancelled", "failed", "incomplete"]
     status_details: StatusDetails | None = None
-    output: list[MessageItem | FunctionCallItem] = Field(default_factory=list)
+    output: list[OutputItem] = Field(default_factory=list)
     output_modalities: list[Literal["audio", "text"]]
     usage: Usage | None = None
     metadata: dict[str, str] | None = None
@@ -571,7 +677,7 @@ class SessionObject(_Wire):
     output_modalities: list[Literal["audio", "text"]]
     max_output_tokens: int | Literal["inf"]
     audio: SessionAudioObject
-    tools: list[FunctionTool] = Field(default_factory=list)
+    tools: list[FunctionTool | McpTool] = Field(default_factory=list)
     tool_choice: ToolChoice = "auto"
     voices: list[str]
     quillman: QuillmanSessionInfo
@@ -727,7 +833,7 @@ class ResponseDone(_ResponseEvent):
 class _OutputItemEvent(ServerEvent):
     response_id: str
     output_index: int
-    item: MessageItem | FunctionCallItem
+    item: OutputItem
 
 
 class OutputItemAdded(_OutputItemEvent):
@@ -846,3 +952,51 @@ class FunctionCallArgumentsDone(_FunctionCallArgumentsEvent):
     type: Literal["response.function_call_arguments.done"] = "response.function_call_arguments.done"
     name: str
     arguments: str
+
+
+# --- MCP events (openai SDK: mcp_list_tools_*.py, response_mcp_call_*.py) -------------------
+
+
+class _McpListToolsEvent(ServerEvent):
+    item_id: str
+
+
+class McpListToolsInProgress(_McpListToolsEvent):
+    type: Literal["mcp_list_tools.in_progress"] = "mcp_list_tools.in_progress"
+
+
+class McpListToolsCompleted(_McpListToolsEvent):
+    type: Literal["mcp_list_tools.completed"] = "mcp_list_tools.completed"
+
+
+class McpListToolsFailed(_McpListToolsEvent):
+    type: Literal["mcp_list_tools.failed"] = "mcp_list_tools.failed"
+
+
+class _McpCallEvent(ServerEvent):
+    item_id: str
+    output_index: int
+
+
+class McpCallArgumentsDelta(_McpCallEvent):
+    type: Literal["response.mcp_call_arguments.delta"] = "response.mcp_call_arguments.delta"
+    response_id: str
+    delta: str
+
+
+class McpCallArgumentsDone(_McpCallEvent):
+    type: Literal["response.mcp_call_arguments.done"] = "response.mcp_call_arguments.done"
+    response_id: str
+    arguments: str
+
+
+class McpCallInProgress(_McpCallEvent):
+    type: Literal["response.mcp_call.in_progress"] = "response.mcp_call.in_progress"
+
+
+class McpCallCompleted(_McpCallEvent):
+    type: Literal["response.mcp_call.completed"] = "response.mcp_call.completed"
+
+
+class McpCallFailed(_McpCallEvent):
+    type: Literal["response.mcp_call.failed"] = "response.mcp_call.failed"

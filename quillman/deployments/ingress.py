@@ -578,6 +578,7 @@ class Ingress:
             backends=self.backends, config=self.config.session, vad_config=self.config.vad,
             make_vad=SileroVad, send=send, llm=self.config.llm, voices=voices,
             metrics=self.metrics, end_of_turn=self.end_of_turn, playback=playback,
+            mcp=self.config.mcp,
         )
 
     @staticmethod

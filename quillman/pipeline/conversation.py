@@ -22,6 +22,27 @@ from quillman.engines.llm.base import Message
 from quillman.pipeline.tools import call_message, message_chars, output_message, tool_history
 
 ROOT = "root"  # conversation.item.create's previous_item_id for "at the start"
+MCP_RESULT = "mcp_result"  # an MCP call's message: the result that follows it in the prompt
+
+
+def mcp_result_text(item: protocol.McpCallItem) -> str:
+    """What the model reads of an MCP call's result: its output, or its error in words."""
+    if item.error is not None:
+        return f"Error: {item.error.message}"
+    return item.output or ""
+
+
+def expand_mcp(messages: list[Message]) -> list[Message]:
+    """Each MCP call's message as the call, then its result (a tool message)."""
+    expanded: list[Message] = []
+    for message in messages:
+        if MCP_RESULT in message:
+            result = message[MCP_RESULT]
+            message = {key: value for key, value in message.items() if key != MCP_RESULT}
+            expanded.extend([message, output_message(message["tool_calls"][0]["id"], result)])
+        else:
+            expanded.append(message)
+    return expanded
 
 
 @dataclass
@@ -43,6 +64,13 @@ def message_of(item: protocol.Item) -> Message:
         if item.status != "completed":  # cut short: never in the prompt
             return {"role": "assistant", "content": ""}
         return call_message(item.call_id, item.name, item.arguments)
+    if isinstance(item, protocol.McpCallItem):
+        if item.output is None and item.error is None:  # not run (yet): never in the prompt
+            return {"role": "assistant", "content": ""}
+        # The call and its result in one item: two messages in the prompt (see expand_mcp).
+        return {**call_message(item.id, item.name, item.arguments), MCP_RESULT: mcp_result_text(item)}
+    if not isinstance(item, protocol.MessageItem):  # MCP listings, approvals: not for the model
+        return {"role": "assistant", "content": ""}
     text = " ".join(part.text if isinstance(part, (protocol.InputTextContent, protocol.OutputTextContent))
                     else part.transcript or "" for part in item.content).strip()
     return {"role": item.role, "content": text}
@@ -112,7 +140,8 @@ class Conversation:
                 f"Error deleting item: the item with id {item_id[:64]!r} does not exist.", param="item_id")
         return self.entries.pop(index)
 
-    def add_client_item(self, item: protocol.ConversationItem | protocol.FunctionCallOutputInput,
+    def add_client_item(self, item: protocol.ConversationItem | protocol.FunctionCallOutputInput
+                        | protocol.McpApprovalResponseInput,
                         previous_item_id: str | None = None) -> tuple[protocol.Item, str | None]:
         """``conversation.item.create``: the stored item and its ``previous_item_id``."""
         if previous_item_id not in (None, "", ROOT) and self._index(previous_item_id) is None:
@@ -123,9 +152,12 @@ class Conversation:
             raise errors.InvalidEvent(f"an item with id {item.id[:64]!r} is already in the conversation",
                                       param="item.id")
         item_id = item.id or protocol.new_id("item")
-        if isinstance(item, protocol.FunctionCallOutputInput):
+        if isinstance(item, protocol.McpApprovalResponseInput):
+            stored: protocol.Item = protocol.McpApprovalResponseItem(
+                id=item_id, approval_request_id=item.approval_request_id, approve=item.approve, reason=item.reason)
+        elif isinstance(item, protocol.FunctionCallOutputInput):
             self.check_text(item.output, "the function call's output", "item.output")
-            stored: protocol.Item = protocol.FunctionCallOutputItem(id=item_id, call_id=item.call_id,
+            stored = protocol.FunctionCallOutputItem(id=item_id, call_id=item.call_id,
                                                                     output=item.output)
         else:
             text = item.text()
@@ -167,7 +199,8 @@ class Conversation:
         way every turn, so the prompt of turn k+1 extends that of turn k (the prefix cache)."""
         end = self._index(turn_item_id)
         entries = self.entries if end is None else self.entries[:end]
-        history = tool_history([e.message for e in entries if e.message["content"] or e.message.get("tool_calls")])
+        history = tool_history(expand_mcp(
+            [e.message for e in entries if e.message["content"] or e.message.get("tool_calls")]))
         turn: list[Message] = [{"role": "user", "content": user_text}] if user_text else []
         examples: list[Message] = [{"role": role, "content": text} for pair in few_shot
                                    for role, text in zip(("user", "assistant"), pair)]

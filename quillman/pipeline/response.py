@@ -13,17 +13,20 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import numpy as np
 
 from quillman import errors, protocol
 from quillman.engines.llm.base import Delta, GenerationParams, GenerationRequest, Message, ToolCallDelta, Usage
+from quillman.config import McpConfig
 from quillman.pipeline.backends import Backends
 from quillman.pipeline.fanout import ordered_fanout
-from quillman.pipeline.sentences import SentenceSplitter, split_stream
+from quillman.pipeline.mcp import Approvals, ListedTool, McpServers
+from quillman.pipeline.sentences import FLUSH, SentenceSplitter, split_stream
 from quillman.pipeline.settings import ResponseSettings
+from quillman.pipeline.tools import call_message, mcp_choice, output_message
 from quillman.scheduling import READING_PACE, SPOKEN_REPLY_PACING, QueueWait, speech_seconds_estimate
 
 logger = logging.getLogger(__name__)
@@ -47,6 +50,7 @@ class Timings:
     first_sentence_tts_started: float | None = None
     llm_queue_ms: float | None = None
     tts_queue_ms: float | None = None
+    mcp_call_ms: float | None = None  # MCP tool calls' round trips through the SDK, summed
     speculative: bool = False
 
     def as_wire(self) -> protocol.ResponseTimings:
@@ -65,6 +69,7 @@ class Timings:
             llm_ttft_ms=between(self.llm_started, self.first_token),
             tts_first_chunk_ms=between(self.first_sentence_tts_started, self.first_audio),
             llm_queue_ms=self.llm_queue_ms, tts_queue_ms=self.tts_queue_ms,
+            mcp_call_ms=None if self.mcp_call_ms is None else round(self.mcp_call_ms, 1),
             speculative=1.0 if self.speculative else 0.0,
         )
 
@@ -101,6 +106,27 @@ class FunctionCall:
 
 
 @dataclass
+class McpCall:
+    """A call of an MCP tool in this response: one ``mcp_call`` output item, run by the server."""
+
+    output_index: int
+    tool: ListedTool
+    item_id: str = field(default_factory=lambda: protocol.new_id("item"))
+    arguments: list[str] = field(default_factory=list)
+    approval_request_id: str | None = None
+    output: str | None = None
+    error: protocol.McpCallError | None = None
+    arguments_done: bool = False
+    running: bool = False  # response.mcp_call.in_progress went out
+    done: bool = False  # its output_item.done went out
+
+    def item(self) -> protocol.McpCallItem:
+        return protocol.McpCallItem(id=self.item_id, server_label=self.tool.server_label, name=self.tool.name,
+                                    arguments="".join(self.arguments), approval_request_id=self.approval_request_id,
+                                    output=self.output, error=self.error)
+
+
+@dataclass
 class Response:
     settings: ResponseSettings
     backends: Backends
@@ -119,6 +145,10 @@ class Response:
     # The last item of the conversation when the prompt was built (a text turn's reply goes
     # right after what it answers, even if the client added items meanwhile).
     context_end: Callable[[], str | None] | None = None
+    # MCP: the session's connections, its pending approvals, the operator's limits.
+    mcp: McpServers | None = None
+    approvals: Approvals | None = None
+    mcp_config: McpConfig = field(default_factory=McpConfig)
     _prompt_end: str | None = None
     id: str = field(default_factory=lambda: protocol.new_id("resp"))
     item_id: str = field(default_factory=lambda: protocol.new_id("item"))
@@ -132,7 +162,14 @@ class Response:
     _created: bool = False  # response.created sent
     _message_index: int | None = None  # output index of the message item, once it is opened
     calls: list[FunctionCall] = field(default_factory=list)
-    _calls_by_index: dict[int, FunctionCall] = field(default_factory=dict)
+    mcp_calls: list[McpCall] = field(default_factory=list)
+    _approval_items: list[tuple[int, protocol.McpApprovalRequestItem]] = field(default_factory=list)
+    _mcp_tools: dict[str, ListedTool] = field(default_factory=dict)  # by the name the LLM calls it
+    _mcp_runs: int = 0
+    _calls_by_index: dict[int, FunctionCall | McpCall] = field(default_factory=dict)
+    _request: GenerationRequest | None = None
+    _usage_base: tuple[int, int, int] = (0, 0, 0)
+    _joining: bool = False
     _placed: list[str] = field(default_factory=list)  # its items in the conversation, in order
     _text: list[str] = field(default_factory=list)
     _audio_s: float = 0.0
@@ -150,6 +187,9 @@ class Response:
     def __post_init__(self) -> None:
         self._held = [] if self.speculative else None
         self.timings.speculative = self.speculative
+        self._seen = asyncio.Event()  # visible: a speculation's MCP calls wait for it
+        if not self.speculative:
+            self._seen.set()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -188,6 +228,7 @@ class Response:
     def open_gate(self, turn_detected: float) -> None:
         """The turn really ended: release held events and stream the rest live."""
         self.timings.turn_detected = turn_detected
+        self._seen.set()
         held, self._held = self._held or [], None
         for event in held:
             self._send(event)
@@ -221,6 +262,12 @@ class Response:
         """One of its items as it is while it streams (the transcript so far)."""
         if item_id == self.item_id and self._message_index is not None:
             return self._item("in_progress")
+        mcp_call = next((c for c in self.mcp_calls if c.item_id == item_id), None)
+        if mcp_call is not None:
+            return mcp_call.item()
+        approval = next((item for _, item in self._approval_items if item.id == item_id), None)
+        if approval is not None:
+            return approval
         call = next((c for c in self.calls if c.item_id == item_id), None)
         if call is None:
             return None
@@ -263,6 +310,8 @@ class Response:
         # A call whose arguments were done stays complete, whatever ends the response after it.
         output: list[tuple[int, Any]] = [(call.output_index, call.item("completed" if call.complete else "incomplete"))
                                          for call in self.calls]
+        output += [(call.output_index, call.item()) for call in self.mcp_calls]
+        output += self._approval_items
         if self._message_index is not None:
             output.append((self._message_index, self._item(item_status)))
         return protocol.ResponseObject(
@@ -288,7 +337,8 @@ class Response:
         self._created = True
 
     def _next_output_index(self) -> int:
-        return len(self.calls) + (self._message_index is not None)
+        return (len(self.calls) + len(self.mcp_calls) + len(self._approval_items)
+                + (self._message_index is not None))
 
     def _open_message(self) -> None:
         """The assistant message item opens with its first text (a reply that is only a
@@ -306,8 +356,25 @@ class Response:
         """A tool-call delta: the first of a call opens its item, the others stream its
         arguments."""
         call = self._calls_by_index.get(delta.index)
+        tool = self._mcp_tools.get(delta.name or "") if call is None else None
+        if tool is not None:
+            self._close_calls("completed")  # calls come one after the other
+            self._close_mcp_arguments()
+            call = McpCall(output_index=self._next_output_index(), tool=tool)
+            self.mcp_calls.append(call)
+            self._calls_by_index[delta.index] = call
+            item = call.item()
+            self._event(protocol.OutputItemAdded(response_id=self.id, output_index=call.output_index, item=item))
+            self._event(protocol.ConversationItemAdded(item=item))
+        if isinstance(call, McpCall):
+            if delta.arguments and not call.arguments_done:
+                call.arguments.append(delta.arguments)
+                self._event(protocol.McpCallArgumentsDelta(response_id=self.id, item_id=call.item_id,
+                                                           output_index=call.output_index, delta=delta.arguments))
+            return
         if call is None:
             self._close_calls("completed")  # calls come one after the other
+            self._close_mcp_arguments()
             call = FunctionCall(output_index=self._next_output_index(),
                                 call_id=delta.call_id or protocol.new_id("call"), name=delta.name or "")
             self.calls.append(call)
@@ -338,11 +405,36 @@ class Response:
             self._event(protocol.OutputItemDone(response_id=self.id, output_index=call.output_index, item=item))
             self._event(protocol.ConversationItemDone(item=item))
 
+    def _close_mcp_arguments(self) -> None:
+        """The model finished writing the open MCP call's arguments (the server runs it next)."""
+        for call in self.mcp_calls:
+            if not call.arguments_done and not call.done:
+                call.arguments_done = True
+                self._event(protocol.McpCallArgumentsDone(response_id=self.id, item_id=call.item_id,
+                                                          output_index=call.output_index,
+                                                          arguments="".join(call.arguments)))
+
+    def _end_mcp_call(self, call: McpCall) -> None:
+        call.done = True
+        ended = protocol.McpCallFailed if call.error is not None else protocol.McpCallCompleted
+        self._event(ended(item_id=call.item_id, output_index=call.output_index))
+        item = call.item()
+        self._event(protocol.OutputItemDone(response_id=self.id, output_index=call.output_index, item=item))
+        self._event(protocol.ConversationItemDone(item=item))
+
+    def _abandon_mcp_calls(self) -> None:
+        """The response ends (cancelled, failed) with MCP calls not run or not answered yet."""
+        for call in self.mcp_calls:
+            if not call.done:
+                call.error = protocol.McpToolExecutionError(message="the response ended before the call finished")
+                self._end_mcp_call(call)
+
     def _close_output(self, status: str, details: protocol.StatusDetails | None) -> None:
         text = "".join(self._text)
         audio = self.settings.output_audio
         self._close_calls(status)
-        if self._message_index is None and not self.calls:
+        self._abandon_mcp_calls()
+        if self._message_index is None and not self.calls and not self.mcp_calls:
             self._open_message()  # every response without a call has its message item
         if self._message_index is not None:
             if audio:
@@ -415,6 +507,7 @@ class Response:
         settings = self.settings
         if self.context_end is not None:
             self._prompt_end = self.context_end()
+        tools, tool_choice = await self._tools()
         request = GenerationRequest(
             messages=self.prompt(user_text),
             params=GenerationParams(max_tokens=settings.max_output_tokens,
@@ -422,8 +515,8 @@ class Response:
                                     repeat_penalty=settings.repeat_penalty,
                                     frequency_penalty=settings.frequency_penalty),
             session_id=self.session_id,
-            tools=settings.tools,
-            tool_choice=settings.tool_choice,
+            tools=tools,
+            tool_choice=tool_choice,
             # The first words are due now: the user is waiting (a speculation, until its gate).
             deadline=time.time(),
             pacing=SPOKEN_REPLY_PACING if settings.output_audio else READING_PACE,
@@ -431,6 +524,7 @@ class Response:
         if logger.isEnabledFor(logging.DEBUG):  # the exact prompt: what "answers the wrong question" needs
             logger.debug("[%s] %s prompt: %s", self.session_id, self.id, json.dumps(request.messages))
         self.timings.llm_started = time.perf_counter()
+        self._request = request
         deltas = self._transcript_deltas(self.backends.generate(request))
         if not settings.output_audio:
             async for _ in deltas:
@@ -470,11 +564,128 @@ class Response:
             return now
         return max(now, self._playback_start + sum(self._sentence_s[:index]))
 
+    async def _tools(self) -> tuple[tuple, str]:
+        """The engine's tools: the function tools and the MCP servers' (their listings awaited),
+        and the choice with an MCP tool choice resolved to the name the LLM calls it by."""
+        settings = self.settings
+        tools, choice = settings.tools, settings.tool_choice
+        listed: list[ListedTool] = []
+        if settings.mcp and self.mcp is not None and choice != "none":
+            listed = await self.mcp.tools_for(settings.mcp, {tool.name for tool in tools})
+        self._mcp_tools = {tool.engine_name: tool for tool in listed}
+        tools = tools + tuple(tool.engine_tool() for tool in listed)
+        picked = mcp_choice(choice)
+        if picked is not None:
+            label, name = picked
+            matching = [t for t in listed if t.server_label == label and (name is None or t.name == name)]
+            # A tool its server did not list (or a listing that failed, reported then): the
+            # model decides among what is there rather than the turn failing.
+            choice = matching[0].engine_name if len(matching) == 1 else "required" if matching else "auto"
+        if choice == "required" and not tools:
+            choice = "auto"
+        return tools, choice
+
     async def _transcript_deltas(self, deltas: AsyncIterator[Delta]) -> AsyncIterator[str]:
+        async for text in self._round(deltas):
+            yield text
+        # MCP calls the model made: the server runs them, then the model answers from their
+        # results (in the same message, spoken after the filler), up to the calls cap.
+        while (pending := [call for call in self.mcp_calls if not call.done]):
+            if self._text:
+                yield FLUSH  # what was said before the call is spoken while it runs
+            await self._run_mcp_calls(pending)
+            if self._request is None or any(isinstance(c, FunctionCall) for c in self._calls_by_index.values()):
+                break  # the client runs the function calls of this round; it asks for the answer
+            self._request = self._follow_up(self._request, pending)
+            self._calls_by_index = {}
+            self._usage_base = (self._input_tokens, self._output_tokens, self._cached_tokens)
+            self._joining = bool(self._text)  # the answer continues the filler's message
+            async for text in self._round(self.backends.generate(self._request)):
+                yield text
+
+    def _follow_up(self, request: GenerationRequest, calls: list[McpCall]) -> GenerationRequest:
+        from quillman.pipeline.conversation import mcp_result_text
+
+        messages = list(request.messages)
+        for call in calls:
+            arguments = "".join(call.arguments) or "{}"
+            messages.append(call_message(call.item_id, call.tool.engine_name, arguments))
+            messages.append(output_message(call.item_id, mcp_result_text(call.item())))
+        # After a result the model answers in words, or (a model that decides) calls again
+        # while the cap allows; a forced choice applied to the first call only.
+        capped = self._mcp_runs >= self.mcp_config.max_calls_per_response
+        return replace(request, messages=messages, tool_choice="none" if capped else "auto", deadline=time.time())
+
+    async def _run_mcp_calls(self, calls: list[McpCall]) -> None:
+        await self._seen.wait()  # a speculation's calls run only once the turn is certain
+        for call in calls:
+            if self._mcp_runs >= self.mcp_config.max_calls_per_response:
+                call.error = protocol.McpToolExecutionError(
+                    message=f"at most {self.mcp_config.max_calls_per_response} MCP calls run per response")
+                self._end_mcp_call(call)
+                continue
+            self._mcp_runs += 1
+            await self._run_mcp_call(call)
+
+    async def _run_mcp_call(self, call: McpCall) -> None:
+        tool = call.tool
+        spec = next((s for s in self.settings.mcp if s.label == tool.server_label), None)
+        connection = self.mcp.connection(tool.server_label) if self.mcp is not None else None
+        try:
+            arguments = json.loads("".join(call.arguments) or "{}")
+        except json.JSONDecodeError:
+            arguments = None
+        if spec is None or connection is None or not isinstance(arguments, dict):
+            call.error = protocol.McpToolExecutionError(message="the call's arguments are not a JSON object"
+                                                        if spec is not None else "the MCP server is gone")
+            self._end_mcp_call(call)
+            return
+        if spec.needs_approval(tool.name, tool.read_only):
+            approved, reason = await self._approval(call)
+            if not approved:
+                call.error = protocol.McpToolExecutionError(
+                    message="the user did not approve this call" + (f": {reason}" if reason else ""))
+                self._end_mcp_call(call)
+                return
+        call.running = True
+        self._event(protocol.McpCallInProgress(item_id=call.item_id, output_index=call.output_index))
+        result = await connection.call(tool.name, arguments)
+        self.timings.mcp_call_ms = (self.timings.mcp_call_ms or 0.0) + result.tool_ms
+        call.output, call.error = result.output, result.error
+        self._end_mcp_call(call)
+
+    async def _approval(self, call: McpCall) -> tuple[bool, str | None]:
+        """An ``mcp_approval_request`` item, then the client's answer (no answer in time: no)."""
+        if self.approvals is None:
+            return False, None
+        request_id = protocol.new_id("mcpr")
+        call.approval_request_id = request_id
+        item = protocol.McpApprovalRequestItem(id=request_id, server_label=call.tool.server_label,
+                                               name=call.tool.name, arguments="".join(call.arguments))
+        index = self._next_output_index()
+        self._approval_items.append((index, item))
+        answer = self.approvals.expect(request_id)
+        self._event(protocol.OutputItemAdded(response_id=self.id, output_index=index, item=item))
+        self._event(protocol.ConversationItemAdded(item=item))
+        self._event(protocol.OutputItemDone(response_id=self.id, output_index=index, item=item))
+        self._event(protocol.ConversationItemDone(item=item))
+        timeout_s = self.mcp_config.approval_timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await answer
+        except TimeoutError:
+            return False, f"no answer within {timeout_s:g} s"
+        finally:
+            self.approvals.drop(request_id)
+
+    async def _round(self, deltas: AsyncIterator[Delta]) -> AsyncIterator[str]:
+        """One generation's deltas: text out, calls into their items."""
         async for delta in self._iter_with_timeout(deltas):
-            if isinstance(delta, Usage):  # the engine's own count replaces ours
-                self._input_tokens, self._output_tokens = delta.input_tokens, delta.output_tokens
-                self._cached_tokens = delta.cached_tokens
+            if isinstance(delta, Usage):  # the engine's own count replaces ours (this round's)
+                base_in, base_out, base_cached = self._usage_base
+                self._input_tokens = base_in + delta.input_tokens
+                self._output_tokens = base_out + delta.output_tokens
+                self._cached_tokens = base_cached + delta.cached_tokens
                 self.timings.llm_queue_ms = delta.queued_ms
                 continue
             if isinstance(delta, ToolCallDelta):
@@ -490,8 +701,14 @@ class Response:
                 self.timings.first_token = time.perf_counter()
             self._output_tokens += 1
             self._close_calls("completed")  # text after a call: that call is complete
+            self._close_mcp_arguments()
+            if self._joining:  # "One moment." + "The weather…": a space between them
+                self._joining = False
+                if not self._text[-1][-1:].isspace() and not delta[:1].isspace():
+                    delta = " " + delta
             yield self._text_delta(delta)
         self._close_calls("completed")
+        self._close_mcp_arguments()
 
     def _text_delta(self, delta: str) -> str:
         self._open_message()

@@ -88,11 +88,14 @@ def _word_boundary(text: str, n_words: int) -> int:
     return len(text)
 
 
+FLUSH = "\x00flush"  # a delta that sends the text held so far (a filler before a tool runs)
+
+
 async def split_stream(
     deltas: AsyncIterator[str], splitter: SentenceSplitter
 ) -> AsyncIterator[str]:
     async for delta in deltas:
-        for chunk in splitter.feed(delta):
+        for chunk in (splitter.flush() if delta is FLUSH else splitter.feed(delta)):
             yield chunk
     for chunk in splitter.flush():
         yield chunk

@@ -43,13 +43,15 @@ from typing import Any, Awaitable, Callable
 
 from quillman import errors, protocol
 from quillman.audio import decode_audio_base64
-from quillman.config import LlmConfig, SessionConfig, VadConfig
+from quillman.config import LlmConfig, McpConfig, SessionConfig, VadConfig
 from quillman.engines.loader import language_model_capabilities
 from quillman.metrics import SessionMetrics
 from quillman.pipeline.backends import Backends
 from quillman.pipeline.conversation import ROOT, Conversation
 from quillman.pipeline import semantic
 from quillman.pipeline.limits import SessionLimits
+from quillman.pipeline.mcp import Approvals, McpServers
+from quillman.pipeline.mcp_access import Access
 from quillman.pipeline.playback import Playback
 from quillman.pipeline.response import Response, Timings, UserInput
 from quillman.pipeline.settings import SessionSettings, check_capabilities, response_settings
@@ -138,6 +140,8 @@ class RealtimeSession:
         metrics: SessionMetrics | None = None,
         end_of_turn: semantic.EndOfTurnModel | None = None,  # None: semantic_vad is refused
         playback: Playback | None = None,  # a media track that plays the reply audio (WebRTC)
+        mcp: McpConfig | None = None,  # None: MCP tools are refused (mcp_disabled)
+        mcp_connector: Callable[..., Any] | None = None,  # tests: connect without HTTP
     ):
         self.id = session_id or protocol.new_id("sess")
         self.backends = backends
@@ -159,6 +163,11 @@ class RealtimeSession:
                                  config.max_turn_s)
         self.conversation = Conversation(config.max_history_messages, llm.prompt_char_budget())
         self.function_calls = FunctionCalls()
+        self.mcp_config = mcp or McpConfig()
+        self.mcp_access = Access(self.mcp_config.allowed_servers)
+        self.mcp = McpServers(self.mcp_access, self.mcp_config, self.emit, self._place_mcp_item, self.id,
+                              mcp_connector)
+        self.approvals = Approvals()
         self.partials = PartialTranscripts(
             lambda pcm: self.backends.transcribe(pcm, self.settings.language), self.emit, self._spawn,
             config.partial_transcript_interval_ms / 1000)
@@ -257,6 +266,7 @@ class RealtimeSession:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        await self.mcp.close()  # after the responses: their calls are cancelled first
 
     def _track(self, task: asyncio.Task) -> asyncio.Task:
         """close() cancels and awaits every tracked task (responses included)."""
@@ -349,13 +359,25 @@ class RealtimeSession:
 
     def create_item(self, event: protocol.ConversationItemCreate) -> None:
         call_id = event.item.call_id if isinstance(event.item, protocol.FunctionCallOutputInput) else None
+        approval = event.item if isinstance(event.item, protocol.McpApprovalResponseInput) else None
         if call_id is not None:
             self.function_calls.check(call_id)  # unknown, answered, cancelled: refused
+        if approval is not None:
+            self.approvals.check(approval.approval_request_id)  # unknown, answered, expired: refused
         item, previous = self.conversation.add_client_item(event.item, event.previous_item_id)
         if call_id is not None:
             self.function_calls.answer(call_id)
         self.emit(protocol.ConversationItemAdded(item=item, previous_item_id=previous))
         self.emit(protocol.ConversationItemDone(item=item, previous_item_id=previous))
+        if approval is not None:  # after its echo: the call it allows runs now
+            self.approvals.answer(approval.approval_request_id, approval.approve, approval.reason)
+
+    def _place_mcp_item(self, event: protocol.ServerEvent) -> str | None:
+        """An MCP listing's item goes out: placed at the end of the conversation, then updated."""
+        if isinstance(event, protocol.ConversationItemAdded):
+            return self.conversation.insert(event.item)
+        self.conversation.update(event.item)
+        return self.conversation.previous_id(event.item.id)
 
     def delete_item(self, item_id: str) -> None:
         self._refuse_if_in_progress(item_id)
@@ -400,9 +422,12 @@ class RealtimeSession:
     def update_session(self, update: protocol.SessionUpdate) -> None:
         if update.instructions is not None:
             self.conversation.check_text(update.instructions, "the instructions", "session.instructions")
-        settings = self.settings.apply(update, default_voice=self.config.voice)  # raises before any change
+        # Raises before any change (an MCP server outside the allowlist, too).
+        settings = self.settings.apply(update, default_voice=self.config.voice, access=self.mcp_access)
         if update.tools is not None or update.tool_choice is not None:
-            check_capabilities(settings.tools, settings.tool_choice, self.capabilities, "session.tools")
+            check_capabilities(bool(settings.tools), bool(settings.mcp), settings.tool_choice, self.capabilities,
+                               "session.tools")
+        self.mcp.check_count(settings.mcp, "session.tools")
         if self.end_of_turn is None and settings.turn_detection and settings.turn_detection.type == "semantic_vad":
             raise errors.UnsupportedFeature(
                 "semantic_vad needs the end-of-turn model, which this server has not loaded; use server_vad",
@@ -412,6 +437,9 @@ class RealtimeSession:
         self.turns.set_input_rate(settings.input_rate_hz)
         self.turns.cut_at_pauses = not settings.sequential
         self._abandon(self.turns.set_detection(settings.turn_detection))
+        if update.tools is not None:  # listed now, while the user speaks, not at the first turn
+            self.mcp.retain(settings.mcp)
+            self.mcp.connect(settings.mcp)
 
     def _set_noise_reduction(self, kind: str | None, rate_hz: int) -> None:
         if kind is None:
@@ -633,7 +661,9 @@ class RealtimeSession:
 
     def _new_response(self, user: UserInput | None, speculative: bool,
                       options: protocol.ResponseOptions | None, origin: float) -> Response:
-        settings = response_settings(self.settings, options, self.config, self.llm, self.capabilities)
+        settings = response_settings(self.settings, options, self.config, self.llm, self.capabilities,
+                                     self.mcp_access)
+        self.mcp.check_count(settings.mcp, "response.tools")
         user_item_id = user.item_id if user else None
         last = self._queued[-1] if self._queued else self.response
         previous = last.task if last is not None else None
@@ -647,6 +677,7 @@ class RealtimeSession:
             user=user, speculative=speculative, after=previous, session_id=self.id,
             on_item=self._on_response_item,
             context_end=None if user else lambda: self.conversation.last_item_id or ROOT,
+            mcp=self.mcp, approvals=self.approvals, mcp_config=self.mcp_config,
         )
 
     def _show(self, response: Response, turn_detected: float | None) -> None:

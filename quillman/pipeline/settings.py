@@ -17,7 +17,11 @@ from quillman import errors, protocol
 from quillman.audio import G711_RATE_HZ, PCM16
 from quillman.config import LlmConfig, SessionConfig, VadConfig
 from quillman.engines.llm.base import Capabilities, Tool, ToolChoice
-from quillman.pipeline.tools import choice_wire, parse_tool_choice, parse_tools
+from quillman.pipeline.mcp import McpServerSpec
+from quillman.pipeline.mcp_access import Access
+from quillman.pipeline.tools import MAX_TOOLS, choice_wire, mcp_choice, parse_mcp_tools, parse_tool_choice, parse_tools
+
+NO_MCP = Access([])  # the default: MCP tools refused (mcp_disabled)
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class SessionSettings:
     sequential: bool = False  # quillman.pipeline = "sequential": the naive baseline
     tools: tuple[Tool, ...] = ()
     tool_choice: ToolChoice = "auto"
+    mcp: tuple[McpServerSpec, ...] = ()  # MCP tools: the servers, in the order of session.tools
     input_format: str = PCM16  # the wire format of appends / output deltas
     output_format: str = PCM16
     noise_reduction: str | None = None  # "near_field" | "far_field": denoise the input
@@ -48,7 +53,7 @@ class SessionSettings:
                    input_rate_hz=config.sample_rate_hz, output_rate_hz=config.sample_rate_hz,
                    turn_detection=vad, partial_transcripts=config.partial_transcripts)
 
-    def apply(self, update: protocol.SessionUpdate, default_voice: str) -> "SessionSettings":
+    def apply(self, update: protocol.SessionUpdate, default_voice: str, access: Access = NO_MCP) -> "SessionSettings":
         audio = update.audio
         audio_in = audio.input if audio else None
         audio_out = audio.output if audio else None
@@ -63,9 +68,14 @@ class SessionSettings:
         changes: dict = {}
         if update.tools is not None or update.tool_choice is not None:
             tools = parse_tools(update.tools, "session") if update.tools is not None else self.tools
+            servers = parse_mcp_tools(update.tools, "session", access) if update.tools is not None else self.mcp
+            _check_together(tools, servers, "session.tools")
             changes["tools"] = tools
-            changes["tool_choice"] = (parse_tool_choice(update.tool_choice, tools, "session")
-                                      if update.tool_choice is not None else kept_choice(self.tool_choice, tools))
+            changes["mcp"] = servers
+            labels = tuple(spec.label for spec in servers)
+            changes["tool_choice"] = (parse_tool_choice(update.tool_choice, tools, "session", labels)
+                                      if update.tool_choice is not None
+                                      else kept_choice(self.tool_choice, tools, labels))
         if audio_in is not None and "noise_reduction" in audio_in.model_fields_set:
             reduction = audio_in.noise_reduction
             changes["noise_reduction"] = reduction.type if reduction is not None else None
@@ -159,8 +169,8 @@ class SessionSettings:
                 output=protocol.SessionAudioOutput(
                     format=protocol.audio_format(self.output_format, self.output_rate_hz), voice=self.voice)),
             voices=list(self.voices),
-            tools=[protocol.FunctionTool(name=t.name, description=t.description, parameters=t.parameters)
-                   for t in self.tools],
+            tools=[*(protocol.FunctionTool(name=t.name, description=t.description, parameters=t.parameters)
+                     for t in self.tools), *(spec.wire() for spec in self.mcp)],
             tool_choice=choice_wire(self.tool_choice),
             quillman=protocol.QuillmanSessionInfo(pipeline="sequential" if self.sequential else "streaming"),
             include=include)
@@ -170,11 +180,23 @@ def _wire_rate(fmt: protocol.AudioFormat) -> int:
     return fmt.rate if fmt.type == PCM16 else G711_RATE_HZ
 
 
-def kept_choice(choice: ToolChoice, tools: tuple[Tool, ...]) -> ToolChoice:
+def kept_choice(choice: ToolChoice, tools: tuple[Tool, ...], mcp_labels: tuple[str, ...] = ()) -> ToolChoice:
     """A choice made for other tools: kept while it still fits them, else "auto"."""
-    fits = choice in ("auto", "none") or (bool(tools) and (
-        choice == "required" or choice in {tool.name for tool in tools}))
+    picked = mcp_choice(choice)
+    if picked is not None:
+        return choice if picked[0] in mcp_labels else "auto"
+    fits = choice in ("auto", "none") or (bool(tools or mcp_labels) and choice == "required") or (
+        choice in {tool.name for tool in tools})
     return choice if fits else "auto"
+
+
+def _check_together(tools: tuple[Tool, ...], servers: tuple[McpServerSpec, ...], param: str) -> None:
+    if len(tools) + len(servers) > MAX_TOOLS:
+        raise errors.ToolsTooLarge(f"{len(tools) + len(servers)} tools; at most {MAX_TOOLS} are accepted",
+                                   param=param)
+    labels = [spec.label for spec in servers]
+    if len(set(labels)) != len(labels):
+        raise errors.InvalidMcpTool("each MCP tool needs its own server_label", param=param)
 
 
 @dataclass(frozen=True)
@@ -194,29 +216,35 @@ class ResponseSettings:
     sequential: bool = False  # the naive baseline: whole reply text, then one synthesis
     tools: tuple[Tool, ...] = ()
     tool_choice: ToolChoice = "auto"
+    mcp: tuple[McpServerSpec, ...] = ()
     repeat_penalty: float = 1.0
     frequency_penalty: float = 0.0
     output_format: str = PCM16  # the wire format of the output audio deltas
 
 
-def check_capabilities(tools: tuple[Tool, ...], tool_choice: ToolChoice, capabilities: Capabilities,
-                       param: str) -> None:
+def check_capabilities(function_tools: bool, mcp_tools: bool, tool_choice: ToolChoice,
+                       capabilities: Capabilities, param: str) -> None:
     """Refuse what the engine cannot do (it would be dropped): asked of the engine, not of
-    the backend's name."""
-    if tools and tool_choice != "none" and not capabilities.tools:
-        raise errors.UnsupportedFeature("function calling is not supported by this server's language model "
+    the backend's name. MCP tools go through the same function-calling path."""
+    if (function_tools or mcp_tools) and tool_choice != "none" and not capabilities.tools:
+        what = "MCP tools" if mcp_tools and not function_tools else "function calling"
+        raise errors.UnsupportedFeature(f"{what} is not supported by this server's language model "
                                         "engine (llm.backend / llm.scheduler)", param=param)
 
 
 def response_settings(settings: SessionSettings, options: protocol.ResponseOptions | None,
-                      pipeline: SessionConfig, llm: LlmConfig, capabilities: Capabilities) -> ResponseSettings:
+                      pipeline: SessionConfig, llm: LlmConfig, capabilities: Capabilities,
+                      access: Access = NO_MCP) -> ResponseSettings:
     options = options or protocol.ResponseOptions()
     tools = parse_tools(options.tools, "response") if options.tools is not None else settings.tools
+    servers = parse_mcp_tools(options.tools, "response", access) if options.tools is not None else settings.mcp
+    _check_together(tools, servers, "response.tools")
+    labels = tuple(spec.label for spec in servers)
     if options.tool_choice is not None:
-        tool_choice = parse_tool_choice(options.tool_choice, tools, "response")
+        tool_choice = parse_tool_choice(options.tool_choice, tools, "response", labels)
     else:
-        tool_choice = kept_choice(settings.tool_choice, tools)
-    check_capabilities(tools, tool_choice, capabilities, "response.tools")
+        tool_choice = kept_choice(settings.tool_choice, tools, labels)
+    check_capabilities(bool(tools), bool(servers), tool_choice, capabilities, "response.tools")
     modalities = options.output_modalities or settings.output_modalities
     voice = settings.voice
     requested = options.audio.output.voice if options.audio and options.audio.output else None
@@ -238,6 +266,7 @@ def response_settings(settings: SessionSettings, options: protocol.ResponseOptio
         sequential=settings.sequential,
         tools=tools,
         tool_choice=tool_choice,
+        mcp=servers,
         repeat_penalty=llm.repeat_penalty,
         frequency_penalty=llm.frequency_penalty,
         output_format=settings.output_format,

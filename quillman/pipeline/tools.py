@@ -16,28 +16,36 @@ turns, does not break the history).
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quillman import errors
 from quillman.engines.llm.base import Message, Tool, ToolChoice
 from quillman.engines.llm.tools import valid_tool_name
+
+if TYPE_CHECKING:
+    from quillman.pipeline.mcp import McpServerSpec
+    from quillman.pipeline.mcp_access import Access
 
 MAX_TOOLS = 32
 MAX_TOOLS_JSON_BYTES = 32 * 1024  # all definitions together: they are part of every prompt
 
 
 def parse_tools(raw: list[dict] | None, where: str) -> tuple[Tool, ...]:
-    """Realtime tool definitions -> engine tools; refused with a stable code when unusable."""
+    """Realtime function tool definitions -> engine tools; refused with a stable code when
+    unusable. MCP tools (``type: "mcp"``) are left to :func:`parse_mcp_tools`."""
     if not raw:
         return ()
     param = f"{where}.tools"
+    if not all(isinstance(definition, dict) for definition in raw):
+        raise errors.InvalidTool("each tool must be an object", param=param)
     if len(raw) > MAX_TOOLS:
         raise errors.ToolsTooLarge(f"{len(raw)} tools; at most {MAX_TOOLS} are accepted", param=param)
     size = len(json.dumps(raw))
     if size > MAX_TOOLS_JSON_BYTES:
         raise errors.ToolsTooLarge(f"the tool definitions have {size} bytes of JSON; at most "
                                    f"{MAX_TOOLS_JSON_BYTES} are accepted", param=param)
-    tools = tuple(_tool(definition, f"{param}[{index}]") for index, definition in enumerate(raw))
+    tools = tuple(_tool(definition, f"{param}[{index}]") for index, definition in enumerate(raw)
+                  if definition.get("type") != "mcp")
     names = [tool.name for tool in tools]
     if len(set(names)) != len(names):
         raise errors.InvalidTool("tool names must be unique", param=param)
@@ -47,7 +55,7 @@ def parse_tools(raw: list[dict] | None, where: str) -> tuple[Tool, ...]:
 def _tool(definition: dict, param: str) -> Tool:
     if definition.get("type", "function") != "function":
         raise errors.UnsupportedFeature(
-            f"tools of type {str(definition.get('type'))[:40]!r} are not supported; use 'function'",
+            f"tools of type {str(definition.get('type'))[:40]!r} are not supported; use 'function' or 'mcp'",
             param=f"{param}.type")
     name = definition.get("name")
     if not valid_tool_name(name):
@@ -56,11 +64,20 @@ def _tool(definition: dict, param: str) -> Tool:
     if not isinstance(description, str):
         raise errors.InvalidTool("the tool's description must be a string", param=f"{param}.description")
     parameters = definition.get("parameters") or {"type": "object", "properties": {}}
-    _check_schema(parameters, f"{param}.parameters")
+    check_schema(parameters, f"{param}.parameters")
     return Tool(name=name, description=description, parameters=parameters)
 
 
-def _check_schema(schema: Any, param: str) -> None:
+def parse_mcp_tools(raw: list[dict] | None, where: str, access: "Access") -> tuple["McpServerSpec", ...]:
+    """The ``type: "mcp"`` entries of a tools list, checked against the operator's allowlist."""
+    from quillman.pipeline.mcp import parse_mcp_tool
+
+    return tuple(parse_mcp_tool(definition, f"{where}.tools[{index}]", access)
+                 for index, definition in enumerate(raw or ()) if isinstance(definition, dict)
+                 and definition.get("type") == "mcp")
+
+
+def check_schema(schema: Any, param: str) -> None:
     import jsonschema
 
     if not isinstance(schema, dict) or schema.get("type", "object") != "object":
@@ -74,12 +91,32 @@ def _check_schema(schema: Any, param: str) -> None:
         raise errors.InvalidTool("parameters may only $ref its own $defs", param=param)
 
 
-def parse_tool_choice(choice: Any, tools: tuple[Tool, ...], where: str) -> ToolChoice:
+MCP_CHOICE = "mcp:"  # a choice of an MCP tool: "mcp:<server_label>:<name>" (name may be empty)
+
+
+def mcp_choice(choice: ToolChoice) -> tuple[str, str | None] | None:
+    """(server_label, tool name or None) of an MCP tool choice, else None."""
+    if not choice.startswith(MCP_CHOICE):
+        return None
+    label, _, name = choice[len(MCP_CHOICE):].partition(":")
+    return label, name or None
+
+
+def parse_tool_choice(choice: Any, tools: tuple[Tool, ...], where: str,
+                      mcp_labels: tuple[str, ...] = ()) -> ToolChoice:
     param = f"{where}.tool_choice"
     if choice is None or choice == "auto":
         return "auto"
+    if isinstance(choice, dict) and choice.get("type") == "mcp":
+        label, name = choice.get("server_label"), choice.get("name")
+        if label not in mcp_labels:
+            raise errors.InvalidToolChoice(f"tool_choice names MCP server {str(label)[:64]!r}, which is not one "
+                                           "of the tools", param=param)
+        if name is not None and not isinstance(name, str):
+            raise errors.InvalidToolChoice("tool_choice.name must be a string", param=param)
+        return f"{MCP_CHOICE}{label}:{name or ''}"
     if choice in ("none", "required"):
-        if choice == "required" and not tools:
+        if choice == "required" and not tools and not mcp_labels:
             raise errors.InvalidToolChoice("tool_choice 'required' needs tools", param=param)
         return choice
     if isinstance(choice, dict) and choice.get("type") == "function":
@@ -93,6 +130,10 @@ def parse_tool_choice(choice: Any, tools: tuple[Tool, ...], where: str) -> ToolC
 
 
 def choice_wire(choice: ToolChoice) -> str | dict:
+    picked = mcp_choice(choice)
+    if picked is not None:
+        label, name = picked
+        return {"type": "mcp", "server_label": label, **({"name": name} if name else {})}
     return choice if choice in ("auto", "none", "required") else {"type": "function", "name": choice}
 
 

@@ -21,3 +21,25 @@ def transcribe_reply(recognizer):
         return recognizer.transcribe(audio).text
 
     return transcribe
+
+
+# --- MCP test servers (quillman_bench.mcp_server: the SDK's MCPServer on 127.0.0.1) ----------
+
+
+@pytest.fixture(scope="session")
+def mcp_server():
+    """Streamable HTTP at /mcp; shared by every MCP test."""
+    from quillman_bench.mcp_server import McpServerProcess
+
+    server = McpServerProcess()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mcp_sse_server():
+    from quillman_bench.mcp_server import McpServerProcess
+
+    server = McpServerProcess("--sse")
+    yield server
+    server.stop()

@@ -60,6 +60,7 @@ def openai_backend_server(llama_server, tmp_path_factory):
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     config["applications"][0]["args"]["llm"] = {"backend": "openai", "model": "smollm2", "base_url": llama_server,
                                                 "max_tokens": 48, "temperature": 0.2}
+    config["applications"][0]["args"]["mcp"] = {"allowed_servers": ["127.0.0.1"]}  # the MCP test
     path = folder / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     with serve_run(path, port=PORT, log_path=folder / "serve.log") as server:
@@ -86,3 +87,33 @@ async def test_a_text_turn_with_tools_on_a_real_openai_compatible_server(openai_
     assert response.output and response.output[0].type in ("message", "function_call")
     if response.output[0].type == "message":
         assert response.output[0].content[0].text.strip()
+
+
+async def test_an_mcp_tool_on_the_openai_backend(openai_backend_server, mcp_server):
+    """The server's model is told the MCP server's tools as functions; the call it makes runs
+    on the MCP server, and its answer follows in the same response."""
+    client = AsyncOpenAI(api_key="unused-locally",
+                         websocket_base_url=openai_backend_server.replace("http://", "ws://") + "/v1")
+    async with client.realtime.connect(model="quillman") as connection:
+        await connection.session.update(session={
+            "type": "realtime", "output_modalities": ["text"],
+            "tools": [{"type": "mcp", "server_label": "weather", "server_url": mcp_server.url(),
+                       "allowed_tools": ["get_weather"], "require_approval": "never"}],
+            "tool_choice": {"type": "mcp", "server_label": "weather", "name": "get_weather"}})
+        await connection.conversation.item.create(item={
+            "type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": "What is the weather in Paris?"}]})
+        await connection.response.create()
+        seen = []
+        async for event in connection:
+            seen.append(event.type)
+            if event.type == "error":
+                pytest.fail(f"server error {event.error}")
+            if event.type == "response.done":
+                response = event.response
+                break
+    assert response.status == "completed"
+    assert "mcp_list_tools.completed" in seen and "response.mcp_call.completed" in seen
+    kinds = [item.type for item in response.output]
+    assert kinds[0] == "mcp_call" and "weather in" in response.output[0].output.lower(), response.output
+    assert kinds[-1] == "message" and response.output[-1].content[0].text.strip()

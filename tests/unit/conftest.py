@@ -312,7 +312,8 @@ class SessionDriver:
     def __init__(self, backends: FakeBackends, config: SessionConfig | None = None,
                  vad_config: VadConfig | None = None,
                  make_vad: Callable[[], Callable[[np.ndarray], np.ndarray]] = SileroVad,
-                 end_of_turn: Any = None, llm: LlmConfig | None = None):
+                 end_of_turn: Any = None, llm: LlmConfig | None = None,
+                 mcp: Any = None, mcp_connector: Any = None):
         self.backends = backends
         self.events: list[dict[str, Any]] = []
         self._client_order: list[str] = []  # client_conversation() so far
@@ -321,6 +322,7 @@ class SessionDriver:
         self.session = RealtimeSession(
             backends, config or fast_session_config(), vad_config or VadConfig(), make_vad,
             send=self._record, llm=llm or LlmConfig(), end_of_turn=end_of_turn,
+            mcp=mcp, mcp_connector=mcp_connector,
         )
         self.task: asyncio.Task | None = None
 

@@ -856,9 +856,10 @@ async def test_instructions_too_long_are_refused(driver):
     {"tools": [{"type": "mcp", "server_label": "x", "server_url": "http://x"}]},
 ])
 async def test_features_not_built_yet_are_refused_with_a_code(driver, session):
+    # MCP tools on a server whose operator enabled none (the default config).
     await driver.send({"type": "session.update", "session": session})
     await driver.drain()
-    assert [e["code"] for e in driver.errors()] == ["unsupported_feature"]
+    assert [e["code"] for e in driver.errors()] == ["mcp_disabled"]
     assert not driver.of_type("session.updated")
 
 

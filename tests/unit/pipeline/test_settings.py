@@ -33,9 +33,10 @@ def test_a_refused_update_changes_nothing():
     ({"tools": [{"type": "mcp", "server_label": "x"}]}, "session.tools[0].type"),
 ])
 def test_unimplemented_features_are_refused_not_ignored(session, param):
+    # MCP tools on a server whose operator enabled none (test_mcp_tools.py has the rest).
     with pytest.raises(errors.UnsupportedFeature) as refused:
         initial().apply(update(**session), "joe")
-    assert refused.value.code == "unsupported_feature" and refused.value.param == param
+    assert refused.value.code == "mcp_disabled" and refused.value.param == param
 
 
 def test_the_empty_values_clients_always_send_are_accepted():
