@@ -74,7 +74,8 @@ def spans(text: str, max_words: int = MAX_SPAN_WORDS, avoid: frozenset[str] = fr
             loose.setdefault(phrase, None)
             inner = [w.strip(_TRIM).lower() for w in words[start:end]]
             if inner[0] in FUNCTION_WORDS or inner[-1] in FUNCTION_WORDS or any(
-                    piece in avoid for w in inner for piece in re.findall(r"[a-z0-9]+", w)):
+                    _same_word(piece, a) or _same_word(a, piece)
+                    for w in inner for piece in re.findall(r"[a-z0-9]+", w) for a in avoid):
                 continue
             out.setdefault(phrase, None)
     return list(out or loose)[:MAX_SPANS]
