@@ -78,6 +78,10 @@ _THREE_FEW_SHOT = (("What color is a ripe banana?", "A ripe banana is yellow."),
 _TERSE_PROMPT = ("You are a helpful voice assistant. Answer the question directly in one short English "
                  "sentence that states the answer. No lists, markdown or emoji.")
 
+# SmolLM2's own default system prompt (its chat template's), plus the reply form.
+_SMOL_PROMPT = ("You are a helpful AI assistant named SmolLM, trained by Hugging Face. Answer in one or two "
+                "short spoken English sentences, without lists, markdown or emoji.")
+
 SETTINGS: dict[str, Setting] = {
     "before": Setting(_BEFORE_PROMPT),
     "old-default": Setting(_BEFORE_PROMPT, _OLD_FEW_SHOT, repeat_penalty=1.1),
@@ -89,6 +93,8 @@ SETTINGS: dict[str, Setting] = {
     "three-shot-greedy": Setting(_BEFORE_PROMPT, _THREE_FEW_SHOT, repeat_penalty=1.1, temperature=0.0),
     "terse-fact-shot": Setting(_TERSE_PROMPT, _FACT_FEW_SHOT, repeat_penalty=1.1),
     "zero-shot-greedy": Setting(_BEFORE_PROMPT, (), repeat_penalty=1.1, temperature=0.0),
+    "smol-fact-shot": Setting(_SMOL_PROMPT, _FACT_FEW_SHOT, repeat_penalty=1.1),
+    "smol-old-shot": Setting(_SMOL_PROMPT, _OLD_FEW_SHOT, repeat_penalty=1.1),
 }
 
 # --- scoring ----------------------------------------------------------------------------------
