@@ -67,10 +67,34 @@ def _server_default() -> Setting:
                    llm.frequency_penalty, llm.max_tokens, llm.temperature)
 
 
+# Candidates of issue 21, chosen between on the tuning half only. The examples hold no number
+# and no name a question of the set could want (bleed), and show the form: one sentence that
+# restates the question with the answer.
+_FACT_FEW_SHOT = (("What color is a ripe banana?", "A ripe banana is yellow."),
+                  ("How do I keep bread fresh?", "Keep bread in a sealed bag at room temperature."))
+_THREE_FEW_SHOT = (("What color is a ripe banana?", "A ripe banana is yellow."),
+                   ("How do I keep bread fresh?", "Keep bread in a sealed bag at room temperature."),
+                   ("What does 'enormous' mean?", "Enormous means very big."))
+_TERSE_PROMPT = ("You are a helpful voice assistant. Answer the question directly in one short English "
+                 "sentence that states the answer. No lists, markdown or emoji.")
+
+# SmolLM2's own default system prompt (its chat template's), plus the reply form.
+_SMOL_PROMPT = ("You are a helpful AI assistant named SmolLM, trained by Hugging Face. Answer in one or two "
+                "short spoken English sentences, without lists, markdown or emoji.")
+
 SETTINGS: dict[str, Setting] = {
     "before": Setting(_BEFORE_PROMPT),
     "old-default": Setting(_BEFORE_PROMPT, _OLD_FEW_SHOT, repeat_penalty=1.1),
     "old-few-shot-greedy": Setting(_BEFORE_PROMPT, _OLD_FEW_SHOT, repeat_penalty=1.1, temperature=0.0),
+    "old-no-penalty": Setting(_BEFORE_PROMPT, _OLD_FEW_SHOT),
+    "fact-shot": Setting(_BEFORE_PROMPT, _FACT_FEW_SHOT, repeat_penalty=1.1),
+    "fact-shot-greedy": Setting(_BEFORE_PROMPT, _FACT_FEW_SHOT, repeat_penalty=1.1, temperature=0.0),
+    "three-shot": Setting(_BEFORE_PROMPT, _THREE_FEW_SHOT, repeat_penalty=1.1),
+    "three-shot-greedy": Setting(_BEFORE_PROMPT, _THREE_FEW_SHOT, repeat_penalty=1.1, temperature=0.0),
+    "terse-fact-shot": Setting(_TERSE_PROMPT, _FACT_FEW_SHOT, repeat_penalty=1.1),
+    "zero-shot-greedy": Setting(_BEFORE_PROMPT, (), repeat_penalty=1.1, temperature=0.0),
+    "smol-fact-shot": Setting(_SMOL_PROMPT, _FACT_FEW_SHOT, repeat_penalty=1.1),
+    "smol-old-shot": Setting(_SMOL_PROMPT, _OLD_FEW_SHOT, repeat_penalty=1.1),
 }
 
 # --- scoring ----------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from typing import AsyncIterator
 
 from quillman.engines.llm import tools as tool_format
 from quillman.engines.llm.base import Capabilities, Delta, GenerationRequest, Usage
+from quillman.engines.llm.tool_values import last_user_text
 from quillman.errors import ModelError
 from quillman.priority import POLL_S, NodePriority
 from quillman.scheduling import READING_PACE
@@ -163,6 +164,8 @@ class BatchedLlamaCpp:
         self._waiting: list[_Job] = []  # tokenized, no slot yet (worker thread only)
         self._closed = False
         self._piece = ctypes.create_string_buffer(64)
+        self._score_ctx = None  # made on the first tool choice (_loglik)
+        self._expansions: dict[tuple[str, str], str] = {}
         self._worker = threading.Thread(target=self._run, name="llama-batch", daemon=True)
         self._worker.start()
         logger.info("llama.cpp batched engine: %d slots x %d tokens, chunk %d", n_slots, n_ctx, self._chunk)
@@ -170,7 +173,6 @@ class BatchedLlamaCpp:
     # --- asyncio side -------------------------------------------------------------------------
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        request = tool_format.resolve_auto(request)
         job = _Job(request=request, loop=asyncio.get_running_loop(), out=asyncio.Queue())
         with self._wake:
             if self._closed:
@@ -226,6 +228,9 @@ class BatchedLlamaCpp:
             job.put(_END)
             return
         try:
+            # "required" over several tools and "auto": one tool (or none) chosen by the model's
+            # likelihood of the user's words after each tool's description (tools.choose_tool).
+            job.request = tool_format.choose_tool(job.request, self._loglik)
             job.prompt = self._tokenize(job.request)
             job.sampler = self._sampler(job.request)
         except Exception as exc:  # noqa: BLE001 - a template, tokenizer or grammar error fails this request only
@@ -286,7 +291,9 @@ class BatchedLlamaCpp:
         sampler = self._internals.LlamaSampler()
         tools = tool_format.tools_in_use(request.tools, request.tool_choice)
         if tools:  # first: the other samplers only ever see tokens the grammar allows
-            self._add_grammar(sampler, tool_format.tool_grammar(tools),
+            # The arguments' grammar is narrowed to the values the user said (tool_values).
+            grammar = tool_format.tool_grammar(tools, last_user_text(request.messages), self._expand)
+            self._add_grammar(sampler, grammar,
                               lazy=not tool_format.forced(request.tool_choice))
         if params.repeat_penalty != 1.0 or params.frequency_penalty != 0.0:
             sampler.add_penalties(self._ll.llama_vocab_n_tokens(self._vocab), _PENALTY_LAST_N,
@@ -313,6 +320,83 @@ class BatchedLlamaCpp:
             sampler.close()
             raise ValueError("the tools' JSON Schemas did not make a valid grammar")
         ll.llama_sampler_chain_add(sampler.sampler, grammar_sampler)
+
+    SCORE_TOKENS = 256  # context + text tokens a tool choice scores (longer turns: their start)
+
+    def _loglik(self, context: str, text: str) -> float:
+        """The model's log-likelihood of ``text`` after ``context`` (worker thread only), on a
+        small context of its own (the slots' KV caches are not touched)."""
+        import numpy as np
+
+        ll = self._ll
+        self._scoring_context()
+        head = self._model.tokenize(context.encode("utf-8"), add_bos=True, special=False)
+        tail = self._model.tokenize(text.strip().encode("utf-8"), add_bos=False, special=False)
+        tokens = (head + tail)[:self.SCORE_TOKENS]
+        ll.llama_memory_clear(ll.llama_get_memory(self._score_ctx.ctx), True)
+        batch = self._score_batch.batch
+        for i, token in enumerate(tokens):
+            self._add(batch, i, token, i, 0, i >= len(head) - 1)
+        batch.n_tokens = len(tokens)
+        if ll.llama_decode(self._score_ctx.ctx, batch) != 0:
+            raise RuntimeError("llama_decode failed while choosing a tool")
+        total = 0.0
+        for i in range(len(head) - 1, len(tokens) - 1):
+            logits = np.ctypeslib.as_array(ll.llama_get_logits_ith(self._score_ctx.ctx, i), shape=(self._n_vocab,))
+            top = float(logits.max())
+            total += float(logits[tokens[i + 1]]) - top - math.log(float(np.exp(logits - top).sum()))
+        return total
+
+    EXPAND_TOKENS = 6
+
+    def _expand(self, value: str, description: str) -> str:
+        """What the model says an enum's code stands for ("USD" -> "US Dollar"), greedy, a few
+        tokens; cached (worker thread only). tool_values uses it to hear "dollars" as USD."""
+        key = (value, description)
+        if key not in self._expansions:
+            prompt = f"{description.strip().rstrip('.')}.\n{value} stands for the"
+            self._expansions[key] = self._greedy(prompt, self.EXPAND_TOKENS).split("\n")[0]
+        return self._expansions[key]
+
+    def _greedy(self, prompt: str, max_tokens: int) -> str:
+        import numpy as np
+
+        self._scoring_context()
+        ll = self._ll
+        tokens = self._model.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)[:self.SCORE_TOKENS - max_tokens]
+        ll.llama_memory_clear(ll.llama_get_memory(self._score_ctx.ctx), True)
+        batch = self._score_batch.batch
+        out = b""
+        pos = 0
+        for step in range(max_tokens + 1):
+            for i, token in enumerate(tokens):
+                self._add(batch, i, token, pos + i, 0, i == len(tokens) - 1)
+            batch.n_tokens = len(tokens)
+            if ll.llama_decode(self._score_ctx.ctx, batch) != 0:
+                raise RuntimeError("llama_decode failed while reading a tool's schema")
+            pos += len(tokens)
+            if step == max_tokens:
+                break
+            logits = np.ctypeslib.as_array(ll.llama_get_logits_ith(self._score_ctx.ctx, len(tokens) - 1),
+                                           shape=(self._n_vocab,))
+            token = int(logits.argmax())
+            if ll.llama_vocab_is_eog(self._vocab, token):
+                break
+            out += self._token_bytes(token)
+            tokens = [token]
+        return out.decode("utf-8", errors="replace").strip()
+
+    def _scoring_context(self) -> None:
+        ll = self._ll
+        if self._score_ctx is None:
+            params = ll.llama_context_default_params()
+            params.n_ctx = params.n_batch = params.n_ubatch = self.SCORE_TOKENS
+            params.n_seq_max = 1
+            params.n_threads = params.n_threads_batch = self._threads_batch
+            self._score_ctx = self._internals.LlamaContext(model=self._model, params=params, verbose=False)
+            self._score_batch = self._internals.LlamaBatch(n_tokens=self.SCORE_TOKENS, embd=0, n_seq_max=1,
+                                                           verbose=False)
+            self._n_vocab = ll.llama_vocab_n_tokens(self._vocab)
 
     def _drop_if_cancelled(self, job: _Job) -> bool:
         if job.cancelled:
