@@ -197,7 +197,7 @@ def _named(group: list[tuple[str, list[str]]], words: list[str], expansions: dic
             candidates.append((strength, count, start, value))
     taken: set[int] = set()
     named: dict[str, int] = {}
-    for strength, count, start, value in sorted(candidates, key=lambda c: (-c[0], -c[1], c[2])):
+    for _strength, count, start, value in sorted(candidates, key=lambda c: (-c[0], -c[1], c[2])):
         places = set(range(start, start + count))
         if places & taken:
             continue
