@@ -72,6 +72,8 @@ def _server_default() -> Setting:
 # restates the question with the answer.
 _FACT_FEW_SHOT = (("What color is a ripe banana?", "A ripe banana is yellow."),
                   ("How do I keep bread fresh?", "Keep bread in a sealed bag at room temperature."))
+_BREAD_FEW_SHOT = (("What color is a ripe banana?", "A ripe banana is yellow."),
+                   ("How do I keep bread fresh?", "Keep bread in a sealed bag or a bread box."))
 _THREE_FEW_SHOT = (("What color is a ripe banana?", "A ripe banana is yellow."),
                    ("How do I keep bread fresh?", "Keep bread in a sealed bag at room temperature."),
                    ("What does 'enormous' mean?", "Enormous means very big."))
@@ -88,6 +90,7 @@ SETTINGS: dict[str, Setting] = {
     "old-few-shot-greedy": Setting(_BEFORE_PROMPT, _OLD_FEW_SHOT, repeat_penalty=1.1, temperature=0.0),
     "old-no-penalty": Setting(_BEFORE_PROMPT, _OLD_FEW_SHOT),
     "fact-shot": Setting(_BEFORE_PROMPT, _FACT_FEW_SHOT, repeat_penalty=1.1),
+    "bread-shot": Setting(_BEFORE_PROMPT, _BREAD_FEW_SHOT, repeat_penalty=1.1),
     "fact-shot-greedy": Setting(_BEFORE_PROMPT, _FACT_FEW_SHOT, repeat_penalty=1.1, temperature=0.0),
     "three-shot": Setting(_BEFORE_PROMPT, _THREE_FEW_SHOT, repeat_penalty=1.1),
     "three-shot-greedy": Setting(_BEFORE_PROMPT, _THREE_FEW_SHOT, repeat_penalty=1.1, temperature=0.0),
