@@ -203,14 +203,12 @@ class SessionConfig(_Strict):
     )
     # Example exchanges (user, assistant) shown after the instructions in every prompt: a small
     # model copies their form (short, English, on topic). quillman bench qa measures the effect.
-    # Measured (docs/answers.md): examples make SmolLM2-135M's answers short, English and on
-    # topic. These two hold no number and no name a question would want: the earlier ones
-    # (Lisbon, "A year has 365 days") leaked into unrelated answers ("The sum of nineteen and
-    # twenty-one is 365"); on the QA set's tuning half both pairs score the same (49 vs 48.5 %
-    # correct, 4 runs each) with replies ~10 instead of ~13 words.
+    # Measured (docs/answers.md): with these two, SmolLM2-135M's answers hold the key fact
+    # far more often and stay English. Examples without numbers or names (banana, bread) tied
+    # on the QA set's tuning half but scored 44.0 % against 52.4 % on the test half: kept these.
     few_shot: list[tuple[str, str]] = Field(default_factory=lambda: [
-        ("What color is a ripe banana?", "A ripe banana is yellow."),
-        ("How do I keep bread fresh?", "Keep bread in a sealed bag at room temperature.")])
+        ("What is the capital of Portugal?", "The capital of Portugal is Lisbon."),
+        ("How many days are in a year?", "A year has 365 days.")])
     # A system message before each user question that follows an answer: SmolLM2-135M, shown a
     # previous question and answer, repeats that answer for 1-4 % of new questions (more for
     # some: 20 of 20 times for "Name a fruit that is yellow." after a question about Rome);

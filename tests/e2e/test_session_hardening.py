@@ -68,7 +68,7 @@ async def test_hostile_frames_get_one_error_each_and_the_socket_stays(ws_url):
     cases = {
         "invalid_json": deep,
         "input_too_long": huge_text,
-        "unsupported_feature": json.dumps({"type": "session.update", "session": {"tools": [
+        "mcp_disabled": json.dumps({"type": "session.update", "session": {"tools": [
             {"type": "mcp", "server_label": "files", "server_url": "http://127.0.0.1:9"}]}}),
     }
     async with RealtimeClient(ws_url) as client:
@@ -77,7 +77,7 @@ async def test_hostile_frames_get_one_error_each_and_the_socket_stays(ws_url):
             event = await next_of(client, "error", "session.updated", "conversation.item.added")
             assert event["type"] == "error" and event["error"]["code"] == code, (code, event)
         for session, code in (({"tool_choice": "required"}, "invalid_tool_choice"),
-                              ({"tools": [{"type": "mcp", "server_label": "x"}]}, "unsupported_feature")):
+                              ({"tools": [{"type": "mcp", "server_label": "x"}]}, "mcp_disabled")):
             refused = await update(client, session)
             assert refused["type"] == "error" and refused["error"]["code"] == code, refused
             assert refused["error"]["param"].startswith("session.")
