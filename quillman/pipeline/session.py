@@ -281,43 +281,39 @@ class RealtimeSession:
 
     async def handle_frame(self, frame: str | bytes) -> None:
         """One client frame, handled to the end: refused -> one ``error``; never raises."""
-        event_id = None
         try:
             self.limits.check_frame(frame)
-            event = protocol.parse_client_event(frame)
-            event_id = event.event_id
-            await self.handle_event(event)
+            event = protocol.parse_client_event(frame)  # its refusals carry the frame's event_id
+        except errors.QuillmanError as exc:
+            self.error(exc)
+            return
+        except Exception:  # noqa: BLE001 - a bug must not end the session; the log has it
+            logger.exception("[%s] internal error handling a client event", self.id)
+            self.error(errors.InternalError("the server failed to handle this event; the session goes on"))
+            return
+        await self.handle_typed(event)
+
+    async def handle_typed(self, event: protocol.ClientEvent) -> None:
+        """A parsed client event (a frame, or a transport's typed input): refused -> one ``error``."""
+        await self._handled(self.handle_event(event), event.event_id, "this event")
+
+    async def handle_pcm(self, pcm16: np.ndarray) -> None:
+        """Decoded audio from a media track; refused -> one ``error`` (audio limits)."""
+        await self._handled(self.append_pcm(pcm16), None, "the audio")
+
+    async def _handled(self, work: Awaitable[None], event_id: str | None, what: str) -> None:
+        """Run one client input to the end: a refusal -> one ``error`` with the client's
+        ``event_id``; a bug -> one ``server_error``, and the session goes on; never raises."""
+        try:
+            await work
         except errors.QuillmanError as exc:
             if exc.event_id is None:  # an empty event_id is still the client's to get back
                 exc.event_id = event_id
             self.error(exc)
         except Exception:  # noqa: BLE001 - a bug must not end the session; the log has it
-            logger.exception("[%s] internal error handling a client event", self.id)
-            self.error(errors.InternalError(
-                "the server failed to handle this event; the session goes on", event_id=event_id))
-
-    async def handle_typed(self, event: protocol.ClientEvent) -> None:
-        """A parsed client event from a transport; refused -> one ``error``, like a frame."""
-        try:
-            await self.handle_event(event)
-        except errors.QuillmanError as exc:
-            if exc.event_id is None:
-                exc.event_id = event.event_id
-            self.error(exc)
-        except Exception:  # noqa: BLE001 - as in handle_frame
-            logger.exception("[%s] internal error handling a client event", self.id)
-            self.error(errors.InternalError(
-                "the server failed to handle this event; the session goes on", event_id=event.event_id))
-
-    async def handle_pcm(self, pcm16: np.ndarray) -> None:
-        """Decoded audio from a media track; refused -> one ``error`` (audio limits)."""
-        try:
-            await self.append_pcm(pcm16)
-        except errors.QuillmanError as exc:
-            self.error(exc)
-        except Exception:  # noqa: BLE001 - as in handle_frame
-            logger.exception("[%s] internal error handling track audio", self.id)
-            self.error(errors.InternalError("the server failed to handle the audio; the session goes on"))
+            logger.exception("[%s] internal error handling %s", self.id, what)
+            self.error(errors.InternalError(f"the server failed to handle {what}; the session goes on",
+                                            event_id=event_id))
 
     async def handle_event(self, event: protocol.ClientEvent) -> None:
         match event:
