@@ -178,6 +178,11 @@ class VadConfig(_Strict):
     # A shorter silence closes a segment: it is transcribed at once (while the user may go on
     # talking) and a reply is started speculatively, kept only if the turn really ends.
     pause_ms: int = Field(192, ge=64, le=2000)
+    # The segment's ASR starts after this much silence, before the pause is confirmed: at a
+    # real pause its transcript is then ready ~pause_ms - early_asr_ms sooner (the last
+    # segment's ASR is on the critical path); if speech comes back first, it is cancelled.
+    # 0: transcribe at the pause only.
+    early_asr_ms: int = Field(64, ge=0, le=2000)
     # The pause for 8 kHz input (G.711 phone audio, pcm16 at 8 kHz): Silero's 16 kHz model hears
     # narrowband fricatives as silence, so 192 ms "pauses" fall inside words and split the
     # transcript there (quillman bench asr: mu-law WER 0.19 -> 0.16 at 320 ms; docs/telephony.md).
@@ -223,9 +228,11 @@ class SessionConfig(_Strict):
     # cutting in steps keeps the prompt's prefix stable, so the LLM's prefix cache stays valid.
     max_history_messages: int = Field(8, ge=2)
     tts_concurrency: int = Field(2, ge=1, le=16)
-    # The first TTS chunk is cut at the first clause boundary after this many words.
+    # The first TTS chunk is cut at the first clause or phrase boundary after this many words
+    # (quillman.pipeline.sentences), and at first_chunk_max_words at the latest: its tokens and
+    # its synthesis are on the critical path (~18 ms a token, ~30 ms a word of Piper here).
     first_chunk_min_words: int = Field(4, ge=1)
-    first_chunk_max_words: int = Field(12, ge=2)
+    first_chunk_max_words: int = Field(8, ge=2)
     max_chunk_words: int = Field(40, ge=4)
     output_chunk_ms: int = Field(200, ge=20, le=2000)
     # Audio may arrive this far ahead of real time before appends are refused.

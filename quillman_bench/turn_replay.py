@@ -48,7 +48,16 @@ from quillman.config import VadConfig
 from quillman.engines.cache import model_cache_dir
 from quillman_bench.report import percentile
 from quillman.pipeline import semantic
-from quillman.pipeline.turns import SegmentCut, SpeechEnded, TurnCommitted, TurnResumed, TurnStarted, TurnTracker
+from quillman.pipeline.turns import (
+    DraftDropped,
+    SegmentCut,
+    SegmentDraft,
+    SpeechEnded,
+    TurnCommitted,
+    TurnResumed,
+    TurnStarted,
+    TurnTracker,
+)
 
 RATE_HZ = 16000
 FRAME = 320  # 20 ms
@@ -245,6 +254,7 @@ async def replay(clip: Clip, models: Models, mode: str, schedule: str = "paralle
     policy = POLICIES.get(mode)
     tracker = TurnTracker(models.make_vad, vad, RATE_HZ, max_turn_s=60.0)
     texts: dict[str, list[tuple[float, str]]] = {}  # per turn: (ready at, text) of its segments
+    drafts: dict[str, tuple[float, str]] = {}  # per turn: the open segment's ASR since the first silence
     pending: list[_Pending] = []
     commits: list[dict[str, Any]] = []
     judgments: list[dict[str, Any]] = []
@@ -254,8 +264,19 @@ async def replay(clip: Clip, models: Models, mode: str, schedule: str = "paralle
             match event:
                 case TurnStarted(turn=turn):
                     texts[turn.item_id] = []
-                case SegmentCut(turn=turn, pcm=pieces, pause=pause) if policy is not None:
-                    for piece in pieces:
+                case SegmentDraft(turn=turn, pcm=pieces) if policy is not None and len(pieces) == 1:
+                    text, cost = models.transcribe(pieces[0])
+                    drafts[turn.item_id] = (now + cost / 1000, text)
+                case DraftDropped(turn=turn):
+                    drafts.pop(turn.item_id, None)
+                case SegmentCut(turn=turn, pcm=pieces, pause=pause, drafted=drafted) if policy is not None:
+                    draft = drafts.pop(turn.item_id, None)
+                    if drafted and draft is not None:  # as the session: the draft is the segment
+                        texts[turn.item_id].append(draft)
+                        pieces_asr: list[np.ndarray] = []
+                    else:
+                        pieces_asr = pieces
+                    for piece in pieces_asr:
                         text, cost = models.transcribe(piece)
                         texts[turn.item_id].append((now + cost / 1000, text))
                     if pause:
@@ -271,7 +292,8 @@ async def replay(clip: Clip, models: Models, mode: str, schedule: str = "paralle
     def _judge(turn, pieces: list[np.ndarray], now: float) -> _Pending:
         segments = texts[turn.item_id]
         text = " ".join(t.strip() for _, t in segments if t.strip()).strip()
-        text_ready = max((ready for ready, _ in segments), default=now)
+        # A draft's transcript may be ready before the pause; the judgment starts at the pause.
+        text_ready = max([now, *(ready for ready, _ in segments)])
         pcm = np.concatenate(pieces)
         p, audio_cost = models.probability(pcm)
         judged = policy(text, p)

@@ -58,7 +58,9 @@ from quillman.pipeline.settings import SessionSettings, check_capabilities, resp
 from quillman.pipeline.tools import FunctionCalls
 from quillman.pipeline.transcription import PartialTranscripts
 from quillman.pipeline.turns import (
+    DraftDropped,
     SegmentCut,
+    SegmentDraft,
     SpeechEnded,
     StreamingVad,
     TurnCommitted,
@@ -479,8 +481,17 @@ class RealtimeSession:
                     if self.playback is not None and self.settings.interrupt_response:
                         self._cut_playback()
                     self.emit(protocol.SpeechStartedEvent(audio_start_ms=start_ms, item_id=turn.item_id))
-                case SegmentCut(turn=turn, pcm=pieces, pause=pause):
-                    self._transcribe(turn, pieces)
+                case SegmentDraft(turn=turn, pcm=pieces):
+                    self._draft(turn, pieces)
+                case DraftDropped(turn=turn):
+                    self._drop_draft(turn)
+                case SegmentCut(turn=turn, pcm=pieces, pause=pause, drafted=drafted):
+                    if drafted and turn.draft is not None:
+                        turn.segments.append(turn.draft)  # transcribed since the first silence
+                        turn.draft = None
+                    else:
+                        self._drop_draft(turn)
+                        self._transcribe(turn, pieces)
                     if pause and self.settings.responds:
                         turn.speculation = self._start_voice_response(turn, speculative=True)
                     if pause and self._semantic():
@@ -498,6 +509,22 @@ class RealtimeSession:
             # Due now: if the turn ends here, the reply waits for this segment.
             turn.segments.append(self._spawn(
                 self.backends.transcribe(pcm, self.settings.language, time.time()), "asr"))
+
+    def _draft(self, turn: UserTurn, pieces: list) -> None:
+        """The open segment's ASR from its first silence, due when that silence would be the
+        pause: at a real pause the last segment's transcript is ready that much sooner."""
+        self._drop_draft(turn)
+        vad = self.settings.turn_detection
+        if len(pieces) != 1 or vad is None:
+            return
+        due = time.time() + max(vad.pause_ms - vad.early_asr_ms, 0) / 1000
+        turn.draft = self._spawn(self.backends.transcribe(pieces[0], self.settings.language, due), "asr-draft")
+
+    @staticmethod
+    def _drop_draft(turn: UserTurn) -> None:
+        if turn.draft is not None:
+            turn.draft.cancel()
+            turn.draft = None
 
     def _semantic(self) -> bool:
         vad = self.settings.turn_detection
@@ -537,6 +564,7 @@ class RealtimeSession:
             self.partials.drop(turn.item_id)
             self._cancel_speculation(turn)
             self._cancel_judgment(turn)
+            self._drop_draft(turn)
             for task in turn.segments:
                 task.cancel()
 
@@ -547,6 +575,7 @@ class RealtimeSession:
             self._cancel_judgment(turn)  # the cap or a commit came first
         if committed.reason != "vad":
             self._cancel_speculation(turn)  # a commit is not the pause the speculation bet on
+        self._drop_draft(turn)  # a commit before the pause: its tail is transcribed whole
         if committed.reason == "max_turn":
             logger.info("[%s] turn reached max_turn_s; ending it", self.id)
         if turn.speculation is None:

@@ -23,6 +23,8 @@ from quillman.engines.asr.base import ASR_SAMPLE_RATE_HZ, Transcript
 from quillman.pipeline.semantic import Decision, detector_options
 from quillman.pipeline.vad import (
     SegmentEnded,
+    SilenceBegan,
+    SilenceBroken,
     SpeechResumed,
     SpeechStarted,
     SpeechStopped,
@@ -112,6 +114,10 @@ class UserTurn:
     start_sample: int
     segment_start: int  # audio from here on is not yet sent to ASR
     segments: list[asyncio.Task[Transcript]] = field(default_factory=list)
+    # The open segment's ASR started at the first silence (SegmentDraft), and where it ends:
+    # it becomes the segment's transcript if that silence turns into the pause.
+    draft: asyncio.Task[Transcript] | None = None
+    draft_end: int | None = None
     speech_end: float | None = None  # perf_counter instant of the last speech sample
     speculation: object | None = None  # the response started at the last pause (session's)
     transcript: asyncio.Task[str] | None = None
@@ -158,6 +164,23 @@ class SegmentCut:
     turn: UserTurn
     pcm: list[np.ndarray]  # 16 kHz float32, each at most MAX_ASR_SEGMENT_S
     pause: bool
+    drafted: bool = False  # its speech was transcribed from the first silence (turn.draft)
+
+
+@dataclass(frozen=True)
+class SegmentDraft:
+    """The open segment, up to the first silence: transcribe it now; if the silence becomes a
+    pause, its :class:`SegmentCut` comes with ``drafted`` and this transcript is the segment's."""
+
+    turn: UserTurn
+    pcm: list[np.ndarray]
+
+
+@dataclass(frozen=True)
+class DraftDropped:
+    """Speech came back before the pause: the draft's transcript is not the segment's."""
+
+    turn: UserTurn
 
 
 @dataclass(frozen=True)
@@ -183,7 +206,7 @@ class TurnCommitted:
     reason: str  # "vad" | "commit" | "max_turn"
 
 
-TurnEvent = TurnStarted | SegmentCut | TurnResumed | SpeechEnded | TurnCommitted
+TurnEvent = TurnStarted | SegmentDraft | DraftDropped | SegmentCut | TurnResumed | SpeechEnded | TurnCommitted
 
 
 class TurnTracker:
@@ -193,7 +216,7 @@ class TurnTracker:
         self._vad = make_vad()
         self.options = vad  # None: turn detection off, the client commits
         self.input_rate_hz = input_rate_hz
-        self._detector = TurnDetector(self._detector_options(vad or VadConfig()), self._vad.window_samples)
+        self._detector = self._new_detector(vad or VadConfig())
         self._resampler = StreamResampler(input_rate_hz, ASR_SAMPLE_RATE_HZ)
         self.max_turn_s = max_turn_s
         self.timeline = AudioTimeline(keep_s=max_turn_s + 10)
@@ -204,6 +227,11 @@ class TurnTracker:
         self.cut_at_pauses = True  # False: the sequential baseline transcribes whole turns
 
     # --- settings ----------------------------------------------------------------------------
+
+    def _new_detector(self, options: VadConfig) -> TurnDetector:
+        detector_options = self._detector_options(options)
+        early = options.early_asr_ms if options.early_asr_ms < detector_options.pause_ms else 0
+        return TurnDetector(detector_options, self._vad.window_samples, early_ms=early)
 
     def _detector_options(self, options: VadConfig) -> VadConfig:
         """What the detector runs with: semantic_vad's (``detector_options``), and for 8 kHz input
@@ -231,7 +259,7 @@ class TurnTracker:
         self.options = options
         if options is None:
             return self.abandon()
-        self._detector = TurnDetector(self._detector_options(options), self._vad.window_samples)
+        self._detector = self._new_detector(options)
         if not was_on:
             # Audio that came while detection was off was never analysed and may be gone
             # already: analysis starts at the present, with fresh VAD state.
@@ -285,11 +313,19 @@ class TurnTracker:
                 audio_start = max(start - ms_to_samples(self.options.prefix_padding_ms), self._commit_cursor, 0)
                 self.turn = UserTurn(protocol.new_id("item"), audio_start, audio_start)
                 return [TurnStarted(self.turn, samples_to_ms(audio_start))]
+            case SilenceBegan(end_sample=end) if turn is not None and self.cut_at_pauses:
+                turn.draft_end = end
+                return [SegmentDraft(turn, self._pieces(turn.segment_start, end))]
+            case SilenceBroken() if turn is not None and turn.draft_end is not None:
+                turn.draft_end = None
+                return [DraftDropped(turn)]
             case SegmentEnded(end_sample=end, speech_end_sample=speech_end, pause=pause) if turn is not None:
                 turn.speech_end = self.timeline.arrival_of(speech_end)
                 if not self.cut_at_pauses:
                     return []
-                return [SegmentCut(turn, self._cut(turn, end), pause)]
+                drafted = pause and turn.draft_end is not None and turn.draft_end >= speech_end
+                turn.draft_end = None
+                return [SegmentCut(turn, self._cut(turn, end), pause, drafted=drafted)]
             case SpeechResumed() if turn is not None:
                 turn.end_at = None
                 return [TurnResumed(turn)]
@@ -299,12 +335,14 @@ class TurnTracker:
                         self._commit(turn, self.timeline.end, "vad", tail=turn.segment_start < speech_end)]
         return []
 
+    def _pieces(self, start: int, end: int) -> list[np.ndarray]:
+        """The audio from ``start`` to ``end`` in pieces Whisper's window can take."""
+        step = int(MAX_ASR_SEGMENT_S * ASR_SAMPLE_RATE_HZ)
+        return [self.timeline.slice(at, min(end, at + step)) for at in range(start, end, step)]
+
     def _cut(self, turn: UserTurn, end: int) -> list[np.ndarray]:
-        pieces = []
-        while turn.segment_start < end:
-            stop = min(end, turn.segment_start + int(MAX_ASR_SEGMENT_S * ASR_SAMPLE_RATE_HZ))
-            pieces.append(self.timeline.slice(turn.segment_start, stop))
-            turn.segment_start = stop
+        pieces = self._pieces(turn.segment_start, end)
+        turn.segment_start = max(turn.segment_start, end)
         return pieces
 
     def end_turn_after(self, turn: UserTurn, wait_ms: int) -> list[TurnEvent]:

@@ -32,6 +32,22 @@ class SegmentEnded:
 
 
 @dataclass(frozen=True)
+class SilenceBegan:
+    """Speech has been quiet for ``early_ms``: likely a pause. The segment so far (to
+    ``end_sample``) can be transcribed now, before the pause is confirmed."""
+
+    end_sample: int
+    speech_end_sample: int
+
+
+@dataclass(frozen=True)
+class SilenceBroken:
+    """Speech came back before the silence after :class:`SilenceBegan` became a pause."""
+
+    sample: int
+
+
+@dataclass(frozen=True)
 class SpeechResumed:
     sample: int
 
@@ -41,7 +57,7 @@ class SpeechStopped:
     speech_end_sample: int
 
 
-VadEvent = SpeechStarted | SegmentEnded | SpeechResumed | SpeechStopped
+VadEvent = SpeechStarted | SegmentEnded | SilenceBegan | SilenceBroken | SpeechResumed | SpeechStopped
 
 
 def ms_to_samples(ms: float) -> int:
@@ -55,8 +71,11 @@ def samples_to_ms(samples: int) -> int:
 class TurnDetector:
     SILENCE, SPEECH, PAUSED = "silence", "speech", "paused"
 
-    def __init__(self, options: VadConfig, window_samples: int):
+    def __init__(self, options: VadConfig, window_samples: int, early_ms: int = 0):
         self.options = options
+        # 0: no SilenceBegan events. Below pause_ms: the silence is announced this early.
+        self.early_ms = early_ms
+        self._early_sent = False
         self.window_samples = window_samples  # the VAD engine's (Silero: 512 at 16 kHz)
         self.state = self.SILENCE
         self._neg_threshold = max(options.threshold - 0.15, 0.01)
@@ -85,6 +104,9 @@ class TurnDetector:
             if probability >= self._neg_threshold:
                 self._last_speech_end = window_end
                 self._silence_samples = 0
+                if self._early_sent:
+                    self._early_sent = False
+                    events.append(SilenceBroken(window_start))
                 if window_end - self._segment_start >= self.options.max_segment_s * VAD_SAMPLE_RATE_HZ:
                     cut = self._quietest_recent()
                     events.append(SegmentEnded(cut, min(cut, self._last_speech_end), pause=False))
@@ -94,7 +116,12 @@ class TurnDetector:
                 if self._silence_samples >= ms_to_samples(self.options.pause_ms):
                     self.state = self.PAUSED
                     self._candidate_windows = 0
+                    self._early_sent = False
                     events.append(SegmentEnded(window_end, self._last_speech_end, pause=True))
+                elif (self.early_ms and not self._early_sent
+                      and self._silence_samples >= ms_to_samples(self.early_ms)):
+                    self._early_sent = True
+                    events.append(SilenceBegan(window_end, self._last_speech_end))
         else:  # PAUSED
             if self._confirm_speech(probability, window_start):
                 self.state = self.SPEECH
@@ -122,6 +149,7 @@ class TurnDetector:
 
     def reset(self) -> None:
         self.state = self.SILENCE
+        self._early_sent = False
         self._candidate_windows = 0
         self._silence_samples = 0
 

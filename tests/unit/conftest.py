@@ -109,6 +109,12 @@ def build_clip(phrases: list[np.ndarray], rate: int, lead_s: float, gaps_s: list
 
 
 @pytest.fixture(scope="session")
+def make_clip() -> Callable[..., SpokenClip]:
+    """``build_clip`` for tests that lay out their own phrases and gaps."""
+    return build_clip
+
+
+@pytest.fixture(scope="session")
 def phrases_16k() -> tuple[np.ndarray, np.ndarray]:
     return trim_silence(espeak(PHRASE_A, 16000)), trim_silence(espeak(PHRASE_B, 16000))
 
@@ -306,6 +312,11 @@ def session_config():
     return fast_session_config
 
 
+# FakeBackends returns scripted transcripts in call order; a draft at a short silence that speech
+# breaks (early_asr_ms) would take one. Tests of drafts turn them on (test_asr_drafts.py).
+SCRIPTED_VAD = VadConfig(early_asr_ms=0)
+
+
 class SessionDriver:
     """Runs a RealtimeSession like the ingress does and records every event it sends."""
 
@@ -320,7 +331,7 @@ class SessionDriver:
         self._client_seen = 0
         self._inbox: asyncio.Queue[str | None] = asyncio.Queue()
         self.session = RealtimeSession(
-            backends, config or fast_session_config(), vad_config or VadConfig(), make_vad,
+            backends, config or fast_session_config(), vad_config or SCRIPTED_VAD, make_vad,
             send=self._record, llm=llm or LlmConfig(), end_of_turn=end_of_turn,
             mcp=mcp, mcp_connector=mcp_connector,
         )

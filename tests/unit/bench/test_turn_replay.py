@@ -84,14 +84,20 @@ def test_a_mid_sentence_pause_is_one_turn_under_semantic_vad_two_under_server_va
 
 def test_the_decision_is_due_when_the_transcript_is_and_serial_adds_smart_turn():
     c = clip(tone(1.0), case="complete")
-    parallel = replay(c, FakeModels(["Where do penguins live?"], asr_ms=100, audio_ms=60))
-    serial = replay(c, FakeModels(["Where do penguins live?"], asr_ms=100, audio_ms=60), schedule="serial")
-    assert parallel["model_wait_ms"] == 100.0 and serial["model_wait_ms"] == 160.0
-    slow_audio = replay(c, FakeModels(["Where do penguins live?"], asr_ms=100, audio_ms=150))
-    assert slow_audio["model_wait_ms"] == 150.0  # beside the ASR: the later of the two
-    # Ended when due: the pause (~200 ms of silence) + the ASR, or the complete floor.
+    # The ASR starts at the first silence (early_asr_ms, 64 ms), 128 ms before the pause (192 ms).
+    head_start = turn_replay.SEMANTIC.pause_ms - turn_replay.SEMANTIC.early_asr_ms
+    parallel = replay(c, FakeModels(["Where do penguins live?"], asr_ms=300, audio_ms=60))
+    serial = replay(c, FakeModels(["Where do penguins live?"], asr_ms=300, audio_ms=60), schedule="serial")
+    # (the replay sees VAD windows when their 20 ms frame arrives: within a frame)
+    assert parallel["model_wait_ms"] == pytest.approx(300.0 - head_start, abs=20)
+    assert serial["model_wait_ms"] == pytest.approx(parallel["model_wait_ms"] + 60, abs=1)
+    slow_audio = replay(c, FakeModels(["Where do penguins live?"], asr_ms=300, audio_ms=250))
+    assert slow_audio["model_wait_ms"] == 250.0  # beside the ASR: the later of the two
+    quick_asr = replay(c, FakeModels(["Where do penguins live?"], asr_ms=100, audio_ms=10))
+    assert quick_asr["model_wait_ms"] == 10.0  # transcribed before the pause: only Smart Turn is left
+    # Ended when due: the pause (~200 ms of silence) + what is left of the ASR, or the complete floor.
     judged_ms = parallel["judgments"][-1]["at_ms"] - 1500  # from the end of the tone
-    assert parallel["end_ms"] == pytest.approx(max(judged_ms + 100, semantic.COMPLETE_WAIT_MS), abs=40)
+    assert parallel["end_ms"] == pytest.approx(max(judged_ms + 300 - head_start, semantic.COMPLETE_WAIT_MS), abs=40)
     assert serial["end_ms"] >= parallel["end_ms"] and not serial["late"]
 
 

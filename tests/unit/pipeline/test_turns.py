@@ -11,7 +11,9 @@ from quillman import errors
 from quillman.config import VadConfig
 from quillman.pipeline.turns import (
     AudioTimeline,
+    DraftDropped,
     SegmentCut,
+    SegmentDraft,
     SpeechEnded,
     TurnCommitted,
     TurnStarted,
@@ -117,9 +119,13 @@ async def test_a_spoken_turn_starts_cuts_at_the_pause_and_commits():
     tracker = make_tracker()
     events = await feed(tracker, np.concatenate([silence(0.3), tone(0.8), silence(0.9)]))
     kinds = [type(e) for e in events]
-    assert kinds == [TurnStarted, SegmentCut, SpeechEnded, TurnCommitted]
-    cut = events[1]
-    assert cut.pause and sum(len(p) for p in cut.pcm) > 0.8 * RATE
+    assert kinds == [TurnStarted, SegmentDraft, SegmentCut, SpeechEnded, TurnCommitted]
+    draft, cut = events[1], events[2]
+    assert cut.pause and cut.drafted and sum(len(p) for p in cut.pcm) > 0.8 * RATE
+    # The draft is the same speech, cut at the first silence instead of at the pause.
+    drafted, whole = np.concatenate(draft.pcm), np.concatenate(cut.pcm)
+    assert 0.8 * RATE < len(drafted) < len(whole)
+    np.testing.assert_array_equal(drafted, whole[:len(drafted)])
     committed = events[-1]
     assert committed.reason == "vad" and committed.tail == []  # nothing spoken after the cut
     assert tracker.turn is None
@@ -135,7 +141,27 @@ async def test_turn_detection_off_then_on_again_analyses_only_new_audio():
     await feed(tracker, silence(1.0))
     tracker.set_detection(VadConfig())
     events = await feed(tracker, np.concatenate([silence(0.1), tone(0.8), silence(0.9)]))
-    assert [type(e) for e in events] == [TurnStarted, SegmentCut, SpeechEnded, TurnCommitted]
+    assert [type(e) for e in events] == [TurnStarted, SegmentDraft, SegmentCut, SpeechEnded, TurnCommitted]
+
+
+async def test_a_short_silence_inside_speech_drafts_and_drops_the_draft():
+    """Silence longer than early_asr_ms but shorter than pause_ms: the draft started at it is
+    dropped when speech comes back, and the pause after the next words is drafted anew."""
+    tracker = make_tracker(VadConfig(early_asr_ms=64, pause_ms=192))
+    events = await feed(tracker, np.concatenate([silence(0.3), tone(0.5), silence(0.12), tone(0.5), silence(0.9)]))
+    kinds = [type(e) for e in events]
+    assert kinds == [TurnStarted, SegmentDraft, DraftDropped, SegmentDraft, SegmentCut, SpeechEnded, TurnCommitted]
+    assert events[4].drafted
+    # The kept draft holds all the turn's speech so far (the segment starts with the turn).
+    assert len(np.concatenate(events[3].pcm)) > 1.1 * RATE
+
+
+async def test_no_draft_when_early_asr_is_off_or_not_before_the_pause():
+    for options in (VadConfig(early_asr_ms=0), VadConfig(early_asr_ms=192, pause_ms=192)):
+        tracker = make_tracker(options)
+        events = await feed(tracker, np.concatenate([silence(0.3), tone(0.8), silence(0.9)]))
+        assert [type(e) for e in events] == [TurnStarted, SegmentCut, SpeechEnded, TurnCommitted]
+        assert not events[1].drafted
 
 
 async def test_commit_without_vad_and_the_empty_commit():
@@ -206,7 +232,7 @@ SEMANTIC = VadConfig(type="semantic_vad")  # the detector's own end is the 4 s c
 async def paused_turn(tracker: TurnTracker) -> list:
     """A second of speech, then silence up to its first pause (the segment is cut)."""
     events = await feed(tracker, np.concatenate([silence(0.3), tone(1.0), silence(0.3)]))
-    assert [type(e) for e in events] == [TurnStarted, SegmentCut]
+    assert [type(e) for e in events] == [TurnStarted, SegmentDraft, SegmentCut]
     return events
 
 
