@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import time
+from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
@@ -586,8 +587,9 @@ class Response:
         return tools, choice
 
     async def _transcript_deltas(self, deltas: AsyncIterator[Delta]) -> AsyncIterator[str]:
-        async for text in self._round(deltas):
-            yield text
+        async with aclosing(self._round(deltas)) as first_round:
+            async for text in first_round:
+                yield text
         # MCP calls the model made: the server runs them, then the model answers from their
         # results (in the same message, spoken after the filler), up to the calls cap.
         while (pending := [call for call in self.mcp_calls if not call.done]):
@@ -600,8 +602,9 @@ class Response:
             self._calls_by_index = {}
             self._usage_base = (self._input_tokens, self._output_tokens, self._cached_tokens)
             self._joining = bool(self._text)  # the answer continues the filler's message
-            async for text in self._round(self.backends.generate(self._request)):
-                yield text
+            async with aclosing(self._round(self.backends.generate(self._request))) as round_:
+                async for text in round_:
+                    yield text
 
     def _follow_up(self, request: GenerationRequest, calls: list[McpCall]) -> GenerationRequest:
         from quillman.pipeline.conversation import mcp_result_text
@@ -680,33 +683,34 @@ class Response:
 
     async def _round(self, deltas: AsyncIterator[Delta]) -> AsyncIterator[str]:
         """One generation's deltas: text out, calls into their items."""
-        async for delta in self._iter_with_timeout(deltas):
-            if isinstance(delta, Usage):  # the engine's own count replaces ours (this round's)
-                base_in, base_out, base_cached = self._usage_base
-                self._input_tokens = base_in + delta.input_tokens
-                self._output_tokens = base_out + delta.output_tokens
-                self._cached_tokens = base_cached + delta.cached_tokens
-                self.timings.llm_queue_ms = delta.queued_ms
-                continue
-            if isinstance(delta, ToolCallDelta):
-                filler = self.settings.pipeline.tool_filler
-                if (delta.index not in self._calls_by_index and filler and not self._text
-                        and self.settings.output_audio):
-                    # Something to hear while the client runs the tool: the reply's message,
-                    # before the call (as text the model writes before a call is).
-                    yield self._text_delta(filler)
-                self._on_tool_call(delta)
-                continue
-            if self.timings.first_token is None:
-                self.timings.first_token = time.perf_counter()
-            self._output_tokens += 1
-            self._close_calls("completed")  # text after a call: that call is complete
-            self._close_mcp_arguments()
-            if self._joining:  # "One moment." + "The weather…": a space between them
-                self._joining = False
-                if not self._text[-1][-1:].isspace() and not delta[:1].isspace():
-                    delta = " " + delta
-            yield self._text_delta(delta)
+        async with aclosing(self._iter_with_timeout(deltas)) as timed:
+            async for delta in timed:
+                if isinstance(delta, Usage):  # the engine's own count replaces ours (this round's)
+                    base_in, base_out, base_cached = self._usage_base
+                    self._input_tokens = base_in + delta.input_tokens
+                    self._output_tokens = base_out + delta.output_tokens
+                    self._cached_tokens = base_cached + delta.cached_tokens
+                    self.timings.llm_queue_ms = delta.queued_ms
+                    continue
+                if isinstance(delta, ToolCallDelta):
+                    filler = self.settings.pipeline.tool_filler
+                    if (delta.index not in self._calls_by_index and filler and not self._text
+                            and self.settings.output_audio):
+                        # Something to hear while the client runs the tool: the reply's message,
+                        # before the call (as text the model writes before a call is).
+                        yield self._text_delta(filler)
+                    self._on_tool_call(delta)
+                    continue
+                if self.timings.first_token is None:
+                    self.timings.first_token = time.perf_counter()
+                self._output_tokens += 1
+                self._close_calls("completed")  # text after a call: that call is complete
+                self._close_mcp_arguments()
+                if self._joining:  # "One moment." + "The weather…": a space between them
+                    self._joining = False
+                    if not self._text[-1][-1:].isspace() and not delta[:1].isspace():
+                        delta = " " + delta
+                yield self._text_delta(delta)
         self._close_calls("completed")
         self._close_mcp_arguments()
 
@@ -760,10 +764,13 @@ class Response:
 
 
 async def _numbered(items: AsyncIterator[T]) -> AsyncIterator[tuple[int, T]]:
-    index = 0
-    async for item in items:
-        yield index, item
-        index += 1
+    # Closed with this generator (aclosing): a consumer that stops early (a failed synthesis)
+    # closes the whole chain down to the LLM stream at once, not when it is garbage collected.
+    async with aclosing(items) as source:  # type: ignore[type-var]
+        index = 0
+        async for item in source:
+            yield index, item
+            index += 1
 
 
 async def _whole_text(chunks: AsyncIterator[str]) -> AsyncIterator[str]:

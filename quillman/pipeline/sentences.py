@@ -1,13 +1,16 @@
 """Cut a stream of LLM text deltas into chunks worth synthesizing.
 
-The first chunk is cut early, at the first clause boundary after a few words, because its
-synthesis time is on the critical path of voice-to-voice latency; later chunks end at sentence
+The first chunk is cut early because its generation and synthesis are on the critical path of
+voice-to-voice latency: at the first sentence end, or the first clause mark or phrase boundary
+(before a conjunction or relative word: where a speaker may breathe) after
+``first_min_words``, and at ``first_max_words`` at the latest. Later chunks end at sentence
 boundaries (better prosody), with a word cap so a run-on sentence does not stall the audio.
 """
 
 from __future__ import annotations
 
 import re
+from contextlib import aclosing
 from typing import AsyncIterator, Iterator
 
 _SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*(?=\s)")
@@ -17,6 +20,12 @@ _ABBREVIATIONS = {
     "approx.", "no.", "fig.", "u.s.", "a.m.", "p.m.",
 }
 _MARKUP = re.compile(r"[*_#`]+")
+# Words a clause may start with: the first chunk may end before one (past first_min_words).
+# Not prepositions: "the capital | of France" breaks a noun phrase.
+PHRASE_STARTERS = frozenset("""
+and but or so because although though while whereas when where which who whose that if unless
+until since after before
+""".split())
 
 
 def clean_for_speech(text: str) -> str:
@@ -66,6 +75,9 @@ class SentenceSplitter:
                 if len(text[: match.start()].split()) >= self.first_min_words:
                     cuts.append(match.end())
                     break
+            phrase = self._phrase_boundary(text)
+            if phrase is not None:
+                cuts.append(phrase)
         if len(words) > limit:
             hard = _word_boundary(text, limit)
             if self._emitted > 0:  # prefer the last clause boundary within the cap
@@ -73,6 +85,16 @@ class SentenceSplitter:
                 hard = clauses[-1] if clauses else hard
             cuts.append(hard)
         return min(cuts) if cuts else None
+
+    def _phrase_boundary(self, text: str) -> int | None:
+        """Just before the first whole phrase-starting word that has at least
+        ``first_min_words`` words before it (within the first chunk's cap)."""
+        words = list(re.finditer(r"\S+", text))
+        for k in range(self.first_min_words, min(len(words), self.first_max_words + 1)):
+            whole = k < len(words) - 1 or text[words[k].end():words[k].end() + 1].isspace()
+            if whole and words[k].group().lower() in PHRASE_STARTERS:
+                return words[k - 1].end()
+        return None
 
     @staticmethod
     def _is_abbreviation(text: str, dot: int) -> bool:
@@ -94,8 +116,9 @@ FLUSH = "\x00flush"  # a delta that sends the text held so far (a filler before 
 async def split_stream(
     deltas: AsyncIterator[str], splitter: SentenceSplitter
 ) -> AsyncIterator[str]:
-    async for delta in deltas:
-        for chunk in (splitter.flush() if delta is FLUSH else splitter.feed(delta)):
-            yield chunk
+    async with aclosing(deltas) as source:  # type: ignore[type-var]  # closed with this one
+        async for delta in source:
+            for chunk in (splitter.flush() if delta is FLUSH else splitter.feed(delta)):
+                yield chunk
     for chunk in splitter.flush():
         yield chunk

@@ -48,6 +48,24 @@ def test_first_chunk_clause_with_dash_and_semicolon():
         "Paris is the capital;", "it is lovely.", "Yes."]
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_first_chunk_ends_before_a_clause_word_after_min_words(seed):
+    text = "The sea is salty because it contains salt. Yes."
+    assert split(text, small_deltas(text, seed)) == ["The sea is salty", "because it contains salt.", "Yes."]
+    # Not before min words, and not before a preposition (a noun phrase stays whole).
+    text = "It is so because of salt. Paris is the capital of France."
+    assert split(text, small_deltas(text, seed))[0] == "It is so because of salt."
+    assert split("Paris is the capital of France. Yes.")[0] == "Paris is the capital of France."
+
+
+def test_a_clause_word_must_be_whole_before_the_cut():
+    splitter = SentenceSplitter()
+    assert list(splitter.feed("The sea is salty whe")) == []
+    assert list(splitter.feed("n")) == []  # "when" or "whenever": not known until the space
+    assert list(splitter.feed("ever it rains and")) == []  # "and" may still be "android"
+    assert list(splitter.feed(" then")) == ["The sea is salty whenever it rains"]
+
+
 def test_short_first_sentence_is_its_own_chunk():
     assert split("Hi. How are you?") == ["Hi.", "How are you?"]
 
