@@ -29,7 +29,7 @@ import pytest
 from quillman.client import RealtimeClient
 from quillman_bench.server import DEPLOYMENTS, ServerProcesses
 from quillman_bench.server import healthz as server_healthz
-from quillman_bench.speech import QUESTIONS, spoken_question
+from quillman_bench.speech import QUESTIONS, spoken_question, word_error_rate
 
 pytestmark = pytest.mark.e2e
 
@@ -242,8 +242,11 @@ async def test_replica_killed_mid_turn(ws_url, server_url, processes, deployment
         if kind == "text":
             result = await client.say("What is the capital of France?")
         else:
-            result = await client.talk(spoken_question("Where do penguins live?"), 24000)
-            assert result.user_transcript and "penguin" in result.user_transcript.lower()
+            # The point is the new replica answering, not tiny.en's ear (CPU-dependent on edge
+            # words: CI once heard "penguins live" as "you end with life"): a tolerant WER.
+            question = "How many days are in a week?"
+            result = await client.talk(spoken_question(question), 24000)
+            assert word_error_rate(question, result.user_transcript or "") <= 0.5, result.user_transcript
         assert result.status == "completed", (result.status, result.errors)
         assert result.reply_text.strip()
         assert result.errors == []
