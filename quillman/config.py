@@ -252,6 +252,11 @@ class SessionConfig(_Strict):
     partial_transcripts: bool = False
     # While the user speaks, the turn so far is transcribed again after this much new audio.
     partial_transcript_interval_ms: int = Field(1000, ge=200, le=10000)
+    # The reply's prompt is evaluated from those partial transcripts while the user speaks
+    # (engines with the prefill capability; quillman.pipeline.prefill): at the end of the turn
+    # only the last words are left to evaluate before the first token. Costs a partial ASR and
+    # a prompt evaluation per interval of speech, both bulk work that yields to due work.
+    prefill_during_speech: bool = True
 
 
 class ServerConfig(_Strict):

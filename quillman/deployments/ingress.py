@@ -38,7 +38,7 @@ from ray.serve.handle import DeploymentHandle
 from quillman import client_secrets, errors, protocol, security
 from quillman.config import AppConfig
 from quillman.engines.asr.base import Transcript
-from quillman.engines.llm.base import Delta, GenerationRequest
+from quillman.engines.llm.base import Delta, GenerationRequest, Usage
 from quillman.engines.smart_turn import load_smart_turn
 from quillman.logs import log_to_console
 from quillman.scheduling import QueueWait
@@ -132,6 +132,7 @@ class HandleBackends:
                  speaker: DeploymentHandle, unavailable: Callable[[str], Awaitable[bool]],
                  poll_s: float = UNAVAILABLE_POLL_S):
         self._asr = transcriber
+        self._llm_unary = language_model
         self._llm = language_model.options(stream=True)
         self._tts = speaker.options(stream=True)
         self._unavailable = unavailable
@@ -211,6 +212,15 @@ class HandleBackends:
         # prompt cache. The default router ignores it.
         llm = self._llm.options(session_id=request.session_id) if request.session_id else self._llm
         return self._stream("LanguageModel", llm.generate.remote(request))
+
+    async def prefill(self, request: GenerationRequest) -> Usage | None:
+        llm = self._llm_unary.options(session_id=request.session_id) if request.session_id else self._llm_unary
+        response = llm.prefill.remote(request)
+        try:
+            return await self._answer("LanguageModel", response)
+        except BaseException:
+            response.cancel()
+            raise
 
     def synthesize(self, text: str, voice: str, sample_rate_hz: int,
                    deadline: float | None = None) -> AsyncIterator[QueueWait | np.ndarray]:

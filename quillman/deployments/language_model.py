@@ -8,7 +8,7 @@ from typing import AsyncIterator, Callable
 from ray import serve
 
 from quillman.config import LlmConfig
-from quillman.engines.llm.base import Delta, GenerationRequest, LanguageModel as LanguageModelEngine
+from quillman.engines.llm.base import Delta, GenerationRequest, LanguageModel as LanguageModelEngine, Usage
 from quillman.deployments.common import ModelDeployment
 from quillman.engines.loader import load_language_model
 from quillman.engines.warmup import warm_language_model
@@ -33,6 +33,13 @@ class LanguageModel(ModelDeployment):
                 yield delta
         finally:
             await stream.aclose()
+
+    async def prefill(self, request: GenerationRequest) -> Usage | None:
+        """The prompt evaluated into the session's cache, nothing generated (engines with the
+        ``prefill`` capability); None where it was not done."""
+        if not self.engine.capabilities.prefill:
+            return None
+        return await self.engine.prefill(request)
 
     async def scheduler_stats(self) -> dict:
         """The engine's scheduler now (vLLM: running and waiting requests, KV cache use); empty

@@ -11,7 +11,7 @@ from typing import AsyncIterator, Protocol
 import numpy as np
 
 from quillman.engines.asr.base import Transcript
-from quillman.engines.llm.base import Delta, GenerationRequest
+from quillman.engines.llm.base import Delta, GenerationRequest, Usage
 from quillman.scheduling import QueueWait
 
 
@@ -23,6 +23,10 @@ class Backends(Protocol):
     def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         """Text (and tool-call) deltas, then a Usage if the engine counts tokens; closing the
         iterator must cancel generation."""
+
+    async def prefill(self, request: GenerationRequest) -> Usage | None:
+        """The prompt evaluated into the session's cache while the user still speaks, nothing
+        generated; None where the engine does not (``Capabilities.prefill``) or did not."""
 
     def synthesize(self, text: str, voice: str, sample_rate_hz: int,
                    deadline: float | None = None) -> AsyncIterator[QueueWait | np.ndarray]:

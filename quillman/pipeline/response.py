@@ -20,13 +20,13 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 import numpy as np
 
 from quillman import errors, protocol
-from quillman.engines.llm.base import Delta, GenerationParams, GenerationRequest, Message, ToolCallDelta, Usage
+from quillman.engines.llm.base import Delta, GenerationRequest, Message, ToolCallDelta, Usage
 from quillman.config import McpConfig
 from quillman.pipeline.backends import Backends
 from quillman.pipeline.fanout import ordered_fanout
 from quillman.pipeline.mcp import Approvals, ListedTool, McpServers
 from quillman.pipeline.sentences import FLUSH, SentenceSplitter, split_stream
-from quillman.pipeline.settings import ResponseSettings
+from quillman.pipeline.settings import ResponseSettings, generation_params
 from quillman.pipeline.tools import call_message, mcp_choice, output_message
 from quillman.scheduling import READING_PACE, SPOKEN_REPLY_PACING, QueueWait, speech_seconds_estimate
 
@@ -511,10 +511,7 @@ class Response:
         tools, tool_choice = await self._tools()
         request = GenerationRequest(
             messages=self.prompt(user_text),
-            params=GenerationParams(max_tokens=settings.max_output_tokens,
-                                    temperature=settings.temperature, top_p=settings.top_p,
-                                    repeat_penalty=settings.repeat_penalty,
-                                    frequency_penalty=settings.frequency_penalty),
+            params=generation_params(settings),
             session_id=self.session_id,
             tools=tools,
             tool_choice=tool_choice,

@@ -44,6 +44,7 @@ from typing import Any, Awaitable, Callable
 from quillman import errors, protocol
 from quillman.audio import decode_audio_base64
 from quillman.config import LlmConfig, McpConfig, SessionConfig, VadConfig
+from quillman.engines.llm.base import GenerationRequest, Message
 from quillman.engines.loader import language_model_capabilities
 from quillman.metrics import SessionMetrics
 from quillman.pipeline.backends import Backends
@@ -54,7 +55,9 @@ from quillman.pipeline.mcp import Approvals, McpServers
 from quillman.pipeline.mcp_access import Access
 from quillman.pipeline.playback import Playback
 from quillman.pipeline.response import Response, Timings, UserInput
-from quillman.pipeline.settings import SessionSettings, check_capabilities, response_settings
+from quillman.pipeline.prefill import SpeechPrefill
+from quillman.pipeline.settings import (ResponseSettings, SessionSettings, check_capabilities, generation_params,
+                                        response_settings)
 from quillman.pipeline.tools import FunctionCalls
 from quillman.pipeline.transcription import PartialTranscripts
 from quillman.pipeline.turns import (
@@ -170,9 +173,13 @@ class RealtimeSession:
         self.mcp = McpServers(self.mcp_access, self.mcp_config, self.emit, self._place_mcp_item, self.id,
                               mcp_connector)
         self.approvals = Approvals()
+        self.speech_prefill = SpeechPrefill(self.backends.prefill, self._spawn, self._prefill_request) \
+            if config.prefill_during_speech and self.capabilities.prefill else None
         self.partials = PartialTranscripts(
             lambda pcm: self.backends.transcribe(pcm, self.settings.language), self.emit, self._spawn,
-            config.partial_transcript_interval_ms / 1000)
+            config.partial_transcript_interval_ms / 1000,
+            on_hypothesis=self.speech_prefill.heard if self.speech_prefill else None,
+            deltas=lambda: self.settings.wants_partials)
         self.denoiser = None  # a NoiseSuppressor while audio.input.noise_reduction is set
         self.response: Response | None = None  # the visible response, if unfinished
         # Committed turns' responses waiting for it: one response is in progress at a time, the
@@ -467,8 +474,26 @@ class RealtimeSession:
         if self.denoiser is not None:
             pcm16 = self.denoiser.process(pcm16)
         self._on_turn_events(await self.turns.append(pcm16, now))
-        if self.settings.wants_partials:
+        if self.settings.wants_partials or self._prefills():
             self.partials.on_audio(self.turns.turn, self.turns.timeline)
+
+    def _prefills(self) -> bool:
+        """Whether the reply's prompt is prefilled from partial transcripts (prefill.py)."""
+        return (self.speech_prefill is not None and self.settings.responds
+                and self.settings.turn_detection is not None)
+
+    def _prefill_request(self, item_id: str, heard: str) -> GenerationRequest | None:
+        """The request the turn's reply would make if the user stopped after ``heard``; None
+        where the reply's prompt is not known yet (tools: the choice reads the whole question)."""
+        try:
+            settings = response_settings(self.settings, None, self.config, self.llm, self.capabilities,
+                                         self.mcp_access)
+        except errors.QuillmanError:
+            return None  # the reply will say why
+        if settings.mcp or (settings.tools and settings.tool_choice != "none"):
+            return None
+        return GenerationRequest(messages=self._prompt(settings, item_id)(heard),
+                                 params=generation_params(settings), session_id=self.id)
 
     def _on_turn_events(self, events: list[TurnEvent]) -> None:
         for turn_event in events:
@@ -493,6 +518,7 @@ class RealtimeSession:
                         self._drop_draft(turn)
                         self._transcribe(turn, pieces)
                     if pause and self.settings.responds:
+                        self._stop_prefill()  # the reply's own request evaluates from here on
                         turn.speculation = self._start_voice_response(turn, speculative=True)
                     if pause and self._semantic():
                         turn.judgment = self._spawn(self._judge(turn, pieces), "turn-judgment")
@@ -554,6 +580,10 @@ class RealtimeSession:
             turn.judgment.cancel()
             turn.judgment = None
 
+    def _stop_prefill(self) -> None:
+        if self.speech_prefill is not None:
+            self.speech_prefill.stop()
+
     def _cancel_speculation(self, turn: UserTurn) -> None:
         if turn.speculation is not None:
             turn.speculation.cancel("turn_detected")
@@ -562,6 +592,7 @@ class RealtimeSession:
     def _abandon(self, turn: UserTurn | None) -> None:
         if turn is not None:
             self.partials.drop(turn.item_id)
+            self._stop_prefill()
             self._cancel_speculation(turn)
             self._cancel_judgment(turn)
             self._drop_draft(turn)
@@ -584,6 +615,7 @@ class RealtimeSession:
         self.metrics.turn_committed()
         turn.transcript = self._spawn(turn.join_transcripts()(), "transcript")
         self.partials.stop(turn.item_id)
+        self._stop_prefill()
         # The user's place in the conversation is fixed now; the text comes with the transcript.
         item = protocol.user_audio_item(turn.item_id, None, "in_progress")
         previous = self.conversation.insert(item)
@@ -692,18 +724,22 @@ class RealtimeSession:
         user_item_id = user.item_id if user else None
         last = self._queued[-1] if self._queued else self.response
         previous = last.task if last is not None else None
-        # The examples belong to the server's instructions: a client's own replace both.
-        few_shot = tuple(map(tuple, self.config.few_shot)) if settings.instructions == self.config.instructions else ()
         return Response(
             settings=settings, backends=self.backends, emit=self.emit,
-            prompt=lambda text: self.conversation.messages(settings.instructions, user_item_id, text, few_shot,
-                                                           self.config.question_note),
+            prompt=self._prompt(settings, user_item_id),
             on_finished=self._response_finished, timings=Timings(origin=origin),
             user=user, speculative=speculative, after=previous, session_id=self.id,
             on_item=self._on_response_item,
             context_end=None if user else lambda: self.conversation.last_item_id or ROOT,
             mcp=self.mcp, approvals=self.approvals, mcp_config=self.mcp_config,
         )
+
+    def _prompt(self, settings: ResponseSettings, user_item_id: str | None) -> Callable[[str | None], list[Message]]:
+        """The LLM prompt of a reply with these settings, given the user's words."""
+        # The examples belong to the server's instructions: a client's own replace both.
+        few_shot = tuple(map(tuple, self.config.few_shot)) if settings.instructions == self.config.instructions else ()
+        return lambda text: self.conversation.messages(settings.instructions, user_item_id, text, few_shot,
+                                                       self.config.question_note)
 
     def _show(self, response: Response, turn_detected: float | None) -> None:
         if self.response is not None:

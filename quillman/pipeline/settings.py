@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from quillman import errors, protocol
 from quillman.audio import G711_RATE_HZ, PCM16
 from quillman.config import LlmConfig, SessionConfig, VadConfig
-from quillman.engines.llm.base import Capabilities, Tool, ToolChoice
+from quillman.engines.llm.base import Capabilities, GenerationParams, Tool, ToolChoice
 from quillman.pipeline.mcp import McpServerSpec
 from quillman.pipeline.mcp_access import Access
 from quillman.pipeline.tools import MAX_TOOLS, choice_wire, mcp_choice, parse_mcp_tools, parse_tool_choice, parse_tools
@@ -220,6 +220,13 @@ class ResponseSettings:
     repeat_penalty: float = 1.0
     frequency_penalty: float = 0.0
     output_format: str = PCM16  # the wire format of the output audio deltas
+
+
+def generation_params(settings: ResponseSettings) -> GenerationParams:
+    """The sampling of a response's generation: its settings', in one place."""
+    return GenerationParams(max_tokens=settings.max_output_tokens, temperature=settings.temperature,
+                            top_p=settings.top_p, repeat_penalty=settings.repeat_penalty,
+                            frequency_penalty=settings.frequency_penalty)
 
 
 def check_capabilities(function_tools: bool, mcp_tools: bool, tool_choice: ToolChoice,

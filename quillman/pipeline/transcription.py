@@ -7,9 +7,11 @@ the words two consecutive hypotheses agree on, never the last word of the newest
 transcript (the turn's own ASR, as in any session) goes in ``...completed``; whatever of it
 extends the sent words goes out as one last delta first.
 
-Partials cost ASR time a reply would need: they run in transcription sessions, and in realtime
-sessions only when asked for (``include`` or ``session.partial_transcripts``); they carry no
-deadline, so the Transcriber serves every session's turn segments before them.
+Partials cost ASR time a reply would need: they run in transcription sessions, in realtime
+sessions when asked for (``include`` or ``session.partial_transcripts``), and where the reply's
+prompt is prefilled from them while the user speaks (:mod:`~quillman.pipeline.prefill`; then
+without deltas unless asked for); they carry no deadline, so the Transcriber serves every
+session's turn segments before them.
 """
 
 from __future__ import annotations
@@ -93,9 +95,13 @@ class PartialTranscripts:
 
     def __init__(self, transcribe: Callable[[np.ndarray], Awaitable[Transcript]],
                  emit: Callable[[protocol.ServerEvent], None],
-                 spawn: Callable[[Awaitable, str], asyncio.Task], interval_s: float):
+                 spawn: Callable[[Awaitable, str], asyncio.Task], interval_s: float,
+                 on_hypothesis: Callable[[str, str], None] | None = None,
+                 deltas: Callable[[], bool] = lambda: True):
         self._transcribe = transcribe
         self._emit = emit
+        self._on_hypothesis = on_hypothesis  # (item id, text): each hypothesis as it comes
+        self._deltas = deltas  # whether the client gets the deltas now
         self._spawn = spawn
         self._interval = int(interval_s * ASR_SAMPLE_RATE_HZ)
         self._turns: dict[str, _TurnPartials] = {}
@@ -122,13 +128,17 @@ class PartialTranscripts:
         except Exception as exc:  # noqa: BLE001 - a partial is best effort; the final reports failures
             logger.info("partial transcription of %s failed: %r", item_id, exc)
             return
-        if self._turns.get(item_id) is state and (delta := state.text.update(transcript.text)):
+        if self._turns.get(item_id) is not state:
+            return
+        if self._on_hypothesis is not None:
+            self._on_hypothesis(item_id, transcript.text)
+        if self._deltas() and (delta := state.text.update(transcript.text)):
             self._emit(protocol.InputAudioTranscriptionDelta(item_id=item_id, delta=delta))
 
     def finish(self, item_id: str, final: str) -> None:
         """The turn's final transcript is known: the last delta (if any); partials stop."""
         state = self._drop(item_id)
-        if state is not None and (delta := state.text.finish(final)):
+        if state is not None and self._deltas() and (delta := state.text.finish(final)):
             self._emit(protocol.InputAudioTranscriptionDelta(item_id=item_id, delta=delta))
 
     def stop(self, item_id: str) -> None:

@@ -190,6 +190,7 @@ class FakeBackends:
         self.llm_calls: list[CallLog] = []
         self.usage = None  # a quillman.engines.llm.base.Usage to end each stream with
         self.tool_calls: dict[int, list] = {}  # call index -> ToolCallDeltas after its text
+        self.prefill_calls: list[CallLog] = []
         # TTS
         self.samples_per_word = 240
         self.tts_chunks = 2
@@ -256,6 +257,11 @@ class FakeBackends:
         finally:
             log.finalized = True
 
+    async def prefill(self, request):
+        self.prefill_calls.append(CallLog({"messages": [dict(m) for m in request.messages], "request": request},
+                                          started=True, completed=True, finalized=True))
+        return None
+
     # TTS -------------------------------------------------------------------------------------
     async def synthesize(self, text: str, voice: str, sample_rate_hz: int, deadline: float | None = None):
         index = len(self.tts_calls)
@@ -298,7 +304,9 @@ def b64(pcm: np.ndarray) -> str:
 def fast_session_config(**overrides: Any) -> SessionConfig:
     """Session settings for tests: audio may be fed far faster than real time."""
     # No example exchanges: tests check the prompt's exact messages (test_answers.py has them).
-    values = {"max_audio_ahead_s": 3600.0, "model_timeout_s": 10.0, "few_shot": []}
+    # No prefill from partial transcripts: scripted transcripts go to the turns' own ASR calls
+    # in order (test_prefill.py turns it on).
+    values = {"max_audio_ahead_s": 3600.0, "model_timeout_s": 10.0, "few_shot": [], "prefill_during_speech": False}
     # Fed faster than real time, a turn is hundreds of events in a few ms: no rate limit here.
     optional = {"max_events_per_s": 1e9, "event_burst": 10**9, "idle_timeout_s": 3600.0}
     values.update({k: v for k, v in optional.items() if k in SessionConfig.model_fields})

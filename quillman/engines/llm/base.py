@@ -23,6 +23,7 @@ class Capabilities:
     session_cache: bool = False  # keeps a conversation's evaluated prompt under ``session_id``
     deadlines: bool = False  # queued work is served earliest ``deadline`` first
     pacing: bool = False  # a spoken reply's tokens are produced at its ``pacing``, not flat out
+    prefill: bool = False  # ``prefill(request)``: the prompt evaluated into the session's cache, nothing generated
 
 
 @dataclass(frozen=True)

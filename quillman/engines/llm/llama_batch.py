@@ -11,6 +11,12 @@ the conversation so far, and only the tokens after the common prefix are evaluat
 without a free slot waits; waiting requests and prompt evaluation are served earliest deadline
 first. When all slots hold idle sessions, the least recently used one is evicted.
 
+A *prefill* (:meth:`BatchedLlamaCpp.prefill`) evaluates a prompt into its session's slot and
+generates nothing: while the user is still speaking, the prompt with the words heard so far, so
+that at the end of the turn only the last words are left to evaluate. It is bulk work: it runs
+only when no token is due, gives its slot up to any real request (the tokens it evaluated stay
+cached), and never waits for a slot its session's reply is using.
+
 The llama.cpp calls are blocking and not thread-safe: only the worker thread makes them. The
 asyncio side talks to it through a lock-protected list of new requests and a per-request
 ``asyncio.Queue`` fed with ``call_soon_threadsafe``.
@@ -67,6 +73,7 @@ class _Job:
     started: float | None = None
 
     burst_done: float | None = None  # Unix time the pacing's burst was complete
+    prefill: bool = False  # evaluate the prompt only (see the module docstring)
 
     def urgency(self) -> tuple[float, float]:
         deadline = self.request.deadline
@@ -112,7 +119,7 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 class BatchedLlamaCpp:
-    capabilities = Capabilities(tools=True, session_cache=True, deadlines=True, pacing=True)
+    capabilities = Capabilities(tools=True, session_cache=True, deadlines=True, pacing=True, prefill=True)
 
     """A :class:`~quillman.engines.llm.base.LanguageModel` over one llama.cpp context."""
 
@@ -173,7 +180,21 @@ class BatchedLlamaCpp:
     # --- asyncio side -------------------------------------------------------------------------
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        job = _Job(request=request, loop=asyncio.get_running_loop(), out=asyncio.Queue())
+        async for delta in self._submit(_Job(request=request, loop=asyncio.get_running_loop(),
+                                             out=asyncio.Queue())):
+            yield delta
+
+    async def prefill(self, request: GenerationRequest) -> Usage | None:
+        """Evaluate ``request``'s prompt into its session's cache; nothing is generated. None
+        when it was not done (preempted before it began, its session's slot busy, tools in use)."""
+        usage = None
+        async for delta in self._submit(_Job(request=request, loop=asyncio.get_running_loop(),
+                                             out=asyncio.Queue(), prefill=True)):
+            if isinstance(delta, Usage):
+                usage = delta
+        return usage
+
+    async def _submit(self, job: _Job) -> AsyncIterator[Delta]:
         with self._wake:
             if self._closed:
                 raise ModelError("the language model is shut down")
@@ -227,6 +248,10 @@ class BatchedLlamaCpp:
         if job.cancelled:
             job.put(_END)
             return
+        self._preempt_prefills(job.request.session_id)
+        if job.prefill and tool_format.tools_in_use(job.request.tools, job.request.tool_choice):
+            job.put(_END)  # the tool choice reads the whole question: the prompt is not known yet
+            return
         try:
             # "required" over several tools and "auto": one tool (or none) chosen by the model's
             # likelihood of the user's words after each tool's description (tools.choose_tool).
@@ -251,11 +276,41 @@ class BatchedLlamaCpp:
         # The template holds BOS and the special tokens itself.
         return self._model.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
+    def _preempt_prefills(self, session_id: str | None) -> None:
+        """A new request of ``session_id`` supersedes its prefills: a waiting one is dropped, a
+        running one ends where it is (what it evaluated stays in the slot's cache)."""
+        if session_id is None:
+            return
+        for job in [j for j in self._waiting if j.prefill and j.request.session_id == session_id]:
+            self._waiting.remove(job)
+            job.put(_END)
+        for slot in self._slots:
+            if slot.job is not None and slot.job.prefill and slot.session_id == session_id:
+                self._end_prefill(slot)
+
+    def _end_prefill(self, slot: _Slot) -> None:
+        job = slot.job
+        self._release(slot)
+        job.put(Usage(input_tokens=len(job.prompt) - len(job.to_eval), output_tokens=0, cached_tokens=job.cached,
+                      queued_ms=round(((job.started or job.submitted) - job.submitted) * 1000, 1)))
+        job.put(_END)
+
     def _assign_slots(self) -> None:
         self._waiting = [job for job in self._waiting if not self._drop_if_cancelled(job)]
         self._waiting.sort(key=_Job.urgency)
         for job in list(self._waiting):
             slot = self._slot_for(job)
+            if slot is None and not job.prefill:
+                # A prefill holds a slot only until a real request needs it.
+                prefilling = [s for s in self._slots if s.job is not None and s.job.prefill]
+                if prefilling:
+                    slot = max(prefilling, key=lambda s: s.job.urgency())
+                    self._end_prefill(slot)
+            if slot is None and job.prefill:
+                # A prefill never waits: by the time a slot is free its words are stale.
+                self._waiting.remove(job)
+                job.put(_END)
+                continue
             if slot is None:
                 break  # every slot is generating: wait for one (in deadline order)
             self._waiting.remove(job)
@@ -270,13 +325,17 @@ class BatchedLlamaCpp:
             for slot in free:
                 if slot.session_id == session_id:
                     return slot
+            if job.prefill and any(slot.session_id == session_id for slot in self._slots):
+                return None  # its session's reply is still running there
         # Another session's idle slot: the one sharing the longest prefix with this prompt (the
         # system prompt and few-shot turns every session starts with), least recently used
         # among equals; that session's cache beyond the shared prefix is lost.
         return max(free, key=lambda slot: (common_prefix(slot.tokens, job.prompt), -slot.last_used))
 
     def _start(self, job: _Job, slot: _Slot) -> None:
-        reuse = min(common_prefix(slot.tokens, job.prompt), len(job.prompt) - 1)  # the last prompt token is evaluated for its logits
+        reuse = common_prefix(slot.tokens, job.prompt)
+        if not job.prefill:
+            reuse = min(reuse, len(job.prompt) - 1)  # the last prompt token is evaluated for its logits
         self._ll.llama_memory_seq_rm(self._memory, slot.seq_id, reuse, -1)
         slot.tokens = slot.tokens[:reuse]
         slot.session_id = job.request.session_id
@@ -285,6 +344,8 @@ class BatchedLlamaCpp:
         job.cached = reuse
         job.to_eval = job.prompt[reuse:]
         job.started = time.perf_counter()
+        if job.prefill and not job.to_eval:
+            self._end_prefill(slot)
 
     def _sampler(self, request: GenerationRequest):
         params = request.params
@@ -461,7 +522,7 @@ class BatchedLlamaCpp:
             take = job.to_eval[:budget]
             job.to_eval = job.to_eval[len(take):]
             for i, token in enumerate(take):
-                last = not job.to_eval and i == len(take) - 1
+                last = not job.to_eval and i == len(take) - 1 and not job.prefill
                 self._add(batch, n, token, len(slot.tokens), slot.seq_id, last)
                 slot.tokens.append(token)
                 if last:
@@ -487,6 +548,9 @@ class BatchedLlamaCpp:
             raise RuntimeError(f"llama_decode returned {status}")
         for slot, index in logits_at:
             self._sample(slot, index)
+        for slot in chosen:
+            if slot.job is not None and slot.job.prefill and not slot.job.to_eval:
+                self._end_prefill(slot)
         return True
 
     @staticmethod

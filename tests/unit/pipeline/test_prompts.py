@@ -18,7 +18,7 @@ from quillman.engines.llm.base import ToolCallDelta
 
 pytestmark = pytest.mark.usefixtures("hang_guard")
 
-CONFIG = SessionConfig()
+CONFIG = SessionConfig(prefill_during_speech=False)  # scripted transcripts go to the turns in order
 NOTE = ("system", CONFIG.question_note)
 HEAD = [("system", CONFIG.instructions)] + [
     (role, text) for question, answer in CONFIG.few_shot for role, text in (("user", question), ("assistant", answer))]

@@ -199,3 +199,37 @@ async def test_a_reply_ahead_of_its_pace_waits_while_the_machine_has_critical_wo
         assert usage.output_tokens == 8 and machine.critical_steps == critical_before
     finally:
         engine.close()
+
+
+async def test_a_prefill_leaves_only_the_last_words_to_evaluate(engine):
+    heard_so_far = chat("What is the capital city of")
+    usage = await engine.prefill(GenerationRequest(heard_so_far, GREEDY, session_id="s-prefill"))
+    assert usage is not None and usage.output_tokens == 0
+    text, final = await collect(engine, GenerationRequest(chat("What is the capital city of France?"), GREEDY,
+                                                          session_id="s-prefill"))
+    assert text.strip()
+    # Everything up to the words the partial transcript already had was in the cache.
+    assert final.cached_tokens >= usage.input_tokens - 8
+    assert final.input_tokens - final.cached_tokens <= 12
+
+
+async def test_a_request_takes_the_slot_from_a_prefill_in_progress(one_slot):
+    long_question = GenerationRequest(
+        chat("Please tell me, " + "in great detail and with many examples, " * 12 + "why"), GREEDY, session_id="P")
+    # Submitted together (the prefill first); the turn needs the only slot and gets it without
+    # waiting for the prefill, which ends where it was (at most one step of its prompt done).
+    ended, (text, _) = await asyncio.gather(
+        one_slot.prefill(long_question), collect(one_slot, GenerationRequest(chat("Say hello."), GREEDY, session_id="Q")))
+    assert text.strip()
+    whole = await one_slot.prefill(long_question)
+    assert whole is not None and whole.output_tokens == 0
+    assert ended is None or ended.input_tokens < whole.input_tokens
+
+
+async def test_a_prefill_of_a_session_with_tools_in_use_is_skipped(engine):
+    from quillman.engines.llm.base import Tool
+    weather = Tool("get_weather", "The weather in a city.", {"type": "object", "properties": {
+        "city": {"type": "string"}}, "required": ["city"]})
+    request = GenerationRequest(chat("What is the weather in"), GREEDY, session_id="s-tools",
+                                tools=(weather,), tool_choice="auto")
+    assert await engine.prefill(request) is None
