@@ -160,3 +160,25 @@ def test_cli_talk_saves_reply(server_url, tmp_path: Path, transcribe_reply):
     audio, rate = sf.read(reply, dtype="int16")
     assert len(audio) / rate > 0.3
     assert transcribe_reply(audio, rate).strip()
+
+
+async def test_prompt_is_prefilled_while_the_user_speaks(ws_url):
+    """The default config prefills the reply's prompt from partial transcripts while the user
+    speaks (pipeline/prefill.py): at the end of the turn fewer prompt tokens are left to
+    evaluate than the user's words alone make. Without the prefill a first turn's new words
+    are all uncached (the shared system prompt is the most another session's slot holds)."""
+    import llama_cpp
+
+    from quillman.engines.llm.llama_cpp import resolve_gguf_path
+
+    question = ("I would like to know, if you have a moment, why the leaves of the trees in my "
+                "garden turn yellow and red every autumn?")
+    async with RealtimeClient(ws_url) as client:
+        result = await client.talk(spoken(question), 24000)
+    assert result.status == "completed", (result.status, result.errors)
+    assert word_error_rate(question, result.user_transcript) <= 0.35, result.user_transcript
+    usage = result.response["usage"]
+    uncached = usage["input_tokens"] - usage["input_token_details"]["cached_tokens"]
+    vocab = llama_cpp.Llama(resolve_gguf_path("smollm2-135m"), vocab_only=True, verbose=False)
+    user_tokens = len(vocab.tokenize(result.user_transcript.encode(), add_bos=False))
+    assert 0 < uncached < user_tokens, (usage, user_tokens, result.user_transcript)
