@@ -579,8 +579,9 @@ class Ingress:
         try:
             requested = websocket.scope.get("subprotocols", [])
             await websocket.accept(subprotocol="realtime" if "realtime" in requested else None)
-            send = bridge.on_server_frame if bridge is not None else websocket.send_text
-            session = self._new_session(send, await self._voices_or_default())
+            # A call's session plays its audio on the bridge; its other events are not for Twilio.
+            send = self._discard if bridge is not None else websocket.send_text
+            session = self._new_session(send, await self._voices_or_default(), playback=bridge)
             if bound is not None:
                 session.update_session(session_update(bound))
             self.sessions[session.id] = session
