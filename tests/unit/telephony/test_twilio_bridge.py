@@ -39,16 +39,23 @@ class Call:
         self.server_events: list[dict] = []
         self.inbound: asyncio.Queue = asyncio.Queue()
         self.bridge = TwilioBridge(self._to_twilio)
+        self._changed = asyncio.Event()  # something above changed: wait() looks again
 
         async def send(frame: str) -> None:
             self.server_events.append(json.loads(frame))
+            self._changed.set()
+
+        async def receive():
+            self._changed.set()  # the bridge asks for the next frame: it has handled the last
+            return await self.inbound.get()
 
         self.session = RealtimeSession(backends, config, VadConfig(), SileroVad, send=send, llm=LlmConfig(),
                                        playback=self.bridge)
-        self.task = asyncio.ensure_future(self.bridge.run(self.session, self.inbound.get))
+        self.task = asyncio.ensure_future(self.bridge.run(self.session, receive))
 
     async def _to_twilio(self, text: str) -> None:
         self.to_twilio.append(json.loads(text))
+        self._changed.set()
 
     async def send(self, message: dict | str, yields: int = 10) -> None:
         self.inbound.put_nowait(message if isinstance(message, str) else json.dumps(message))
@@ -66,11 +73,13 @@ class Call:
         return [e for e in self.server_events if e["type"] == kind]
 
     async def wait(self, predicate, timeout: float = 20.0) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not predicate():
-            assert loop.time() < deadline, f"timed out; twilio got {[m['event'] for m in self.to_twilio]}"
-            await asyncio.sleep(0.005)
+        try:
+            async with asyncio.timeout(timeout):
+                while not predicate():
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            raise AssertionError(f"timed out; twilio got {[m['event'] for m in self.to_twilio]}") from None
 
 
 @pytest.fixture
