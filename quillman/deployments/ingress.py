@@ -7,7 +7,8 @@ must see real classes (a string ``WebSocket`` annotation turns into a query para
 Thin: each socket gets a :class:`RealtimeSession` wired to the three deployments through
 DeploymentHandles. Handles are configured once (``stream=True`` for LLM and TTS) and reused.
 Who may connect is decided by :mod:`quillman.security` (API keys, origins) over the request's
-headers; with keys configured the websocket, /prewarm and the API docs need one. Phone calls
+headers, in one check (:meth:`Ingress.authorize`, the HTTP routes' ``api_key`` dependency); with keys
+configured the websockets, /prewarm, /stats, secrets, hang-ups and the API docs need one. Phone calls
 (``/twilio/*``) are a :class:`~quillman.telephony.bridge.TwilioBridge` in front of the same
 session; Twilio's signatures decide who may use them (:mod:`quillman.telephony.signature`).
 WebRTC calls (``POST /v1/realtime/calls``) are a :class:`~quillman.webrtc.call.Call` each, held
@@ -19,6 +20,7 @@ proxy); ``/v1/realtime?call_id=…`` is a call's sideband socket. Ephemeral clie
 
 
 import asyncio
+import enum
 import json
 import logging
 import os
@@ -28,7 +30,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 from urllib.parse import parse_qsl
 
 import numpy as np
-from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi import Depends, FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from ray import serve
@@ -78,6 +80,35 @@ def refusal_response(refusal: errors.HandshakeRefused) -> JSONResponse:
     elif isinstance(refusal, errors.InvalidApiKey):
         headers = {"WWW-Authenticate": "Bearer"}
     return JSONResponse(protocol.http_error_body(refusal), status_code=refusal.http_status, headers=headers)
+
+
+@app.exception_handler(errors.HandshakeRefused)
+async def refused(request: Request, refusal: errors.HandshakeRefused) -> JSONResponse:
+    """A refusal raised by a route's dependency (the API key) is answered like any other."""
+    return refusal_response(refusal)
+
+
+class Secrets(enum.Enum):
+    """What an ``ek_`` client secret is worth on a route, where it is presented as the key."""
+
+    AS_KEY = "as_key"      # nothing special: checked as a key, so refused when keys are set (admin routes)
+    REFUSED = "refused"    # client_secret_not_allowed: only a real key goes here (minting, hang-up, sideband)
+    REDEEMED = "redeemed"  # stands in for the key once: used up by this request (sessions, calls)
+
+
+def api_key(secrets: Secrets = Secrets.AS_KEY) -> Any:
+    """The dependency of every HTTP route that needs a key when keys are configured: it raises
+    the refusal, which :func:`refused` answers (401, the JSON ``error``, ``WWW-Authenticate``)."""
+    async def check_api_key(request: Request) -> None:
+        ingress = serve.get_replica_context().servable_object  # the route's ``self``, as Serve finds it
+        try:
+            await ingress.authorize(request.headers, secrets=secrets)
+        except errors.HandshakeRefused as refusal:
+            logger.info("refused %s %s from %s: %s", request.method, request.url.path, request.client,
+                        refusal.message)
+            raise
+
+    return Depends(check_api_key)
 
 
 def error_response(exc: errors.QuillmanError, status: int = 400) -> JSONResponse:
@@ -306,18 +337,21 @@ class Ingress:
                "used": errors.ClientSecretAlreadyUsed("the client secret was already used; get a new one"),
                }.get(outcome, errors.InvalidClientSecret("unknown client secret"))
 
-    async def _authorize(self, headers, subprotocols: list[str] | None = None,
-                         secrets_allowed: bool = True) -> dict[str, Any] | None:
-        """None or a secret's bound session config if the request may go on, else raises the
-        refusal. A key (or none needed), or an ``ek_`` secret, which this uses up."""
+    async def authorize(self, headers, subprotocols: list[str] | None = None, *,
+                        secrets: Secrets = Secrets.AS_KEY, origin: bool = False) -> dict[str, Any] | None:
+        """Every route's access check: None, or a redeemed secret's bound session config, if
+        the request may go on; else raises the refusal. ``subprotocols``: a websocket's offered
+        ones (None for HTTP, which can only send the header). The key (or the secret's kind)
+        first, then the origin, and a secret is used up last, once all else passed."""
         presented = security.presented_key(headers, subprotocols or ())
-        if client_secrets.looks_like_secret(presented):
-            if not secrets_allowed:
-                raise errors.ClientSecretNotAllowed("a client secret cannot be used here: send an API key")
-            return await self._redeem(presented)
-        if (refusal := security.check_api_key(headers, self.api_keys, subprotocols)) is not None:
+        secret = secrets is not Secrets.AS_KEY and client_secrets.looks_like_secret(presented)
+        if secret and secrets is Secrets.REFUSED:
+            raise errors.ClientSecretNotAllowed("a client secret cannot be used here: send an API key")
+        if not secret and (refusal := security.check_api_key(headers, self.api_keys, subprotocols)) is not None:
             raise refusal
-        return None
+        if origin and (refusal := security.check_origin(headers, self.config.server.allowed_origins)) is not None:
+            raise refusal
+        return await self._redeem(presented) if secret else None
 
     async def _mint(self, ttl_s: int, session: dict[str, Any] | None) -> JSONResponse:
         # The effective session object, as the GA API answers: checked like a session.update.
@@ -336,13 +370,12 @@ class Ingress:
     async def _discard(_frame: str) -> None:
         return None
 
-    @app.post("/v1/realtime/client_secrets")
+    @app.post("/v1/realtime/client_secrets", dependencies=[api_key(Secrets.REFUSED)])
     async def create_client_secret(self, request: Request) -> Response:
         """A short-lived, single-use ``ek_…`` secret (the GA API's ``realtime.client_secrets``):
         ``{"expires_after": {"anchor": "created_at", "seconds": N}, "session": {...}}`` ->
         ``{"value", "expires_at", "session"}``. Needs a real API key when keys are configured."""
         try:
-            await self._authorize(request.headers, secrets_allowed=False)
             try:
                 body = json.loads(await request.body() or b"{}")
             except ValueError:
@@ -400,7 +433,7 @@ class Ingress:
         call: Call | None = None
         try:
             offer = await signalling.read_offer(request)  # before the secret is used up
-            bound = await self._authorize(request.headers)
+            bound = await self.authorize(request.headers, secrets=Secrets.REDEEMED)
             voices = await self._voices_or_default()
             webrtc = self.config.webrtc
 
@@ -447,11 +480,10 @@ class Ingress:
             logger.info("[%s] call %s closed (%s): %d turns, %d responses", session.id, call.id,
                         call.end_reason, session.turns_committed, session.responses_done)
 
-    @app.post(signalling.CALLS_PATH + "/{call_id}/hangup")
+    @app.post(signalling.CALLS_PATH + "/{call_id}/hangup", dependencies=[api_key(Secrets.REFUSED)])
     async def hang_up_call(self, call_id: str, request: Request) -> Response:
         """End a call from the server side (the GA API's ``realtime.calls.hangup``)."""
         try:
-            await self._authorize(request.headers, secrets_allowed=False)
             call = self._call(call_id)
         except errors.QuillmanError as exc:
             return error_response(exc)
@@ -469,9 +501,8 @@ class Ingress:
         """A server-side application watching and steering a call: the call's events, and
         client events into the same session (not audio: that is the track's)."""
         try:
-            await self._authorize(websocket.headers, websocket.scope.get("subprotocols", []), secrets_allowed=False)
-            if (refusal := security.check_origin(websocket.headers, self.config.server.allowed_origins)) is not None:
-                raise refusal
+            await self.authorize(websocket.headers, websocket.scope.get("subprotocols", []),
+                                 secrets=Secrets.REFUSED, origin=True)
             call = self._call(call_id)
         except errors.HandshakeRefused as refusal:
             return await refuse(websocket, refusal)
@@ -521,30 +552,23 @@ class Ingress:
     async def twilio_media_stream(self, websocket: WebSocket) -> None:
         await self._serve_socket(websocket, TwilioBridge(websocket.send_text))
 
-    def _socket_refusal(self, websocket: WebSocket, bridge: TwilioBridge | None) -> errors.HandshakeRefused | None:
-        headers, offered = websocket.headers, websocket.scope.get("subprotocols", [])
-        if bridge is not None:  # Twilio cannot send a key: its signature instead
-            url = called_url(self.config.telephony.public_url, websocket.url.scheme, headers,
-                             websocket.url.path, websocket.url.query)
-            return self.twilio.check(url, headers)
-        if client_secrets.looks_like_secret(security.presented_key(headers, offered)):
-            return security.check_origin(headers, self.config.server.allowed_origins)  # the secret: later
-        return (security.check_api_key(headers, self.api_keys, offered)
-                or security.check_origin(headers, self.config.server.allowed_origins))
+    async def _socket_access(self, websocket: WebSocket, bridge: TwilioBridge | None) -> dict[str, Any] | None:
+        """:meth:`authorize` for a session's socket (a secret's bound config, or None); Twilio
+        cannot send a key: its signature instead."""
+        if bridge is None:
+            return await self.authorize(websocket.headers, websocket.scope.get("subprotocols", []),
+                                        secrets=Secrets.REDEEMED, origin=True)
+        url = called_url(self.config.telephony.public_url, websocket.url.scheme, websocket.headers,
+                         websocket.url.path, websocket.url.query)
+        if (refusal := self.twilio.check(url, websocket.headers)) is not None:
+            raise refusal
+        return None
 
     async def _serve_socket(self, websocket: WebSocket, bridge: TwilioBridge | None = None) -> None:
         # Every check happens before the socket is accepted.
-        bound = None
-        refusal = self._socket_refusal(websocket, bridge)
-        if refusal is None and bridge is None:
-            # A client secret instead of a key: checked (and used up) last, once all else passed.
-            offered = websocket.scope.get("subprotocols", [])
-            if client_secrets.looks_like_secret(security.presented_key(websocket.headers, offered)):
-                try:
-                    bound = await self._redeem(security.presented_key(websocket.headers, offered))
-                except errors.HandshakeRefused as exc:
-                    refusal = exc
-        if refusal is not None:
+        try:
+            bound = await self._socket_access(websocket, bridge)
+        except errors.HandshakeRefused as refusal:
             return await refuse(websocket, refusal)
         if self.open_sockets >= self.config.server.max_sessions_per_replica:
             return await refuse(websocket, errors.ServerAtCapacity(
@@ -555,8 +579,9 @@ class Ingress:
         try:
             requested = websocket.scope.get("subprotocols", [])
             await websocket.accept(subprotocol="realtime" if "realtime" in requested else None)
-            send = bridge.on_server_frame if bridge is not None else websocket.send_text
-            session = self._new_session(send, await self._voices_or_default())
+            # A call's session plays its audio on the bridge; its other events are not for Twilio.
+            send = self._discard if bridge is not None else websocket.send_text
+            session = self._new_session(send, await self._voices_or_default(), playback=bridge)
             if bound is not None:
                 session.update_session(session_update(bound))
             self.sessions[session.id] = session
@@ -609,18 +634,8 @@ class Ingress:
         # that failed to start (once, with what to run) even when nobody asks /healthz.
         await self.deployment_watch.states()
 
-    def _key_refusal(self, request: Request) -> JSONResponse | None:
-        """None when the request may go on (no keys configured, or a valid Bearer key), else
-        the 401 to answer with: the same JSON ``error`` as a refused websocket."""
-        refusal = security.check_api_key(request.headers, self.api_keys)
-        if refusal is None:
-            return None
-        logger.info("refused %s %s from %s: %s", request.method, request.url.path, request.client,
-                    refusal.message)
-        return refusal_response(refusal)
-
-    @app.get("/prewarm")
-    async def prewarm(self, request: Request) -> JSONResponse:
+    @app.get("/prewarm", dependencies=[api_key()])
+    async def prewarm(self) -> JSONResponse:
         """Load and warm every model; returns per-deployment load and warm-up times.
 
         Needs a key when keys are configured (it runs every model once per request). A
@@ -628,8 +643,6 @@ class Ingress:
         of waited on: requests to a deployment with no replica would queue forever. Any other
         failure is a 503 with a plain message too; its details go to the log, not to the client.
         """
-        if (denied := self._key_refusal(request)) is not None:
-            return denied
         start = time.perf_counter()
         body: dict[str, dict[str, Any]] = {}
         error: str | None = None
@@ -726,13 +739,11 @@ class Ingress:
                 "running_calls": CALL_COUNTS["calls"], "udp_sockets": udp_sockets(),
                 "tasks": len(asyncio.all_tasks())}
 
-    @app.get("/stats")
-    async def stats(self, request: Request) -> JSONResponse:
+    @app.get("/stats", dependencies=[api_key()])
+    async def stats(self) -> JSONResponse:
         """What the language model's scheduler holds now, as one LanguageModel replica reports
         it (vLLM: running and waiting requests, KV cache use; ``{}`` for engines that keep none).
         Needs a key when keys are configured."""
-        if (denied := self._key_refusal(request)) is not None:
-            return denied
         try:
             llm = await asyncio.wait_for(self.handles["LanguageModel"].scheduler_stats.remote(),
                                          HEALTH_TIMEOUT_S)
@@ -748,23 +759,17 @@ class Ingress:
 
     # The API docs: what FastAPI would serve, behind the key when keys are configured. (A browser
     # sends no Authorization header, so with keys these are for tools or a proxy that adds it.)
-    @app.get("/openapi.json", include_in_schema=False)
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[api_key()])
     async def openapi(self, request: Request) -> Response:
-        if (denied := self._key_refusal(request)) is not None:
-            return denied
         return JSONResponse(request.app.openapi())
 
-    @app.get("/docs", include_in_schema=False)
+    @app.get("/docs", include_in_schema=False, dependencies=[api_key()])
     async def docs(self, request: Request) -> Response:
-        if (denied := self._key_refusal(request)) is not None:
-            return denied
         return get_swagger_ui_html(openapi_url=self._openapi_url(request),
                                    title=f"{request.app.title} - Swagger UI")
 
-    @app.get("/redoc", include_in_schema=False)
+    @app.get("/redoc", include_in_schema=False, dependencies=[api_key()])
     async def redoc(self, request: Request) -> Response:
-        if (denied := self._key_refusal(request)) is not None:
-            return denied
         return get_redoc_html(openapi_url=self._openapi_url(request),
                               title=f"{request.app.title} - ReDoc")
 

@@ -1,30 +1,35 @@
-"""One phone call: Twilio Media Streams messages <-> the events of a :class:`RealtimeSession`.
+"""One phone call: Twilio Media Streams messages <-> a :class:`RealtimeSession`, typed in-process.
 
-Not a second pipeline: the bridge is the session's client. Twilio's ``start`` becomes a
-``session.update`` to μ-law in and out, each ``media`` an ``input_audio_buffer.append`` (its
-payload is already base64 8 kHz μ-law, the session's ``audio/pcmu``), and the session's
-``response.output_audio.delta`` events go to the caller as ``media``, each followed by a ``mark``
-named ``<item_id>:<ms sent so far>``. Twilio echoes a mark once the caller has heard the audio
-before it, so the last echoed mark says how much of a reply was heard.
+Not a second pipeline: the bridge is the session's transport, as a WebRTC call is. Twilio's
+``start`` becomes a typed ``session.update`` to μ-law in and out; each ``media`` payload (base64
+8 kHz μ-law) is decoded here and handed to the session as a :class:`PcmFrame`. Out, the bridge is
+the session's :class:`~quillman.pipeline.playback.Playback`: the reply audio comes to it as
+``response.output_audio.delta`` events, never serialized, and goes to the caller as ``media``,
+each followed by a ``mark`` named ``<item_id>:<ms sent so far>``. Twilio echoes a mark once the
+caller has heard the audio before it, so the last echoed mark says how much of a reply was heard.
+The session's other events are not for Twilio (the ingress discards them; errors are logged by
+the session).
 
-Barge-in: the session cancels the reply itself when the caller starts talking
-(``speech_started``); the bridge then sends ``clear`` (drop what Twilio has buffered but not
-played) and, once that reply is done, ``conversation.item.truncate`` to what was heard, so the
-conversation holds only the words the caller got.
+Barge-in: when the caller starts talking the session cancels the reply and clears its playback:
+the bridge sends ``clear`` (drop what Twilio has buffered but not played) and reports what was
+heard, and the session truncates the reply there once it is done, so the conversation holds only
+the words the caller got.
 
 Bad frames (not JSON, unknown event, media before start, bad base64) are logged and ignored; a
-``stop`` or the socket closing ends the session.
+``stop`` or the socket closing ends the session. The only JSON is Twilio's wire.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import logging
+from dataclasses import dataclass
 from typing import Awaitable, Callable
 
+from quillman import errors, protocol
+from quillman.audio import PCMU, decode_audio_base64
+from quillman.pipeline.playback import Cut
+from quillman.pipeline.session import ClientInput, PcmFrame
 from quillman.telephony import twilio_protocol as twilio
 
 logger = logging.getLogger(__name__)
@@ -32,11 +37,27 @@ logger = logging.getLogger(__name__)
 MS_PER_BYTE = 1000 / twilio.TWILIO_RATE_HZ  # μ-law: one byte per sample
 
 
-def session_update_for_call(start: twilio.StartInfo) -> str:
+def session_update_for_call(start: twilio.StartInfo) -> protocol.SessionUpdateEvent:
     """The session a call gets: μ-law both ways (what Twilio streams)."""
-    formats = {"type": "audio/pcmu"}
-    return json.dumps({"type": "session.update", "session": {
-        "type": "realtime", "audio": {"input": {"format": formats}, "output": {"format": formats}}}})
+    fmt = protocol.AudioFormat(type=PCMU)
+    return protocol.SessionUpdateEvent(type="session.update", session=protocol.SessionUpdate(
+        type="realtime", audio=protocol.SessionAudio(input=protocol.AudioInput(format=fmt),
+                                                     output=protocol.AudioOutput(format=fmt))))
+
+
+def payload_bytes(payload: str) -> int:
+    """The length of valid base64's decoded bytes, without decoding it."""
+    return len(payload) * 3 // 4 - payload[-2:].count("=")
+
+
+@dataclass
+class _Reply:
+    """One reply item's audio sent to Twilio, and what of it the caller has heard."""
+
+    response_id: str
+    sent_ms: float = 0.0
+    heard_ms: float = 0.0  # the last echoed mark
+    unplayed: int = 0  # marks sent, not yet echoed
 
 
 class TwilioBridge:
@@ -45,25 +66,26 @@ class TwilioBridge:
         self.stream_sid: str | None = None
         self.call_sid: str | None = None
         self.custom_parameters: dict[str, str] = {}
-        self._inbox: asyncio.Queue[str | None] = asyncio.Queue()
-        self._sent_ms: dict[str, float] = {}  # reply item -> ms of its audio sent to Twilio
-        self._heard_ms: dict[str, float] = {}  # reply item -> ms the caller heard (echoed marks)
-        self._unplayed: dict[str, int] = {}  # reply item -> marks sent, not yet echoed
-        self._cleared: set[str] = set()  # items cut off by a barge-in: no more audio, marks ignored
-        self._open_items: set[str] = set()  # items of responses not yet done
-        self._truncate_after: dict[str, float] = {}  # item -> heard ms, truncated once it is done
+        self._inbox: asyncio.Queue[ClientInput | None] = asyncio.Queue()
+        # Twilio messages in order; Playback's methods are synchronous, a task sends them.
+        self._outbox: asyncio.Queue[str] = asyncio.Queue()
+        self._replies: dict[str, _Reply] = {}  # reply item -> its playback on the call
+        self._cleared: set[str] = set()  # responses cut off by a barge-in: later audio dropped
         self.ignored = 0  # frames logged and ignored (for tests and the log)
 
-    # --- Twilio -> session ---------------------------------------------------------------------
-
     async def run(self, session, receive: Callable[[], Awaitable[str | bytes | None]]) -> int:
-        """Serve the call until Twilio stops it or the socket closes; the session's close code."""
-        pump = asyncio.create_task(self._pump(receive), name=f"{session.id}-twilio")
+        """Serve the call until Twilio stops it or the socket closes; the session's close code.
+        ``session`` plays its reply audio on this bridge (its ``playback``)."""
+        tasks = [asyncio.create_task(self._pump(receive), name=f"{session.id}-twilio-in"),
+                 asyncio.create_task(self._write(), name=f"{session.id}-twilio-out")]
         try:
             return await session.run(self._inbox.get)
         finally:
-            pump.cancel()
-            await asyncio.gather(pump, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- Twilio -> session ---------------------------------------------------------------------
 
     async def _pump(self, receive: Callable[[], Awaitable[str | bytes | None]]) -> None:
         try:
@@ -74,7 +96,7 @@ class TwilioBridge:
             self._inbox.put_nowait(None)  # the session ends
 
     def on_twilio_frame(self, frame: str | bytes) -> bool:
-        """Translate one Twilio message into client events; False once the call is over."""
+        """Translate one Twilio message into the session's input; False once the call is over."""
         try:
             message = twilio.parse_message(frame)
         except twilio.BadMessage as exc:
@@ -99,7 +121,11 @@ class TwilioBridge:
                     return self._ignore("media before start")
                 if media.track not in ("inbound", "inbound_track"):
                     return True  # our own audio echoed on an outbound track: not the caller
-                self._inbox.put_nowait(json.dumps({"type": "input_audio_buffer.append", "audio": media.payload}))
+                try:
+                    pcm = decode_audio_base64(media.payload, PCMU)  # the session's input format since start
+                except errors.InvalidBase64 as exc:
+                    return self._ignore(f"media: {exc.message}")
+                self._inbox.put_nowait(PcmFrame(pcm))
             case twilio.Mark(mark=mark):
                 self._on_mark(mark.name)
             case twilio.Dtmf(dtmf=dtmf):
@@ -121,62 +147,47 @@ class TwilioBridge:
         except ValueError:
             self._ignore(f"mark {name[:80]!r} is not one of ours")
             return
-        if item_id in self._cleared or item_id not in self._sent_ms:
+        reply = self._replies.get(item_id)
+        if reply is None or reply.response_id in self._cleared:
             return  # a mark Twilio returns for audio that was cleared: not heard
-        self._heard_ms[item_id] = max(self._heard_ms.get(item_id, 0.0), heard)
-        self._unplayed[item_id] = max(self._unplayed.get(item_id, 0) - 1, 0)
+        reply.heard_ms = max(reply.heard_ms, heard)
+        reply.unplayed = max(reply.unplayed - 1, 0)
 
-    # --- session -> Twilio ---------------------------------------------------------------------
+    # --- session -> Twilio: the session's Playback -------------------------------------------
 
-    async def on_server_frame(self, frame: str) -> None:
-        """The session's ``send``: one server event, as Twilio messages (most are not for Twilio)."""
-        event = json.loads(frame)
-        match event["type"]:
-            case "response.output_audio.delta":
-                await self._play(event["item_id"], event["delta"])
-            case "response.output_item.added":
-                self._open_items.add(event["item"]["id"])
-            case "input_audio_buffer.speech_started":
-                await self._barge_in()
-            case "response.done":
-                for item in event["response"].get("output", []):
-                    self._open_items.discard(item["id"])
-                    self._truncate_if_due(item["id"])
-            case "error":
-                error = event["error"]
-                logger.warning("[%s] session error %s: %s", self.stream_sid or "-", error.get("code"),
-                               error.get("message"))
-
-    async def _play(self, item_id: str, payload: str) -> None:
-        if self.stream_sid is None or item_id in self._cleared:
+    def play(self, event: protocol.OutputAudioDelta) -> None:
+        """A reply's audio (base64 μ-law, the session's output format): ``media`` + ``mark``."""
+        if self.stream_sid is None or event.response_id in self._cleared:
             return
-        try:
-            ms = len(base64.b64decode(payload, validate=True)) * MS_PER_BYTE
-        except binascii.Error:
-            logger.exception("the session sent audio that is not base64")
-            return
-        self._sent_ms[item_id] = self._sent_ms.get(item_id, 0.0) + ms
-        self._unplayed[item_id] = self._unplayed.get(item_id, 0) + 1
-        await self._send_twilio(twilio.media_message(self.stream_sid, payload))
-        await self._send_twilio(twilio.mark_message(self.stream_sid, f"{item_id}:{self._sent_ms[item_id]:.0f}"))
+        reply = self._replies.setdefault(event.item_id, _Reply(event.response_id))
+        reply.sent_ms += payload_bytes(event.delta) * MS_PER_BYTE
+        reply.unplayed += 1
+        self._outbox.put_nowait(twilio.media_message(self.stream_sid, event.delta))
+        self._outbox.put_nowait(twilio.mark_message(self.stream_sid, f"{event.item_id}:{reply.sent_ms:.0f}"))
 
-    async def _barge_in(self) -> None:
-        """The caller talks over a reply still playing: stop it where they are."""
-        playing = [item for item, count in self._unplayed.items() if count and item not in self._cleared]
+    def response_finished(self, response_id: str) -> None:
+        """Nothing to do: a finished reply may still be playing, its marks still to come."""
+
+    def clear(self) -> list[Cut]:
+        """Barge-in: ``clear`` what Twilio has not played; each reply still playing was heard
+        up to its last echoed mark."""
+        playing = {item: reply for item, reply in self._replies.items()
+                   if reply.unplayed and reply.response_id not in self._cleared}
         if self.stream_sid is None or not playing:
-            return
-        await self._send_twilio(twilio.clear_message(self.stream_sid))
-        for item_id in playing:
-            heard = self._heard_ms.get(item_id, 0.0)
-            logger.info("[%s] barge-in: %s heard %.0f of %.0f ms", self.stream_sid, item_id, heard,
-                        self._sent_ms.get(item_id, 0.0))
-            self._cleared.add(item_id)
-            self._truncate_after[item_id] = heard
-            self._truncate_if_due(item_id)
+            return []
+        self._outbox.put_nowait(twilio.clear_message(self.stream_sid))
+        cuts = []
+        for item_id, reply in playing.items():
+            logger.info("[%s] barge-in: %s heard %.0f of %.0f ms", self.stream_sid, item_id,
+                        reply.heard_ms, reply.sent_ms)
+            self._cleared.add(reply.response_id)
+            cuts.append(Cut(reply.response_id, item_id, int(reply.heard_ms)))
+        return cuts
 
-    def _truncate_if_due(self, item_id: str) -> None:
-        # The session truncates only finished replies; a cancelled one finishes soon after.
-        if item_id in self._truncate_after and item_id not in self._open_items:
-            heard = self._truncate_after.pop(item_id)
-            self._inbox.put_nowait(json.dumps({"type": "conversation.item.truncate", "item_id": item_id,
-                                               "content_index": 0, "audio_end_ms": int(heard)}))
+    async def _write(self) -> None:
+        while True:
+            message = await self._outbox.get()
+            try:
+                await self._send_twilio(message)
+            except Exception:  # noqa: BLE001 - the socket closed under us: the pump ends the call
+                logger.debug("[%s] send to twilio failed; call gone", self.stream_sid or "-")

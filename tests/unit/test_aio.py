@@ -38,19 +38,20 @@ async def test_does_not_block_the_event_loop():
         release.wait(5)
         yield "late"
 
+    ticked = asyncio.Event()
+
     async def ticker():
         nonlocal ticks
         while not release.is_set():
             ticks += 1
-            await asyncio.sleep(0.001)
+            if ticks == 5:
+                ticked.set()
+            await asyncio.sleep(0)  # one loop iteration per tick
 
     consumer = asyncio.create_task(anext(iterate_in_thread(gen)))
     tick_task = asyncio.create_task(ticker())
     # The loop keeps ticking while the worker thread is blocked.
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5
-    while ticks < 5 and loop.time() < deadline:
-        await asyncio.sleep(0.001)
+    await asyncio.wait_for(ticked.wait(), 5)
     assert ticks >= 5 and not consumer.done()
     release.set()
     assert await asyncio.wait_for(consumer, 5) == "late"

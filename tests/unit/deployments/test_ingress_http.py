@@ -14,6 +14,7 @@ import types
 import pytest
 from fastapi.testclient import TestClient
 from ray import serve
+from starlette.testclient import WebSocketDenialResponse
 
 from quillman.config import AppConfig
 from quillman.deployments import ingress as ingress_module
@@ -152,6 +153,31 @@ def test_the_docs_are_the_same_as_fastapis(serve_as):
     assert docs.headers["content-type"].startswith("text/html")
     assert "SwaggerUIBundle" in docs.text and "'/openapi.json'" in docs.text
     assert "/openapi.json" in client.get("/redoc").text
+
+
+# Every route that needs a key, HTTP and websocket: one check refuses them all the same way.
+KEYED_HTTP = [("GET", path) for path in ["/prewarm", "/stats", *PROTECTED[1:]]] + [
+    ("POST", "/v1/realtime/client_secrets"), ("POST", "/v1/realtime/calls/rtc_unknown/hangup")]
+KEYED_SOCKETS = ["/v1/realtime", "/pipeline", "/v1/realtime?call_id=rtc_unknown"]
+NO_OR_WRONG_KEY = pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}], ids=["none", "wrong"])
+
+
+@NO_OR_WRONG_KEY
+@pytest.mark.parametrize("method, path", KEYED_HTTP, ids=[path for _, path in KEYED_HTTP])
+def test_every_keyed_http_route_refuses_a_missing_or_wrong_key_alike(serve_as, method, path, headers):
+    ingress = make_ingress(keys=[KEY])
+    assert_unauthorized(serve_as(ingress).request(method, path, headers=headers))
+    assert all(handle.calls == [] for handle in ingress.handles.values())
+
+
+@NO_OR_WRONG_KEY
+@pytest.mark.parametrize("path", KEYED_SOCKETS)
+def test_every_keyed_websocket_refuses_a_missing_or_wrong_key_alike(serve_as, path, headers):
+    with pytest.raises(WebSocketDenialResponse) as refused:
+        with serve_as(make_ingress(keys=[KEY])).websocket_connect(path, headers=headers):
+            pass
+    assert_unauthorized(refused.value)
+    assert "websocket subprotocol" in refused.value.json()["error"]["message"]  # it can send one
 
 
 # --- /prewarm ------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 
 import pytest
@@ -39,6 +40,24 @@ def one_slot():
     yield from smollm(n_slots=1, prefill_chunk_tokens=64)
 
 
+class TokenLog(list):
+    """The names of streams, one per token as it comes; ``await log.until(pred)`` wakes on each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._grew = asyncio.Event()
+
+    def append(self, name) -> None:
+        super().append(name)
+        self._grew.set()
+
+    async def until(self, predicate, timeout_s: float = 30.0) -> None:
+        async with asyncio.timeout(timeout_s):
+            while not predicate(self):
+                self._grew.clear()
+                await self._grew.wait()
+
+
 async def collect(engine, request, log=None, name=None):
     text, usage = [], None
     async for delta in engine.stream(request):
@@ -64,11 +83,10 @@ async def test_a_stream_ends_with_its_usage(engine):
 
 
 async def test_concurrent_requests_interleave_token_by_token(engine):
-    log: list[str] = []
+    log = TokenLog()
     long = GenerationParams(max_tokens=40, temperature=0.0, top_p=1.0)
     first = asyncio.create_task(collect(engine, GenerationRequest(chat("Tell me a long story."), long), log, "a"))
-    while "a" not in log:  # a is generating when b arrives
-        await asyncio.sleep(0.005)
+    await log.until(lambda log: "a" in log)  # a is generating when b arrives
     second = asyncio.create_task(collect(engine, GenerationRequest(chat("Say hello."), long), log, "b"))
     await asyncio.gather(first, second)
     # b's first token came while a was still generating: no head-of-line blocking.
@@ -100,10 +118,9 @@ async def test_a_new_session_reuses_the_shared_prefix_and_evicts_the_idle_histor
 async def test_waiting_requests_start_earliest_deadline_first(one_slot):
     order: list[str] = []
     long = GenerationParams(max_tokens=30, temperature=0.0, top_p=1.0)
-    log: list[str] = []
+    log = TokenLog()
     busy = asyncio.create_task(collect(one_slot, GenerationRequest(chat("Count to twenty."), long), log, "busy"))
-    while not log:  # its first token: the slot is taken, the next three wait
-        await asyncio.sleep(0.005)
+    await log.until(len)  # its first token: the slot is taken, the next three wait
 
     async def run(name: str, deadline: float):
         async for delta in one_slot.stream(GenerationRequest(chat(f"Say {name}."), GREEDY, deadline=deadline)):
@@ -137,13 +154,12 @@ async def test_a_prompt_longer_than_the_context_fails_that_request_only(one_slot
 
 async def test_a_paced_reply_ahead_of_its_pace_gives_way_to_a_due_one(engine):
     """A spoken reply well ahead of playback pauses while a new turn's first tokens are due."""
-    log: list[str] = []
+    log = TokenLog()
     slow = Pacing(burst_tokens=2, tokens_per_s=0.5, lead_s=0.0)  # after 2 tokens: one every 2 s
     ahead = asyncio.create_task(collect(engine, GenerationRequest(
         chat("Tell me a long story."), GenerationParams(max_tokens=6, temperature=0.0, top_p=1.0),
         deadline=time.time(), pacing=slow), log, "paced"))
-    while log.count("paced") < 3:
-        await asyncio.sleep(0.005)
+    await log.until(lambda log: log.count("paced") >= 3)
     urgent = await collect(engine, GenerationRequest(chat("Say hello."), GREEDY, deadline=time.time()), log, "urgent")
     assert urgent[0]
     # While the urgent reply ran, the paced one (not due for seconds) made no progress.
@@ -159,9 +175,26 @@ class HeldMachine:
         self.others_busy = False
         self.held = 0
         self.critical_steps = 0
+        self.gave_way = 0  # times the engine asked about others' work and was told to wait
+        self._asked = threading.Condition()
 
     def busy(self, include_self: bool = True) -> bool:
-        return self.others_busy or (include_self and self.held > 0)
+        answer = self.others_busy or (include_self and self.held > 0)
+        if answer and not include_self:
+            with self._asked:
+                self.gave_way += 1
+                self._asked.notify_all()
+        return answer
+
+    async def engine_gave_way(self, times: int) -> None:
+        """Once the engine (its thread) has given way ``times`` more times. Its tokens from
+        before then are on the loop already: they were handed over before it asked."""
+        target = self.gave_way + times
+
+        def wait() -> bool:
+            with self._asked:
+                return self._asked.wait_for(lambda: self.gave_way >= target, timeout=30)
+        assert await asyncio.to_thread(wait), "the engine never gave way"
 
     @contextlib.contextmanager
     def critical(self):
@@ -180,18 +213,17 @@ async def test_a_reply_ahead_of_its_pace_waits_while_the_machine_has_critical_wo
     engine = BatchedLlamaCpp(resolve_gguf_path("smollm2-135m"), n_threads=1, n_threads_batch=1, n_ctx=512,
                              n_slots=1, prefill_chunk_tokens=64, priority=machine)
     try:
-        log: list[str] = []
+        log = TokenLog()
         slow = Pacing(burst_tokens=2, tokens_per_s=0.2, lead_s=0.0)  # after 2 tokens: not due for seconds
         paced = asyncio.create_task(collect(engine, GenerationRequest(
             chat("Tell me a long story."), GenerationParams(max_tokens=8, temperature=0.0, top_p=1.0),
             deadline=time.time(), pacing=slow), log, "paced"))
-        while len(log) < 2:
-            await asyncio.sleep(0.005)
+        await log.until(lambda log: len(log) >= 2)
         assert machine.critical_steps >= 2  # the prompt and the burst ran as critical work
         machine.others_busy = True
-        await asyncio.sleep(0.3)
+        await machine.engine_gave_way(1)
         held_at = len(log)
-        await asyncio.sleep(0.3)
+        await machine.engine_gave_way(3)
         assert len(log) == held_at  # ahead of its pace and the machine busy: no progress
         critical_before = machine.critical_steps
         machine.others_busy = False  # the critical work ended: it runs ahead again
