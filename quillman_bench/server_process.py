@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_HTTP_URL = "http://127.0.0.1:8000"
+TEST_API_KEY = "quillman-test-key-1"  # what the test suite's keyed server requires
 STARTUP_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 60.0
 

@@ -11,7 +11,7 @@ import os
 import pytest
 import yaml
 
-from quillman_bench.server_process import DEFAULT_HTTP_URL, ROOT, healthy, serve_run
+from quillman_bench.server_process import DEFAULT_HTTP_URL, ROOT, TEST_API_KEY, healthy, serve_run
 
 SERVER_URL = DEFAULT_HTTP_URL
 # Models built from shipped weights (Whisper base assembled, GGUF converted for vLLM) are cached
@@ -38,6 +38,25 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="session")
 def ws_url(server_url: str) -> str:
     return server_url.replace("http://", "ws://") + "/v1/realtime"
+
+
+KEYED_PORT = 8001
+
+
+@pytest.fixture(scope="session")
+def keyed_server(tmp_path_factory: pytest.TempPathFactory):
+    """The real graph with API keys required (``QUILLMAN_API_KEYS``) and the web page's own
+    client-secret endpoint on (``client_secrets.web_page_endpoint``): what an operator who
+    exposes the server runs. One server for the security tests and the browser's WebRTC page
+    (a server start is ~30 s of the suite); yields (server, its log)."""
+    folder = tmp_path_factory.mktemp("keyed")
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    config["applications"][0]["args"]["client_secrets"] = {"web_page_endpoint": True}
+    path = folder / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    with serve_run(path, port=KEYED_PORT, log_path=folder / "serve.log",
+                   env={"QUILLMAN_API_KEYS": TEST_API_KEY}) as server:
+        yield server, folder / "serve.log"
 
 
 BROKEN_PORT = 8002

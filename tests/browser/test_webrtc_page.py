@@ -13,7 +13,6 @@ import json
 import re
 
 import pytest
-import yaml
 from test_browser import (  # noqa: F401
     ARTIFACTS,
     LONG_QUESTION,
@@ -27,23 +26,11 @@ from test_browser import (  # noqa: F401
     synthesize_fake_mic,
 )
 
-from quillman_bench.server_process import ROOT, serve_run
+from quillman_bench.server_process import TEST_API_KEY
 
 pytestmark = pytest.mark.browser
 
-API_KEY = "quillman-browser-key"
-PORT = 8006
-
-
-@pytest.fixture(scope="module")
-def keyed_server(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("webrtc-keyed")
-    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
-    config["applications"][0]["args"]["client_secrets"] = {"web_page_endpoint": True}
-    path = folder / "serve_config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    with serve_run(path, port=PORT, log_path=folder / "serve.log", env={"QUILLMAN_API_KEYS": API_KEY}) as server:
-        yield server, folder / "serve.log"
+API_KEY = TEST_API_KEY  # the keyed server of tests/conftest.py
 
 
 def test_a_spoken_question_over_webrtc_with_a_client_secret(keyed_server, sync_playwright, tmp_path):  # noqa: F811

@@ -1,7 +1,7 @@
 """Who may connect to the real server: API keys, origins, the session cap, the listening address.
 
-These tests run against a server of their own (port 8001) started with API keys
-(``QUILLMAN_API_KEYS``), so that the rest of the suite can use the usual keyless server.
+These tests run against the keyed server (port 8001, tests/conftest.py) started with API keys
+(``QUILLMAN_API_KEYS``; it also serves the browser's WebRTC page test), so that the rest of the suite can use the usual keyless server.
 
 Refusals happen before the socket is accepted: the upgrade request gets an HTTP answer with a
 JSON ``error`` body: 401 ``invalid_api_key``, 403 ``origin_not_allowed``, 503
@@ -23,22 +23,18 @@ import websockets
 import yaml
 from websockets.exceptions import InvalidStatus
 
+from quillman_bench.server_process import TEST_API_KEY
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-API_KEY = "quillman-test-key-1"
-KEYED_PORT = 8001
+API_KEY = TEST_API_KEY  # the keyed server of tests/conftest.py
 
 
 @pytest.fixture(scope="module")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The real graph (serve run serve_config.yaml) with API keys required."""
-    from quillman_bench.server_process import serve_run
-
-    with serve_run("serve_config.yaml", port=KEYED_PORT,
-                   log_path=tmp_path_factory.mktemp("keyed-server") / "serve.log",
-                   env={"QUILLMAN_API_KEYS": API_KEY}) as server:
-        yield server.url
+def server_url(keyed_server) -> str:
+    """The real graph (serve_config.yaml) with API keys required (tests/conftest.py)."""
+    return keyed_server[0].url
 
 
 @pytest.fixture(scope="module")
