@@ -11,7 +11,7 @@ small CPU the first chunk is the one the listener is waiting for, so it gets the
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator, Awaitable, Callable, TypeVar
+from typing import AsyncGenerator, AsyncIterator, Awaitable, Callable, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -25,7 +25,7 @@ async def ordered_fanout(
     max_concurrency: int,
     on_item_start: Callable[[int, T], Awaitable[None] | None] | None = None,
     head_start: bool = False,
-) -> AsyncIterator[tuple[int, T, R]]:
+) -> AsyncGenerator[tuple[int, T, R], None]:
     """Yield ``(index, item, result)`` for each result of ``work(item)``, items in order."""
     slots = asyncio.Semaphore(max_concurrency)
     first_result = asyncio.Event()

@@ -7,7 +7,7 @@ session, made with the official ``mcp`` SDK (streamable HTTP; SSE for a server t
 that), listed once (``mcp_list_tools.*`` and an ``mcp_list_tools`` item), reused by every call, and
 closed with the session. Its tools reach the LLM as ordinary engine tools, so their JSON Schemas
 constrain the arguments as a function tool's do; the response runs the calls
-(:mod:`~quillman.pipeline.response`).
+(:mod:`~quillman.pipeline.response_mcp`).
 
 Secrets: ``headers`` / ``authorization`` live only in the spec's non-repr fields and the HTTP
 client; nothing here logs a spec, a header or an exception's text, and the errors the client gets

@@ -36,7 +36,7 @@ import asyncio
 import collections
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from typing import Any, Awaitable, Callable
@@ -630,8 +630,7 @@ class RealtimeSession:
         signal = semantic.end_signal(self.settings.turn_detection, committed.reason, turn.decision,
                                      waited=turn.waited)
         response.timings.turn_decision = turn.decided_at or now
-        response.settings = replace(response.settings, metadata={**(response.settings.metadata or {}),
-                                                                  "turn_decision": signal})
+        response.add_metadata(turn_decision=signal)
         self._show(response, turn_detected=now)
 
     async def _finish_user_item(self, turn: UserTurn, duration_s: float) -> None:
