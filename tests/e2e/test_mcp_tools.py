@@ -8,20 +8,19 @@ the secrets sent in ``headers`` / ``authorization`` must appear in no event and 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import re
 
 import pytest
 import yaml
-from openai import AsyncOpenAI
 from openai.types.realtime import RealtimeServerEvent
 from pydantic import TypeAdapter
 
 from quillman_bench.mcp_server import McpServerProcess
 from quillman_bench.speech import spoken_question
 from quillman_bench.server_process import ROOT, serve_run
-from test_openai_sdk import speak
+from sdk import Reply, speak
+from sdk import sdk_client as client
 
 pytestmark = pytest.mark.e2e
 
@@ -88,24 +87,13 @@ class Session:
                 return done["item"]
 
     async def until_done(self) -> tuple[dict, str, int]:
-        transcript, audio = "", 0
-        while True:
-            event = await self.next()
-            if event["type"] == "response.output_audio_transcript.delta":
-                transcript += event["delta"]
-            elif event["type"] == "response.output_audio.delta":
-                audio += len(base64.b64decode(event["delta"]))
-            elif event["type"] == "response.output_text.delta":
-                transcript += event["delta"]
-            elif event["type"] == "response.done":
-                return event["response"], transcript, audio
+        reply = Reply()
+        while not reply.see(await self.next()):
+            pass
+        return reply.response, reply.transcript, reply.audio_bytes
 
     def of_type(self, kind: str) -> list[dict]:
         return [e for e in self.events if e["type"] == kind]
-
-
-def client(url: str) -> AsyncOpenAI:
-    return AsyncOpenAI(api_key="unused-locally", websocket_base_url=url.replace("http://", "ws://") + "/v1")
 
 
 def words(text: str) -> set[str]:

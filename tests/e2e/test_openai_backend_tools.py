@@ -11,10 +11,10 @@ import urllib.request
 
 import pytest
 import yaml
-from openai import AsyncOpenAI
 
 from quillman.engines.llm.llama_cpp import resolve_gguf_path
 from quillman_bench.server_process import ROOT, serve_run
+from sdk import sdk_client, until_done
 
 pytestmark = pytest.mark.e2e
 
@@ -68,20 +68,14 @@ def openai_backend_server(llama_server, tmp_path_factory):
 
 
 async def test_a_text_turn_with_tools_on_a_real_openai_compatible_server(openai_backend_server):
-    client = AsyncOpenAI(api_key="unused-locally",
-                         websocket_base_url=openai_backend_server.replace("http://", "ws://") + "/v1")
+    client = sdk_client(openai_backend_server)
     async with client.realtime.connect(model="quillman") as connection:
         await connection.session.update(session={
             "type": "realtime", "output_modalities": ["text"], "tools": [WEATHER], "tool_choice": "auto"})
         await connection.conversation.item.create(item={
             "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hello! Who are you?"}]})
         await connection.response.create()
-        async for event in connection:
-            if event.type == "error":
-                pytest.fail(f"server error {event.error}")
-            if event.type == "response.done":
-                response = event.response
-                break
+        response = (await until_done(connection)).response
     assert response.status == "completed"
     # The server's model decides: text here (or a call, which the events would carry).
     assert response.output and response.output[0].type in ("message", "function_call")
@@ -92,8 +86,7 @@ async def test_a_text_turn_with_tools_on_a_real_openai_compatible_server(openai_
 async def test_an_mcp_tool_on_the_openai_backend(openai_backend_server, mcp_server):
     """The server's model is told the MCP server's tools as functions; the call it makes runs
     on the MCP server, and its answer follows in the same response."""
-    client = AsyncOpenAI(api_key="unused-locally",
-                         websocket_base_url=openai_backend_server.replace("http://", "ws://") + "/v1")
+    client = sdk_client(openai_backend_server)
     async with client.realtime.connect(model="quillman") as connection:
         await connection.session.update(session={
             "type": "realtime", "output_modalities": ["text"],
@@ -104,14 +97,8 @@ async def test_an_mcp_tool_on_the_openai_backend(openai_backend_server, mcp_serv
             "type": "message", "role": "user",
             "content": [{"type": "input_text", "text": "What is the weather in Paris?"}]})
         await connection.response.create()
-        seen = []
-        async for event in connection:
-            seen.append(event.type)
-            if event.type == "error":
-                pytest.fail(f"server error {event.error}")
-            if event.type == "response.done":
-                response = event.response
-                break
+        reply = await until_done(connection)
+    response, seen = reply.response, reply.types
     assert response.status == "completed"
     assert "mcp_list_tools.completed" in seen and "response.mcp_call.completed" in seen
     kinds = [item.type for item in response.output]

@@ -3,35 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 
-import numpy as np
 import pytest
-from openai import AsyncOpenAI
 
 from quillman_bench.speech import spoken_question, word_error_rate
+from sdk import sdk_client, spoken_reply
 
 pytestmark = pytest.mark.e2e
 
-CHUNK = 24000 * 40 // 1000  # 40 ms frames
-
-
-async def speak(connection, pcm, stop: asyncio.Event) -> None:
-    """Live-paced mic: the question, then silence until told to stop."""
-    loop = asyncio.get_running_loop()
-    start, sent = loop.time(), 0.0
-    position = 0
-    while not stop.is_set() and sent < 120:
-        frame = np.pad(pcm[position:position + CHUNK], (0, max(0, CHUNK - len(pcm[position:]))))
-        position += CHUNK
-        await connection.input_audio_buffer.append(audio=base64.b64encode(frame.astype("<i2").tobytes()).decode())
-        sent += CHUNK / 24000
-        await asyncio.sleep(max(0.0, start + sent - loop.time()))
-
 
 async def test_openai_sdk_two_turn_conversation(server_url):
-    ws_base = server_url.replace("http://", "ws://") + "/v1"
-    client = AsyncOpenAI(api_key="unused-locally", websocket_base_url=ws_base)
+    client = sdk_client(server_url)
     questions = ["What is the capital of Germany?", "And what is the capital of Spain?"]
     async with client.realtime.connect(model="quillman") as connection:
         await connection.session.update(session={
@@ -42,32 +24,15 @@ async def test_openai_sdk_two_turn_conversation(server_url):
                       "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "alloy"}},
         })
         for question in questions:
-            stop = asyncio.Event()
-            mic = asyncio.create_task(speak(connection, spoken_question(question), stop))
-            transcript, reply, audio_bytes, done = None, "", 0, None
-            try:
-                async for event in connection:
-                    if event.type == "conversation.item.input_audio_transcription.completed":
-                        transcript = event.transcript
-                    elif event.type == "response.output_audio_transcript.delta":
-                        reply += event.delta
-                    elif event.type == "response.output_audio.delta":
-                        audio_bytes += len(base64.b64decode(event.delta))
-                    elif event.type == "error":
-                        pytest.fail(f"server error {event.error}")
-                    elif event.type == "response.done":
-                        done = event.response
-                        break
-            finally:
-                stop.set()
-                await mic
+            reply = await spoken_reply(connection, spoken_question(question))
+            done, transcript = reply.response, reply.user_transcript
             assert done is not None and done.status == "completed"
             # Our per-stage timings ride along as an extra field the SDK keeps.
             timings = done.model_extra["timings"]
             assert timings["first_audio_ms"] > 0
             assert transcript is not None and word_error_rate(question, transcript) <= 0.25, transcript
-            assert reply.strip()
-            assert audio_bytes > 24000 * 2 * 0.3
+            assert reply.transcript.strip()
+            assert reply.audio_bytes > 24000 * 2 * 0.3
 
 
 class ClientConversation:
@@ -98,8 +63,7 @@ class ClientConversation:
 
 
 async def test_openai_sdk_items_in_order_and_a_call_output_sent_at_arguments_done(server_url):
-    ws_base = server_url.replace("http://", "ws://") + "/v1"
-    client = AsyncOpenAI(api_key="unused-locally", websocket_base_url=ws_base)
+    client = sdk_client(server_url)
     weather = {"type": "function", "name": "get_weather", "description": "Get the current weather for a city.",
                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
     seen = ClientConversation()

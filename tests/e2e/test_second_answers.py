@@ -15,10 +15,10 @@ import asyncio
 import re
 
 import pytest
-from openai import AsyncOpenAI
 
 from quillman_bench.speech import espeak, with_silence
-from test_openai_sdk import speak
+from sdk import sdk_client as client
+from sdk import spoken_reply, until_done
 
 pytestmark = pytest.mark.e2e
 
@@ -33,24 +33,6 @@ VOICES = ["en-us", "en-gb", "en-us+f3"]
 
 def words(text: str) -> set[str]:
     return set(re.findall(r"[a-z0-9]+", text.lower()))
-
-
-def client(server_url: str) -> AsyncOpenAI:
-    return AsyncOpenAI(api_key="unused-locally", websocket_base_url=server_url.replace("http://", "ws://") + "/v1")
-
-
-async def reply_of(connection, on_event=None) -> tuple[str, object]:
-    """Events up to response.done: the reply's transcript (or text) and the response."""
-    async for event in connection:
-        if on_event is not None:
-            await on_event(event)
-        if event.type == "error":
-            pytest.fail(f"server error {event.error}")
-        if event.type == "response.done":
-            text = "".join(getattr(part, "transcript", None) or getattr(part, "text", None) or ""
-                           for item in event.response.output for part in (item.content or []))
-            return text, event.response
-    pytest.fail("the connection closed before response.done")
 
 
 def check_second_reply(first: tuple[str, str], second: tuple[str, set[str]], replies: list[str]) -> None:
@@ -75,10 +57,10 @@ async def test_a_question_asked_while_the_reply_plays_gets_its_own_answer(server
                 await connection.conversation.item.create(item={
                     "type": "message", "role": "user", "content": [{"type": "input_text", "text": second}]})
 
-        reply1, _ = await reply_of(connection, ask_next)
+        reply1 = await until_done(connection, ask_next)
         await connection.response.create()
-        reply2, _ = await reply_of(connection)
-    check_second_reply((first, first_word), (second, second_words), [reply1, reply2])
+        reply2 = await until_done(connection)
+    check_second_reply((first, first_word), (second, second_words), [reply1.transcript, reply2.transcript])
 
 
 async def test_spoken_two_turn_conversations_answer_the_second_question(server_url):
@@ -88,14 +70,7 @@ async def test_spoken_two_turn_conversations_answer_the_second_question(server_u
         replies = []
         async with client(server_url).realtime.connect(model="quillman") as connection:
             for question, _ in (first, second):
-                stop = asyncio.Event()
-                pcm = with_silence(espeak(question, voice=voice), 24000, before_s=0.4)
-                mic = asyncio.create_task(speak(connection, pcm, stop))
-                try:
-                    text, response = await reply_of(connection)
-                finally:
-                    stop.set()
-                    await mic
-                assert response.status == "completed", response.status_details
-                replies.append(text)
+                reply = await spoken_reply(connection, with_silence(espeak(question, voice=voice), 24000, before_s=0.4))
+                assert reply.response.status == "completed", reply.response.status_details
+                replies.append(reply.transcript)
         check_second_reply(first, second, replies)

@@ -11,12 +11,12 @@ import httpx
 import numpy as np
 import pytest
 import websockets
-from openai import AsyncOpenAI
 
 from quillman.audio import PCMA, PCMU, decode_audio_base64, encode_audio_base64, resample
 from quillman.client import RealtimeClient, transcribe_stream, transcription_session
 from quillman_bench.speech import spoken_question, word_error_rate, word_recall
 from quillman_bench.twilio_caller import TwilioCaller
+from sdk import sdk_client, spoken_reply
 
 pytestmark = pytest.mark.e2e
 
@@ -88,48 +88,27 @@ async def test_bad_twilio_frames_are_ignored_and_the_call_closes_cleanly(server_
         assert closed.value.rcvd.code == 1000
 
 
-async def speak_sdk(connection, pcm_8k: np.ndarray, fmt: str, stop: asyncio.Event) -> None:
-    """Live-paced phone audio (20 ms frames), then silence until told to stop."""
-    loop = asyncio.get_running_loop()
-    start, n = loop.time(), 0
-    while not stop.is_set() and n < 6000:
-        frame = pcm_8k[n * 160:(n + 1) * 160]
-        frame = np.pad(frame, (0, 160 - len(frame)))
-        await connection.input_audio_buffer.append(audio=encode_audio_base64(frame, fmt))
-        n += 1
-        await asyncio.sleep(max(0.0, start + n * 0.02 - loop.time()))
-
-
 @pytest.mark.parametrize("fmt", [PCMU, PCMA])
 async def test_openai_sdk_session_in_g711(server_url, transcribe_reply, fmt):
-    client = AsyncOpenAI(api_key="unused-locally", websocket_base_url=server_url.replace("http://", "ws://") + "/v1")
+    client = sdk_client(server_url)
     question = "How do I make a cup of tea?"  # an English answer (the tiny LLM may answer France in French)
     async with client.realtime.connect(model="quillman") as connection:
         await connection.session.update(session={
             "type": "realtime", "output_modalities": ["audio"],
             "audio": {"input": {"format": {"type": fmt}, "turn_detection": {"type": "server_vad"}},
                       "output": {"format": {"type": fmt}, "voice": "alloy"}}})
-        stop = asyncio.Event()
-        mic = asyncio.create_task(speak_sdk(connection, resample(spoken_question(question), 24000, 8000), fmt, stop))
-        transcript, reply_text, audio, done, session = None, "", [], None, None
-        try:
-            async for event in connection:
-                if event.type == "session.updated":
-                    session = event.session
-                elif event.type == "conversation.item.input_audio_transcription.completed":
-                    transcript = event.transcript
-                elif event.type == "response.output_audio_transcript.delta":
-                    reply_text += event.delta
-                elif event.type == "response.output_audio.delta":
-                    audio.append(decode_audio_base64(event.delta, fmt))
-                elif event.type == "error":
-                    pytest.fail(f"server error {event.error}")
-                elif event.type == "response.done":
-                    done = event.response
-                    break
-        finally:
-            stop.set()
-            await mic
+        audio, updated = [], []
+
+        async def listen(event) -> None:
+            if event.type == "session.updated":
+                updated.append(event.session)
+            elif event.type == "response.output_audio.delta":
+                audio.append(decode_audio_base64(event.delta, fmt))
+
+        reply = await spoken_reply(connection, resample(spoken_question(question), 24000, 8000), listen,
+                                   rate_hz=8000, frame_ms=20, encode=lambda frame: encode_audio_base64(frame, fmt))
+    done, transcript, reply_text = reply.response, reply.user_transcript, reply.transcript
+    session = updated[-1] if updated else None
     assert session is not None and session.audio.input.format.type == fmt
     assert session.audio.output.format.type == fmt
     assert done is not None and done.status == "completed"

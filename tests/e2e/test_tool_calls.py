@@ -5,15 +5,13 @@ then the spoken answer from the tool's output) and the OpenAI Agents SDK (Realti
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 
 import jsonschema
 import pytest
-from openai import AsyncOpenAI
 
 from quillman_bench.speech import spoken_question
-from test_openai_sdk import speak
+from sdk import sdk_client, spoken_reply, until_done
 
 pytestmark = pytest.mark.e2e
 
@@ -21,23 +19,8 @@ WEATHER = {"type": "function", "name": "get_weather", "description": "Get the cu
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
 
 
-async def until_done(connection) -> tuple[object, str, int]:
-    """Events up to response.done: (the response, its transcript, bytes of its audio)."""
-    transcript, audio_bytes = "", 0
-    async for event in connection:
-        if event.type == "response.output_audio_transcript.delta":
-            transcript += event.delta
-        elif event.type == "response.output_audio.delta":
-            audio_bytes += len(base64.b64decode(event.delta))
-        elif event.type == "error":
-            pytest.fail(f"server error {event.error}")
-        elif event.type == "response.done":
-            return event.response, transcript, audio_bytes
-    pytest.fail("the connection closed before response.done")
-
-
 async def test_a_forced_call_from_speech_then_the_spoken_answer(server_url):
-    client = AsyncOpenAI(api_key="unused-locally", websocket_base_url=server_url.replace("http://", "ws://") + "/v1")
+    client = sdk_client(server_url)
     async with client.realtime.connect(model="quillman") as connection:
         await connection.session.update(session={
             "type": "realtime", "output_modalities": ["audio"],
@@ -45,13 +28,7 @@ async def test_a_forced_call_from_speech_then_the_spoken_answer(server_url):
             "audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000},
                                 "turn_detection": {"type": "server_vad", "silence_duration_ms": 500}}},
         })
-        stop = asyncio.Event()
-        mic = asyncio.create_task(speak(connection, spoken_question("What is the weather in Paris?"), stop))
-        try:
-            response, _, _ = await until_done(connection)
-        finally:
-            stop.set()
-            await mic
+        response = (await spoken_reply(connection, spoken_question("What is the weather in Paris?"))).response
         assert response.status == "completed"
         call = next(item for item in response.output if item.type == "function_call")
         assert call.name == "get_weather" and call.call_id
@@ -61,10 +38,10 @@ async def test_a_forced_call_from_speech_then_the_spoken_answer(server_url):
             "type": "function_call_output", "call_id": call.call_id,
             "output": json.dumps({"city": "Paris", "temperature_c": 18, "sky": "sunny"})})
         await connection.response.create(response={"tool_choice": "auto"})
-        response, transcript, audio_bytes = await until_done(connection)
-        assert response.status == "completed"
-        assert [item.type for item in response.output] == ["message"]
-        assert transcript.strip() and audio_bytes > 24000 * 2 * 0.3  # spoken, not only written
+        reply = await until_done(connection)
+        assert reply.response.status == "completed"
+        assert [item.type for item in reply.response.output] == ["message"]
+        assert reply.transcript.strip() and reply.audio_bytes > 24000 * 2 * 0.3  # spoken, not only written
 
 
 async def test_the_agents_sdk_runs_the_tool_the_model_calls(ws_url):
