@@ -108,14 +108,14 @@ async def in_response(url: str, calls: int) -> list[float]:
 
     session = RealtimeSession(models, SessionConfig(few_shot=[]), VadConfig(), SileroVad, send, LlmConfig(),
                               mcp=McpConfig(allowed_servers=["127.0.0.1"]))
-    emit = session.emit
+    emit = session.connection.emit
 
     def timed_emit(event):  # the instant the event is emitted, not when the socket sends it
         if event.type == "response.mcp_call_arguments.done":
             args_done_at.append(time.perf_counter())
         emit(event)
 
-    session.emit = timed_emit
+    session.connection.emit = timed_emit
     inbox: asyncio.Queue = asyncio.Queue()
     runner = asyncio.create_task(session.run(inbox.get))
     await session.handle_frame(json.dumps({"type": "session.update", "session": {

@@ -258,6 +258,7 @@ async def replay(clip: Clip, models: Models, mode: str, schedule: str = "paralle
     pending: list[_Pending] = []
     commits: list[dict[str, Any]] = []
     judgments: list[dict[str, Any]] = []
+    decisions: dict[str, semantic.Decision] = {}  # per turn: its last applied judgment (the session's VoiceTurn)
 
     def on_events(events: list, now: float) -> None:
         for event in events:
@@ -285,7 +286,7 @@ async def replay(clip: Clip, models: Models, mode: str, schedule: str = "paralle
                     pending[:] = [j for j in pending if j.turn is not turn]
                 case TurnCommitted(turn=turn, reason=reason):
                     commits.append({"t": now, "reason": reason, "waited": turn.waited,
-                                    "decision": turn.decision})
+                                    "decision": decisions.get(turn.item_id)})
                 case SpeechEnded():
                     pass
 
@@ -316,7 +317,7 @@ async def replay(clip: Clip, models: Models, mode: str, schedule: str = "paralle
         for job in [j for j in pending if j.due < arrived]:
             pending.remove(job)
             turn = job.turn
-            turn.decision = job.judged.decision
+            decisions[turn.item_id] = job.judged.decision
             job.record["applied"] = True
             if job.judged.decision.wait_ms is not None:
                 on_events(tracker.end_turn_after(turn, job.judged.decision.wait_ms), job.due)

@@ -124,6 +124,16 @@ class Conversation:
             self.entries = [e for i, e in enumerate(self.entries) if i >= excess or e.item is item]
         return previous
 
+    def place_at_end(self, event: protocol.ServerEvent) -> str | None:
+        """An MCP listing's item goes out: placed at the end of the conversation (``added``),
+        then updated (``done``); its previous_item_id."""
+        if isinstance(event, protocol.ConversationItemAdded):
+            return self.insert(event.item)
+        if isinstance(event, protocol.ConversationItemDone):
+            self.update(event.item)
+            return self.previous_id(event.item.id)
+        return None
+
     def update(self, item: protocol.Item) -> bool:
         """The item changed (its transcript arrived, a reply closed): False if it is not here
         (deleted by the client, or cut from the history)."""

@@ -26,7 +26,8 @@ import numpy as np
 
 from quillman import protocol
 from quillman.engines.asr.base import ASR_SAMPLE_RATE_HZ, Transcript
-from quillman.pipeline.turns import MAX_ASR_SEGMENT_S, AudioTimeline, UserTurn
+from quillman.pipeline.timeline import AudioTimeline
+from quillman.pipeline.turns import MAX_ASR_SEGMENT_S, UserTurn
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The user's side of the audio: timeline, VAD cursor, turns, commit, clear, trim.
 
 :class:`TurnTracker` takes the session's input audio (pcm16 at the client's rate), keeps it at
-16 kHz on an :class:`AudioTimeline`, runs the streaming VAD and the :class:`TurnDetector` over it,
+16 kHz on an :class:`~quillman.pipeline.timeline.AudioTimeline`, runs the streaming VAD and the :class:`TurnDetector` over it,
 and answers each append or commit with typed turn events (:data:`TurnEvent`). It knows nothing
 of models or the wire: the session decides what a segment or a committed turn starts.
 """
@@ -9,18 +9,18 @@ of models or the wire: the session decides what a segment or a committed turn st
 from __future__ import annotations
 
 import asyncio
-import bisect
 import time
-from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Protocol
+from dataclasses import dataclass
+from typing import Callable, Protocol
 
 import numpy as np
 
 from quillman import errors, protocol
 from quillman.audio import StreamResampler, int16_to_float
 from quillman.config import VadConfig
-from quillman.engines.asr.base import ASR_SAMPLE_RATE_HZ, Transcript
-from quillman.pipeline.semantic import Decision, detector_options
+from quillman.engines.asr.base import ASR_SAMPLE_RATE_HZ
+from quillman.pipeline.semantic import detector_options
+from quillman.pipeline.timeline import AudioTimeline
 from quillman.pipeline.vad import (
     SegmentEnded,
     SilenceBegan,
@@ -48,105 +48,21 @@ class StreamingVad(Protocol):
     def reset(self) -> None: ...
 
 
-class AudioTimeline:
-    """The session's input audio at 16 kHz, addressed by absolute sample index.
-
-    Appends are O(1): chunks are kept as they came and joined only for the range a slice asks
-    for. Also remembers when each chunk arrived, to turn a sample index (the end of speech) into
-    the wall-clock instant it reached the server: the origin of every latency we report.
-    """
-
-    def __init__(self, keep_s: float = 60.0):
-        self._chunks: list[np.ndarray] = []
-        self._starts: list[int] = []  # absolute index of each chunk's first sample
-        self._arrivals: list[float] = []  # perf_counter instant each chunk arrived
-        self._head = 0  # chunks before this index are forgotten (compacted lazily)
-        self.start = 0  # absolute index of the first kept sample
-        self.end = 0  # absolute index after the last sample
-        self._keep = int(keep_s * ASR_SAMPLE_RATE_HZ)
-
-    def append(self, pcm: np.ndarray, arrived: float) -> None:
-        if len(pcm) == 0:
-            return
-        self._chunks.append(pcm)
-        self._starts.append(self.end)
-        self._arrivals.append(arrived)
-        self.end += len(pcm)
-
-    def _chunk_at(self, sample: int) -> int:
-        return max(self._head, bisect.bisect_right(self._starts, sample, lo=self._head) - 1)
-
-    def slice(self, start: int, end: int) -> np.ndarray:
-        start, end = max(start, self.start), min(end, self.end)
-        if end <= start:
-            return np.zeros(0, dtype=np.float32)
-        first, last = self._chunk_at(start), self._chunk_at(end - 1)
-        data = self._chunks[first] if first == last else np.concatenate(self._chunks[first:last + 1])
-        offset = self._starts[first]
-        return data[start - offset:end - offset]
-
-    def arrival_of(self, sample: int) -> float:
-        """When the chunk holding ``sample`` arrived (the last chunk's arrival past the end)."""
-        if len(self._chunks) == self._head:
-            return time.perf_counter()
-        return self._arrivals[self._chunk_at(min(max(sample - 1, self.start), self.end - 1))]
-
-    def trim_before(self, sample: int) -> None:
-        """Forget audio before ``sample`` (bounded memory), keeping at most ``keep_s`` anyway."""
-        sample = min(max(sample, self.end - self._keep), self.end)
-        if sample <= self.start:
-            return
-        self.start = sample
-        # Whole chunks before ``sample`` go; the one holding it stays (its start is before).
-        while self._head < len(self._chunks) - 1 and self._starts[self._head + 1] <= sample:
-            self._chunks[self._head] = None  # type: ignore[call-overload]
-            self._head += 1
-        if self._head > 64 and self._head * 2 > len(self._chunks):
-            del self._chunks[:self._head], self._starts[:self._head], self._arrivals[:self._head]
-            self._head = 0
-
-
 @dataclass
 class UserTurn:
-    """One user turn: its item, audio range, the ASR tasks of its segments, its responses."""
+    """One user turn's audio: its item, where it starts, what is cut for ASR, how it ends.
+
+    The work done on it (ASR tasks, the judgment, the speculative reply) is not here: it is the
+    :class:`~quillman.pipeline.voice_turn.VoiceTurn`'s, which starts and cancels it.
+    """
 
     item_id: str
     start_sample: int
     segment_start: int  # audio from here on is not yet sent to ASR
-    segments: list[asyncio.Task[Transcript]] = field(default_factory=list)
-    # The open segment's ASR started at the first silence (SegmentDraft), and where it ends:
-    # it becomes the segment's transcript if that silence turns into the pause.
-    draft: asyncio.Task[Transcript] | None = None
-    draft_end: int | None = None
+    draft_end: int | None = None  # the open segment was drafted up to here (SegmentDraft)
     speech_end: float | None = None  # perf_counter instant of the last speech sample
-    speculation: object | None = None  # the response started at the last pause (session's)
-    transcript: asyncio.Task[str] | None = None
-    judgment: asyncio.Task | None = None  # semantic_vad: is it complete at the last pause?
-    decision: Decision | None = None  # the last pause's judgment (semantic_vad)
-    decided_at: float | None = None  # when the judgment ended the turn at its pause
     end_at: int | None = None  # semantic_vad's short wait: end the turn when silence reaches this sample
     waited: bool = False  # the short wait ended it
-
-    def join_transcripts(self) -> Callable[[], Awaitable[str]]:
-        """The transcript of the segments cut so far, in order, for whoever awaits it later.
-
-        The segments are fixed now; the waiting coroutine is made only when called, so a
-        response cancelled before it ran leaves no coroutine un-awaited. Shielded: a speculation
-        that is cancelled must not cancel segments the turn still needs.
-        """
-        segments = list(self.segments)
-
-        async def join() -> str:
-            results = await asyncio.gather(*(asyncio.shield(task) for task in segments))
-            return " ".join(r.text.strip() for r in results if r.text.strip()).strip()
-
-        return join
-
-    def last_segment_ms(self) -> float | None:
-        if not self.segments or not self.segments[-1].done() or self.segments[-1].cancelled():
-            return None
-        exc = self.segments[-1].exception()
-        return None if exc else round(self.segments[-1].result().inference_ms, 1)
 
 
 # --- turn events: what an append or a commit means for the conversation ---------------------------
@@ -393,7 +309,7 @@ class TurnTracker:
         return TurnCommitted(turn, pieces, max(end - turn.start_sample, 0) / ASR_SAMPLE_RATE_HZ, reason)
 
     def abandon(self) -> UserTurn | None:
-        """Drop the turn in progress (its segments and speculation are the caller's to cancel)."""
+        """Drop the turn in progress (the work on it is the caller's to cancel)."""
         turn, self.turn = self.turn, None
         return turn
 

@@ -457,7 +457,7 @@ class SessionDriver:
 
     async def drain(self) -> None:
         """Wait until every event the session has put so far has been sent (recorded)."""
-        outbox = self.session._outbox  # noqa: SLF001 - the harness knows the queue
+        outbox = self.session.connection.outbox  # the harness knows the queue
         loop = asyncio.get_running_loop()
         deadline = loop.time() + EVENT_TIMEOUT_S
         while not outbox.empty() and loop.time() < deadline:

@@ -174,7 +174,7 @@ async def test_rate_limit_refills(make_driver, backends):
     config = tiny_limits(max_events_per_s=50, event_burst=2)
     d = await make_driver(config)
     now = [0.0]
-    d.session.limits = SessionLimits(config, clock=lambda: now[0])  # the bucket on a test clock
+    d.session.connection.limits = SessionLimits(config, clock=lambda: now[0])  # the bucket on a test clock
     for _ in range(3):
         await d.send(text_item("hi"))
     await d.settle(0.01)

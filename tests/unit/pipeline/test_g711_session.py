@@ -84,12 +84,12 @@ async def test_noise_reduction_is_applied_and_reported(driver, backends, questio
         "format": {"type": PCMU}, "noise_reduction": {"type": "far_field"}}}}})
     shown = (await driver.wait_for("session.updated"))["session"]["audio"]["input"]
     assert shown["noise_reduction"] == {"type": "far_field"}
-    assert driver.session.denoiser is not None
+    assert driver.session.noise_reduction.suppressor is not None
     await speak(driver, question_8k, PCMU)
     assert (await driver.wait_for("response.done"))["response"]["status"] == "completed"
     await driver.send({"type": "session.update", "session": {"audio": {"input": {"noise_reduction": None}}}})
     assert (await driver.wait_for("session.updated", count=2))["session"]["audio"]["input"]["noise_reduction"] is None
-    assert driver.session.denoiser is None
+    assert driver.session.noise_reduction.suppressor is None
 
 
 def test_rnnoise_removes_most_of_a_noise_floor():

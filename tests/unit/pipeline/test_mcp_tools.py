@@ -286,7 +286,7 @@ async def test_a_speculation_runs_no_call_before_the_turn_ends(mcp_driver, backe
     from quillman.pipeline.response import Response
 
     driver = await mcp_driver()
-    response = driver.session._new_response(None, speculative=True, options=None, origin=0.0)  # noqa: SLF001
+    response = driver.session.responses.new_response(None, speculative=True, options=None, origin=0.0)
     assert isinstance(response, Response) and not response._seen.is_set()  # noqa: SLF001
     response.open_gate(0.0)
     assert response._seen.is_set()  # noqa: SLF001

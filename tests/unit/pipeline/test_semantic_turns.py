@@ -94,7 +94,7 @@ async def test_smart_turn_runs_beside_the_asr_not_after_it(start_semantic, backe
     assert await asyncio.to_thread(model.called.wait, 5.0), "Smart Turn was not started at the pause"
     assert backends.asr_calls and not any(call.completed for call in backends.asr_calls)
     assert not d.of_type("input_audio_buffer.committed"), "the decision waits for the transcript"
-    turn = d.session.turns.turn
+    turn = d.session.voice.current  # the turn in progress: its judgment and decision
     backends.asr_release.set()
     await turn.judgment
     assert turn.decision.complete and turn.decision.audio_probability == 0.9
@@ -123,7 +123,7 @@ async def short_wait_turn(start_semantic, backends, transcript: str, probability
     d = await start_semantic(FakeEndOfTurn(probability=probability), eagerness="high")
     backends.llm_hang_calls = {0: 1}
     await d.append(np.concatenate([silence(0.3), tone(1.0), silence(0.3)]), rate=RATE)
-    turn = d.session.turns.turn
+    turn = d.session.voice.current  # the turn in progress: its judgment and decision
     await turn.judgment
     return d, turn
 
@@ -163,7 +163,7 @@ async def test_a_mid_sentence_pause_is_one_turn_with_both_halves(start_semantic,
     model = FakeEndOfTurn(probability=0.9)  # would be fooled; the dangling "for" decides first
     d = await start_semantic(model)
     await d.append(np.concatenate([silence(0.3), tone(1.0), silence(1.2)]), rate=RATE)
-    turn = d.session.turns.turn
+    turn = d.session.voice.current  # the turn in progress: its judgment and decision
     await turn.judgment
     await d.settle()
     assert not d.of_type("input_audio_buffer.committed")  # server_vad 500 ms would have ended it
@@ -183,7 +183,7 @@ async def test_an_incomplete_utterance_ends_at_the_eagerness_cap(start_semantic,
     d = await start_semantic(model, eagerness="high")
     backends.llm_hang_calls = {0: 1}
     await d.append(np.concatenate([silence(0.3), tone(1.0), silence(1.5)]), rate=RATE)
-    turn = d.session.turns.turn
+    turn = d.session.voice.current  # the turn in progress: its judgment and decision
     await turn.judgment
     assert not d.of_type("input_audio_buffer.committed")
     await d.append(silence(0.7), rate=RATE)  # 2.2 s of silence: past high's 2 s

@@ -888,8 +888,8 @@ async def test_a_client_that_stops_reading_is_closed_with_one_error(backends, se
         await inbox.put(json.dumps({"type": "response.cancel"}))
     close_code = await asyncio.wait_for(run, 10)
     assert close_code == 1011
-    assert session._outbox.queued_bytes <= 64 * 1024 + 16 * 1024 or session._outbox.finished
-    assert not [t for t in session._tasks if not t.done()]
+    assert session.connection.outbox.queued_bytes <= 64 * 1024 + 16 * 1024 or session.connection.outbox.finished
+    assert not [t for t in session.connection.tasks if not t.done()]
 
 
 async def test_usage_counts_the_engines_tokens(driver, backends):

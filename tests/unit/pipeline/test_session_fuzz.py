@@ -339,13 +339,13 @@ async def run_frames(items: list[tuple[str, str | bytes]]) -> None:
     driver = fakes.SessionDriver(backends, fuzz_config())
     session = driver.session
     put_log: list[dict[str, Any]] = []
-    original_emit = session.emit
+    original_emit = session.connection.emit  # every event, errors included, goes out through it
 
     def emit(event: protocol.ServerEvent) -> None:
         put_log.append(json.loads(protocol.serialize(event)))
         original_emit(event)
 
-    session.emit = emit
+    session.connection.emit = emit
     await driver.start()
     try:
         for kind, frame in items:

@@ -7,7 +7,8 @@ import numpy as np
 
 from quillman.engines.asr.base import Transcript
 from quillman.pipeline.transcription import PartialTranscripts, StableText
-from quillman.pipeline.turns import AudioTimeline, UserTurn
+from quillman.pipeline.timeline import AudioTimeline
+from quillman.pipeline.turns import UserTurn
 
 
 def feed(text: StableText, *hypotheses: str) -> list[str]:
