@@ -37,6 +37,7 @@ from quillman.audio import int16_to_float  # noqa: E402
 from quillman.config import AppConfig  # noqa: E402
 from quillman.engines.asr.base import ASR_SAMPLE_RATE_HZ  # noqa: E402
 from quillman.engines.llm.base import GenerationParams, GenerationRequest, Usage  # noqa: E402
+from quillman.scheduling import QueueWait  # noqa: E402
 from quillman_bench.report import median, percentile  # noqa: E402
 from quillman_bench.speech import QUESTIONS, espeak  # noqa: E402
 
@@ -87,7 +88,7 @@ async def measure_stream(make: Callable[[], Any]) -> dict[str, float]:
     stream = make()
     if hasattr(stream, "__aiter__"):
         async for item in stream:
-            if isinstance(item, Usage):  # an LLM stream's closing token counts are not a delta
+            if isinstance(item, (Usage, QueueWait)):  # token counts, the Speaker's queue time: not output
                 continue
             first = first or time.perf_counter()
             items.append(item)
