@@ -169,10 +169,11 @@ class HandleBackends:
         self._unavailable = unavailable
         self._poll_s = poll_s
 
-    async def _answer(self, name: str, awaitable: Awaitable[T]) -> T:
-        """``awaitable``'s result, unless deployment ``name`` is out of reach meanwhile: the
-        replica working on it gone (it crashed, or its node went away) or none running."""
-        task = asyncio.ensure_future(awaitable)
+    async def _answer(self, name: str, response: Any) -> T:
+        """``response``'s result (a Serve ``DeploymentResponse``), unless deployment ``name`` is
+        out of reach meanwhile: the replica working on it gone (it crashed, or its node went
+        away) or none running. A caller cancelled, or a stage out of reach, cancels the request."""
+        task = asyncio.ensure_future(response)
         try:
             while not (await asyncio.wait({task}, timeout=self._poll_s))[0]:
                 if await self._unavailable(name):
@@ -180,6 +181,9 @@ class HandleBackends:
             return task.result()
         except RayActorError:  # ActorDiedError, ActorUnavailableError: the replica is gone
             raise unavailable_error(name) from None
+        except BaseException:
+            response.cancel()  # a no-op once answered
+            raise
         finally:
             task.cancel()  # a no-op once done
 
@@ -228,30 +232,22 @@ class HandleBackends:
 
     async def transcribe(self, pcm: np.ndarray, language: str | None,
                          deadline: float | None = None) -> Transcript:
-        response = self._asr.transcribe.remote(pcm, language, deadline)
-        try:
-            return await self._answer("Transcriber", response)
-        except BaseException:
-            response.cancel()  # a no-op once answered
-            raise
+        return await self._answer("Transcriber", self._asr.transcribe.remote(pcm, language, deadline))
+
+    @staticmethod
+    def _routed(handle: DeploymentHandle, request: GenerationRequest) -> DeploymentHandle:
+        # The session id is Serve's routing key too: with a session-affine request router
+        # (configs/cpu-cluster.yaml) a conversation's turns (and its prefills) reach the replica
+        # holding its prompt cache. The default router ignores it.
+        return handle.options(session_id=request.session_id) if request.session_id else handle
 
     # Both return the stream itself (no wrapping generator): closing it (barge-in) cancels the
     # Serve request at once.
     def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        # The session id is Serve's routing key too: with a session-affine request router
-        # (configs/cpu-cluster.yaml) a conversation's turns reach the replica holding its
-        # prompt cache. The default router ignores it.
-        llm = self._llm.options(session_id=request.session_id) if request.session_id else self._llm
-        return self._stream("LanguageModel", llm.generate.remote(request))
+        return self._stream("LanguageModel", self._routed(self._llm, request).generate.remote(request))
 
     async def prefill(self, request: GenerationRequest) -> Usage | None:
-        llm = self._llm_unary.options(session_id=request.session_id) if request.session_id else self._llm_unary
-        response = llm.prefill.remote(request)
-        try:
-            return await self._answer("LanguageModel", response)
-        except BaseException:
-            response.cancel()
-            raise
+        return await self._answer("LanguageModel", self._routed(self._llm_unary, request).prefill.remote(request))
 
     def synthesize(self, text: str, voice: str, sample_rate_hz: int,
                    deadline: float | None = None) -> AsyncIterator[QueueWait | np.ndarray]:
