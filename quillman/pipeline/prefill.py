@@ -33,7 +33,6 @@ class SpeechPrefill:
         self._spawn = spawn
         self._request_for = request_for  # (user item id, words heard) -> the reply's request, or None
         self._task: asyncio.Task | None = None
-        self.sent = 0  # prefills sent (the session's log and the tests read it)
 
     def heard(self, item_id: str, hypothesis: str) -> None:
         words = hypothesis.split()[:-1]
@@ -43,14 +42,11 @@ class SpeechPrefill:
         if request is None:
             return
         self.stop()
-        self.sent += 1
         self._task = self._spawn(self._run(request), "llm-prefill")
 
     async def _run(self, request: GenerationRequest) -> None:
         try:
             usage = await self._prefill(request)
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # noqa: BLE001 - best effort: the reply evaluates its prompt anyway
             logger.info("[%s] prefill failed: %r", request.session_id, exc)
             return
