@@ -33,7 +33,8 @@ from quillman.config import LlmConfig, McpConfig, SessionConfig, VadConfig  # no
 from quillman.engines.llm.base import ToolCallDelta  # noqa: E402
 from quillman.engines.vad import SileroVad  # noqa: E402
 from quillman_bench.mcp_server import McpServerProcess  # noqa: E402
-from quillman.pipeline.mcp import McpConnection, parse_mcp_tool  # noqa: E402
+from quillman.pipeline.mcp_connection import McpConnection  # noqa: E402
+from quillman.pipeline.mcp_spec import parse_mcp_tool  # noqa: E402
 from quillman.pipeline.mcp_access import Access  # noqa: E402
 from quillman.pipeline.session import RealtimeSession  # noqa: E402
 

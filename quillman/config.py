@@ -390,7 +390,7 @@ class TelephonyConfig(_Strict):
 
 
 class McpConfig(_Strict):
-    """Remote MCP servers that sessions' ``{"type": "mcp"}`` tools may name (quillman.pipeline.mcp).
+    """Remote MCP servers that sessions' ``{"type": "mcp"}`` tools may name (quillman.pipeline.mcp_servers).
 
     Off unless ``allowed_servers`` lists something: the server makes the HTTP requests, so a
     client's ``server_url`` must not reach what the operator did not allow (docs/tools.md#mcp).

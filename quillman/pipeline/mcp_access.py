@@ -10,7 +10,7 @@ a cloud metadata address): server-side request forgery. Three checks:
   must be public, or inside the address / network of the entry that admitted the URL. A host
   *name* in the allowlist never admits a private address (DNS is not the operator's to trust).
 - The MCP connection's HTTP client runs both for every request it sends and every redirect it is
-  given (``quillman.pipeline.mcp``), so a redirect or a changed DNS answer cannot lead elsewhere.
+  given (``quillman.pipeline.mcp_http``), so a redirect or a changed DNS answer cannot lead elsewhere.
 """
 
 from __future__ import annotations

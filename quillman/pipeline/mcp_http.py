@@ -13,7 +13,7 @@ from quillman import errors
 from quillman.pipeline.mcp_access import Entry, split_url
 
 if TYPE_CHECKING:
-    from quillman.pipeline.mcp import McpConnection
+    from quillman.pipeline.mcp_connection import McpConnection
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from quillman import errors, protocol
 from quillman.config import McpConfig
 from quillman.engines.llm.base import Delta, GenerationRequest, Message, ToolCallDelta, Usage
 from quillman.pipeline.backends import Backends
-from quillman.pipeline.mcp import Approvals, McpServers
+from quillman.pipeline.mcp_servers import Approvals, McpServers
 from quillman.pipeline.model_timeout import each_within, within
 from quillman.pipeline.response_mcp import McpCallRunner
 from quillman.pipeline.response_calls import FunctionCall, McpCall

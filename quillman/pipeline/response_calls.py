@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from quillman import protocol
-from quillman.pipeline.mcp import ListedTool
+from quillman.pipeline.mcp_connection import ListedTool
 
 
 @dataclass

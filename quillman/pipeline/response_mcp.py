@@ -13,7 +13,8 @@ from dataclasses import replace
 from quillman import protocol
 from quillman.config import McpConfig
 from quillman.engines.llm.base import GenerationRequest
-from quillman.pipeline.mcp import Approvals, ListedTool, McpServers
+from quillman.pipeline.mcp_connection import ListedTool
+from quillman.pipeline.mcp_servers import Approvals, McpServers
 from quillman.pipeline.response_calls import McpCall
 from quillman.pipeline.response_output import ResponseOutput
 from quillman.pipeline.settings import ResponseSettings

@@ -17,7 +17,7 @@ import numpy as np
 
 from quillman import protocol
 from quillman.engines.llm.base import ToolCallDelta, Usage
-from quillman.pipeline.mcp import ListedTool
+from quillman.pipeline.mcp_connection import ListedTool
 from quillman.pipeline.response_calls import FunctionCall, McpCall
 from quillman.pipeline.settings import ResponseSettings
 from quillman.pipeline.timings import Timings

@@ -25,7 +25,7 @@ from quillman.engines.llm.base import Capabilities, GenerationRequest, Message
 from quillman.metrics import SessionMetrics
 from quillman.pipeline.backends import Backends
 from quillman.pipeline.conversation import ROOT, Conversation
-from quillman.pipeline.mcp import Approvals, McpServers
+from quillman.pipeline.mcp_servers import Approvals, McpServers
 from quillman.pipeline.playback import Playback
 from quillman.pipeline.response import Response, Timings, UserInput
 from quillman.pipeline.settings import ResponseSettings, SessionSettings, generation_params, response_settings

@@ -26,7 +26,7 @@ from quillman.pipeline.conversation import Conversation
 from quillman.pipeline.denoise import NoiseReduction
 from quillman.pipeline import semantic
 from quillman.pipeline.limits import SessionLimits
-from quillman.pipeline.mcp import Approvals, McpServers
+from quillman.pipeline.mcp_servers import Approvals, McpServers
 from quillman.pipeline.mcp_access import Access
 from quillman.pipeline.playback import Playback
 from quillman.pipeline.response import Response

@@ -17,7 +17,7 @@ from quillman import errors, protocol
 from quillman.audio import G711_RATE_HZ, PCM16
 from quillman.config import LlmConfig, SessionConfig, VadConfig
 from quillman.engines.llm.base import Capabilities, GenerationParams, Tool, ToolChoice
-from quillman.pipeline.mcp import McpServerSpec
+from quillman.pipeline.mcp_spec import McpServerSpec
 from quillman.pipeline.mcp_access import Access
 from quillman.pipeline.tools import MAX_TOOLS, choice_wire, mcp_choice, parse_mcp_tools, parse_tool_choice, parse_tools
 

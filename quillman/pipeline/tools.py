@@ -23,7 +23,7 @@ from quillman.engines.llm.base import Message, Tool, ToolChoice
 from quillman.engines.llm.tools import valid_tool_name
 
 if TYPE_CHECKING:
-    from quillman.pipeline.mcp import McpServerSpec
+    from quillman.pipeline.mcp_spec import McpServerSpec
     from quillman.pipeline.mcp_access import Access
 
 MAX_TOOLS = 32
@@ -70,7 +70,7 @@ def _tool(definition: dict, param: str) -> Tool:
 
 def parse_mcp_tools(raw: list[dict] | None, where: str, access: "Access") -> tuple["McpServerSpec", ...]:
     """The ``type: "mcp"`` entries of a tools list, checked against the operator's allowlist."""
-    from quillman.pipeline.mcp import parse_mcp_tool
+    from quillman.pipeline.mcp_spec import parse_mcp_tool
 
     return tuple(parse_mcp_tool(definition, f"{where}.tools[{index}]", access)
                  for index, definition in enumerate(raw or ()) if isinstance(definition, dict)

@@ -8,7 +8,8 @@ import pytest
 
 from quillman import errors
 from quillman.config import McpConfig
-from quillman.pipeline.mcp import McpConnection, parse_mcp_tool
+from quillman.pipeline.mcp_connection import McpConnection
+from quillman.pipeline.mcp_spec import parse_mcp_tool
 from quillman.pipeline.mcp_http import _Guard, _GuardedBackend, _GuardedTransport
 from quillman.pipeline.mcp_access import Access, parse_entry
 

@@ -10,7 +10,7 @@ import pytest
 from quillman import protocol
 from quillman.config import SessionConfig
 from quillman.engines.llm.base import ToolCallDelta, Usage
-from quillman.pipeline.mcp import ListedTool
+from quillman.pipeline.mcp_connection import ListedTool
 from quillman.pipeline.response_output import ResponseOutput, TokenUsage
 from quillman.pipeline.settings import ResponseSettings
 from quillman.pipeline.timings import Timings

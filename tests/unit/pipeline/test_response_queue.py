@@ -14,7 +14,7 @@ from quillman.engines.llm.base import Tool
 from quillman.engines.loader import language_model_capabilities
 from quillman.metrics import SessionMetrics
 from quillman.pipeline.conversation import Conversation
-from quillman.pipeline.mcp import Approvals, McpServers
+from quillman.pipeline.mcp_servers import Approvals, McpServers
 from quillman.pipeline.mcp_access import Access
 from quillman.pipeline.response import UserInput
 from quillman.pipeline.response_queue import ResponseQueue
