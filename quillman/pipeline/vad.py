@@ -80,7 +80,7 @@ class TurnDetector:
         self.state = self.SILENCE
         self._neg_threshold = max(options.threshold - 0.15, 0.01)
         self._min_speech_windows = max(1, round(ms_to_samples(options.min_speech_ms) / window_samples))
-        self._candidate_start: int | None = None
+        self._candidate_start = 0  # where the speech being confirmed started (set by its first window)
         self._candidate_windows = 0
         self._last_speech_end = 0
         self._silence_samples = 0
