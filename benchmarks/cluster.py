@@ -36,7 +36,7 @@ from quillman_bench.machine import machine_info  # noqa: E402
 from quillman_bench.report import _fmt  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from update_docs import replace_block  # noqa: E402
+from update_docs import add_output_arguments, output_dir, replace_block  # noqa: E402
 
 PORT = 8005
 URL = f"http://127.0.0.1:{PORT}"
@@ -161,12 +161,9 @@ def main() -> int:
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--sample-s", type=float, default=2.0)
     parser.add_argument("--settle-s", type=float, default=240.0, help="the most to wait for scale-down")
-    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"))
-    parser.add_argument("--doc", help="fill the cluster block of this markdown file")
-    parser.add_argument("--note", default="", help="how the machine was")
+    add_output_arguments(parser, "fill the cluster block of this markdown file")
     args = parser.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(args)
     started_at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     with local_cluster() as cluster:
         t0 = time.monotonic()

@@ -38,7 +38,7 @@ from quillman.config import AppConfig  # noqa: E402
 from quillman.engines.asr.base import ASR_SAMPLE_RATE_HZ  # noqa: E402
 from quillman.engines.llm.base import GenerationParams, GenerationRequest, Usage  # noqa: E402
 from quillman.scheduling import QueueWait  # noqa: E402
-from quillman_bench.report import median, percentile  # noqa: E402
+from quillman_bench.report import median, percentile, table  # noqa: E402
 from quillman_bench.speech import QUESTIONS, espeak  # noqa: E402
 
 SEGMENT_LENGTHS_S = (1.0, 2.0, 4.0, 8.0)
@@ -55,6 +55,16 @@ def ratio(ray_value: float | None, plain_value: float | None) -> float | None:
     if ray_value is None or not plain_value:
         return None
     return round(ray_value / plain_value, 3)
+
+
+def with_ray_cost(row: dict[str, Any], latency: str, rate: str) -> dict[str, Any]:
+    """``row`` with what Ray adds to its ``latency`` (``plain_<latency>_ms`` vs ``ray_<latency>_ms``):
+    ``<latency>_overhead_ms`` and ``<latency>_ratio``; and ``<rate>_ratio`` (``ray_<rate>`` / ``plain_<rate>``)."""
+    plain_ms, ray_ms = row[f"plain_{latency}_ms"], row[f"ray_{latency}_ms"]
+    row[f"{latency}_overhead_ms"] = round(ray_ms - plain_ms, 1)
+    row[f"{latency}_ratio"] = ratio(ray_ms, plain_ms)
+    row[f"{rate}_ratio"] = ratio(row[f"ray_{rate}"], row[f"plain_{rate}"])
+    return row
 
 
 # --- inputs ----------------------------------------------------------------------------------------
@@ -179,10 +189,7 @@ async def bench_llm(engine: Any, handle: Any, config: AppConfig, repeats: int) -
             "deltas": median([m["n"] for m in plain]),
             "reply": "".join(plain[0]["items"]).strip(),
         }
-        row["ttft_overhead_ms"] = round(row["ray_ttft_ms"] - row["plain_ttft_ms"], 1)
-        row["ttft_ratio"] = ratio(row["ray_ttft_ms"], row["plain_ttft_ms"])
-        row["tokens_per_s_ratio"] = ratio(row["ray_tokens_per_s"], row["plain_tokens_per_s"])
-        rows.append(row)
+        rows.append(with_ray_cost(row, latency="ttft", rate="tokens_per_s"))
         print(f"  LLM {question!r}: TTFT plain {row['plain_ttft_ms']} / Ray {row['ray_ttft_ms']} ms, "
               f"tok/s plain {row['plain_tokens_per_s']} / Ray {row['ray_tokens_per_s']}", file=sys.stderr)
     return rows
@@ -208,10 +215,7 @@ async def bench_tts(engine: Any, handle: Any, config: AppConfig, repeats: int) -
             "plain_rtf": round(median([m["total_ms"] for m in plain]) / 1000 / audio_s, 3),
             "ray_rtf": round(median([m["total_ms"] for m in ray]) / 1000 / audio_s, 3),
         }
-        row["first_chunk_overhead_ms"] = round(row["ray_first_chunk_ms"] - row["plain_first_chunk_ms"], 1)
-        row["first_chunk_ratio"] = ratio(row["ray_first_chunk_ms"], row["plain_first_chunk_ms"])
-        row["rtf_ratio"] = ratio(row["ray_rtf"], row["plain_rtf"])
-        rows.append(row)
+        rows.append(with_ray_cost(row, latency="first_chunk", rate="rtf"))
         print(f"  TTS {row['words']} words: first chunk plain {row['plain_first_chunk_ms']} / "
               f"Ray {row['ray_first_chunk_ms']} ms", file=sys.stderr)
     return rows
@@ -308,25 +312,24 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
 def markdown(report: dict[str, Any]) -> str:
     f = lambda v: "–" if v is None else f"{v:g}"  # noqa: E731
     out = ["ASR (faster-whisper), per segment length:", "",
-           "| segment | plain ms | Ray ms | plain RTF | Ray RTF | overhead ms | Ray/plain |", "|---|---|---|---|---|---|---|"]
-    out += [f"| {r['segment_s']:g} s | {f(r['plain_ms'])} | {f(r['ray_ms'])} | {f(r['plain_rtf'])} | {f(r['ray_rtf'])} | "
-            f"{f(r['overhead_ms'])} | {f(r['ratio'])} |" for r in report["asr"]]
+           table(["segment", "plain ms", "Ray ms", "plain RTF", "Ray RTF", "overhead ms", "Ray/plain"],
+                 ([f"{r['segment_s']:g} s", f(r["plain_ms"]), f(r["ray_ms"]), f(r["plain_rtf"]), f(r["ray_rtf"]),
+                   f(r["overhead_ms"]), f(r["ratio"])] for r in report["asr"]))]
     out += ["", f"LLM (temperature 0, up to {LLM_MAX_TOKENS} tokens):", "",
-            "| prompt | plain TTFT ms | Ray TTFT ms | Ray/plain | plain tok/s | Ray tok/s | Ray/plain |",
-            "|---|---|---|---|---|---|---|"]
-    out += [f"| {r['prompt']} | {f(r['plain_ttft_ms'])} | {f(r['ray_ttft_ms'])} | {f(r['ttft_ratio'])} | "
-            f"{f(r['plain_tokens_per_s'])} | {f(r['ray_tokens_per_s'])} | {f(r['tokens_per_s_ratio'])} |"
-            for r in report["llm"]]
+            table(["prompt", "plain TTFT ms", "Ray TTFT ms", "Ray/plain", "plain tok/s", "Ray tok/s", "Ray/plain"],
+                  ([r["prompt"], f(r["plain_ttft_ms"]), f(r["ray_ttft_ms"]), f(r["ttft_ratio"]),
+                    f(r["plain_tokens_per_s"]), f(r["ray_tokens_per_s"]), f(r["tokens_per_s_ratio"])]
+                   for r in report["llm"]))]
     out += ["", "TTS (Piper), per sentence:", "",
-            "| words | audio s | plain first chunk ms | Ray first chunk ms | Ray/plain | plain RTF | Ray RTF | Ray/plain |",
-            "|---|---|---|---|---|---|---|---|"]
-    out += [f"| {r['words']} | {f(r['audio_s'])} | {f(r['plain_first_chunk_ms'])} | {f(r['ray_first_chunk_ms'])} | "
-            f"{f(r['first_chunk_ratio'])} | {f(r['plain_rtf'])} | {f(r['ray_rtf'])} | {f(r['rtf_ratio'])} |"
-            for r in report["tts"]]
+            table(["words", "audio s", "plain first chunk ms", "Ray first chunk ms", "Ray/plain", "plain RTF",
+                   "Ray RTF", "Ray/plain"],
+                  ([r["words"], f(r["audio_s"]), f(r["plain_first_chunk_ms"]), f(r["ray_first_chunk_ms"]),
+                    f(r["first_chunk_ratio"]), f(r["plain_rtf"]), f(r["ray_rtf"]), f(r["rtf_ratio"])]
+                   for r in report["tts"]))]
     out += ["", "Handle round trip (no-op `ping`):", "",
-            "| deployment | calls | in-process ms | Ray p50 ms | Ray p95 ms |", "|---|---|---|---|---|"]
-    out += [f"| {r['deployment']} | {r['calls']} | {f(r['plain_ms'])} | {f(r['ray_p50_ms'])} | {f(r['ray_p95_ms'])} |"
-            for r in report["round_trip"]]
+            table(["deployment", "calls", "in-process ms", "Ray p50 ms", "Ray p95 ms"],
+                  ([r["deployment"], r["calls"], f(r["plain_ms"]), f(r["ray_p50_ms"]), f(r["ray_p95_ms"])]
+                   for r in report["round_trip"]))]
     s = report["summary"]
     d = lambda v: "–" if v is None else f"{v:+g}"  # noqa: E731
     out += ["", "Summary (medians over the rows above): "

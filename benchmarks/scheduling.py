@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from quillman_bench.report import _fmt  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from update_docs import replace_block  # noqa: E402
+from update_docs import add_output_arguments, output_dir, replace_block  # noqa: E402
 
 VARIANTS = ("batched", "serial", "vllm")
 
@@ -113,12 +113,9 @@ def main() -> int:
     parser.add_argument("--pause-s", type=float, default=1.0)
     parser.add_argument("--variants", default="batched,serial", help=f"of {', '.join(VARIANTS)}")
     parser.add_argument("--block", default="scheduling", help="output name and docs block")
-    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"))
-    parser.add_argument("--doc", help="fill the --block block of this markdown file")
-    parser.add_argument("--note", default="", help="how the machine was")
+    add_output_arguments(parser, "fill the --block block of this markdown file")
     args = parser.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(args)
     reports: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         configs = {"batched": Path(args.config), "serial": serial_config(Path(args.config), Path(tmp)),

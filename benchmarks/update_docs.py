@@ -33,6 +33,21 @@ def replace_block(text: str, name: str, body: str) -> str:
     return pattern.sub(lambda m: m.group(1) + body.strip("\n") + m.group(2), text)
 
 
+def add_output_arguments(parser: argparse.ArgumentParser, doc_help: str) -> None:
+    """A benchmark script's outputs: ``--out`` (the folder for its JSON, markdown and plot),
+    ``--doc`` (a markdown file with its block to fill) and ``--note`` (how the machine was)."""
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"))
+    parser.add_argument("--doc", help=doc_help)
+    parser.add_argument("--note", default="", help="how the machine was")
+
+
+def output_dir(args: argparse.Namespace) -> Path:
+    """``--out``, created if need be."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def machine_block(bench: dict[str, Any], engines: dict[str, Any] | None, note: str) -> str:
     m = bench["machine"]
     s = bench["settings"]

@@ -312,28 +312,19 @@ def _measure_alone(config_path: str, report: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from quillman_bench.server_process import ServeProcess, ServerStartError
+    from quillman_bench.server_process import ServerStartError, realtime_server
 
     if args.api_key:
         os.environ["QUILLMAN_API_KEY"] = args.api_key  # every RealtimeClient picks it up
 
-    server = None
-    url = args.url
-    if args.start:
-        server = ServeProcess(args.config, port=args.port)
-        print(f"starting serve run {args.config} (log {server.log_path}) ...", file=sys.stderr)
-        try:
-            url = server.start().replace("http://", "ws://") + "/v1/realtime"
-        except ServerStartError as exc:
-            print(str(exc), file=sys.stderr)
-            return 2
     try:
-        report = _run_sweep(url, args)
-        if args.alone if args.alone is not None else args.start:
-            report["alone"] = _measure_alone(args.config, report)
-    finally:
-        if server is not None:
-            server.stop()
+        with realtime_server(args.url, args.start, args.config, args.port) as url:
+            report = _run_sweep(url, args)
+            if args.alone if args.alone is not None else args.start:
+                report["alone"] = _measure_alone(args.config, report)
+    except ServerStartError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

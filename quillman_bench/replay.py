@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import random
 import re
@@ -26,6 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from quillman.client import DEFAULT_URL, RealtimeClient
+from quillman_bench.server_process import add_server_arguments, realtime_server
 
 # Questions with the words an answer about them has (any one: on topic).
 TOPICS: list[tuple[str, set[str]]] = [
@@ -145,22 +145,14 @@ async def run(url: str, conversations: int, concurrency: int, audio: bool, seed:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="quillman bench replay", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", default=DEFAULT_URL)
-    parser.add_argument("--start", action="store_true", help="run `serve run serve_config.yaml` for the run")
-    parser.add_argument("--config", default="serve_config.yaml")
+    add_server_arguments(parser, DEFAULT_URL)
     parser.add_argument("--conversations", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--audio", action="store_true", help="spoken replies (default: text, faster)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the report here")
     args = parser.parse_args(argv)
-    with contextlib.ExitStack() as stack:
-        url = args.url
-        if args.start:
-            from quillman_bench.server_process import serve_run
-
-            server = stack.enter_context(serve_run(args.config))
-            url = server.url.replace("http://", "ws://") + "/v1/realtime"
+    with realtime_server(args.url, args.start, args.config) as url:
         report = asyncio.run(run(url, args.conversations, args.concurrency, args.audio, args.seed))
     summary = {k: v for k, v in report.items() if not isinstance(v, list)}
     print(json.dumps(summary, indent=2))

@@ -215,52 +215,63 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def table(header: list[str], rows: Iterable[Iterable[Any]]) -> str:
+    """A markdown table: the ``header`` line, its rule, and a line per row of cells."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def dict_table(rows: list[dict[str, Any]]) -> str:
+    """``rows`` as a markdown table, a column per key in first-seen order (None: blank); "" for none."""
+    if not rows:
+        return ""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    return table(keys, (["" if r.get(k) is None else r.get(k) for k in keys] for r in rows))
+
+
 def markdown_table(levels: list[dict[str, Any]]) -> str:
     """Voice-to-voice latency and server marks per level (ms; server marks are p50)."""
-    lines = ["| mode | callers | turns ok/failed/lost | refused | v2v p50 | v2v p95 | v2v p99 | "
-             "turn detected | transcript | first token | first audio (server) | under-runs | WER | "
-             "reply RTF | CPU mean/max % |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    header = ["mode", "callers", "turns ok/failed/lost", "refused", "v2v p50", "v2v p95", "v2v p99",
+              "turn detected", "transcript", "first token", "first audio (server)", "under-runs", "WER",
+              "reply RTF", "CPU mean/max %"]
+    rows = []
     for s in levels:
         st, cpu = s["server_stages_ms"], s.get("cpu") or {}
-        lines.append(
-            f"| {s['mode']} | {s['concurrency']} | {s['completed']}/{s['failed']}/{s['lost']} | "
-            f"{s.get('refused_sessions', 0)} | "
-            f"{_fmt(s['latency_ms']['p50'])} | {_fmt(s['latency_ms']['p95'])} | {_fmt(s['latency_ms']['p99'])} | "
-            f"{_fmt(st['turn_detected_ms']['p50'])} | {_fmt(st['transcript_ms']['p50'])} | "
-            f"{_fmt(st['first_token_ms']['p50'])} | {_fmt(st['first_audio_ms']['p50'])} | "
-            f"{s.get('underruns', 0)} | "
-            f"{_fmt(s['wer_mean'])} | {_fmt(s['reply_rtf_mean'])} | "
-            f"{_fmt(cpu.get('mean_pct'))}/{_fmt(cpu.get('max_pct'))} |")
-    return "\n".join(lines)
+        rows.append([
+            s["mode"], s["concurrency"], f"{s['completed']}/{s['failed']}/{s['lost']}",
+            s.get("refused_sessions", 0),
+            _fmt(s["latency_ms"]["p50"]), _fmt(s["latency_ms"]["p95"]), _fmt(s["latency_ms"]["p99"]),
+            _fmt(st["turn_detected_ms"]["p50"]), _fmt(st["transcript_ms"]["p50"]),
+            _fmt(st["first_token_ms"]["p50"]), _fmt(st["first_audio_ms"]["p50"]),
+            s.get("underruns", 0), _fmt(s["wer_mean"]), _fmt(s["reply_rtf_mean"]),
+            f"{_fmt(cpu.get('mean_pct'))}/{_fmt(cpu.get('max_pct'))}"])
+    return table(header, rows)
 
 
 def markdown_engine_table(levels: list[dict[str, Any]]) -> str:
     """The engines' own share inside the server, p50/p95 (ms)."""
-    lines = ["| mode | callers | ASR last segment p50/p95 | LLM TTFT p50/p95 | of it queued p50/p95 | "
-             "TTS first chunk p50/p95 | of it queued p50/p95 | reply done p50 | speculative share |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    header = ["mode", "callers", "ASR last segment p50/p95", "LLM TTFT p50/p95", "of it queued p50/p95",
+              "TTS first chunk p50/p95", "of it queued p50/p95", "reply done p50", "speculative share"]
+    rows = []
     for s in levels:
         st = s["server_stages_ms"]
 
         def pair(stage: str) -> str:
             return f"{_fmt(st[stage]['p50'])} / {_fmt(st[stage]['p95'])}"
 
-        lines.append(f"| {s['mode']} | {s['concurrency']} | {pair('asr_last_segment_ms')} | "
-                     f"{pair('llm_ttft_ms')} | {pair('llm_queue_ms')} | {pair('tts_first_chunk_ms')} | "
-                     f"{pair('tts_queue_ms')} | {_fmt(st['total_ms']['p50'])} | "
-                     f"{_fmt(s['speculative_share'])} |")
-    return "\n".join(lines)
+        rows.append([s["mode"], s["concurrency"], pair("asr_last_segment_ms"), pair("llm_ttft_ms"),
+                     pair("llm_queue_ms"), pair("tts_first_chunk_ms"), pair("tts_queue_ms"),
+                     _fmt(st["total_ms"]["p50"]), _fmt(s["speculative_share"])])
+    return table(header, rows)
 
 
 def markdown_comparison(rows: list[dict[str, Any]]) -> str:
-    lines = ["| callers | streaming p50 | sequential p50 | sequential/streaming p50 | streaming p95 | "
-             "sequential p95 | sequential/streaming p95 |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['concurrency']} | {_fmt(r['streaming_p50'])} | {_fmt(r['sequential_p50'])} | "
-                     f"{_fmt(r['ratio_p50'])}× | {_fmt(r['streaming_p95'])} | {_fmt(r['sequential_p95'])} | "
-                     f"{_fmt(r['ratio_p95'])}× |")
-    return "\n".join(lines)
+    header = ["callers", "streaming p50", "sequential p50", "sequential/streaming p50", "streaming p95",
+              "sequential p95", "sequential/streaming p95"]
+    return table(header, ([r["concurrency"], _fmt(r["streaming_p50"]), _fmt(r["sequential_p50"]),
+                           f"{_fmt(r['ratio_p50'])}×", _fmt(r["streaming_p95"]), _fmt(r["sequential_p95"]),
+                           f"{_fmt(r['ratio_p95'])}×"] for r in rows))
 
 
 def markdown_report(report: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ service discovery, and ``<tmp>/ray/session_latest/metrics_export_port_<node id>`
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import glob
 import json
@@ -177,6 +178,33 @@ def serve_run(config: str | Path = "serve_config.yaml", port: int | None = None,
     try:
         server.start()
         yield server
+    finally:
+        server.stop()
+
+
+def add_server_arguments(parser: argparse.ArgumentParser, url: str, port: bool = False) -> None:
+    """A measurement's server: ``--url``, or ``--start`` with ``--config`` (and ``--port`` where
+    ``port``), as :func:`realtime_server` takes them."""
+    parser.add_argument("--url", default=url)
+    parser.add_argument("--start", action="store_true", help="run `serve run --config` for the measurement")
+    parser.add_argument("--config", default="serve_config.yaml")
+    if port:
+        parser.add_argument("--port", type=int, default=None, help="with --start: serve on this port")
+
+
+@contextlib.contextmanager
+def realtime_server(url: str, start: bool, config: str | Path = "serve_config.yaml",
+                    port: int | None = None) -> Iterator[str]:
+    """The Realtime websocket to measure in the ``with`` block: ``url``, or with ``start`` that of
+    a ``serve run config`` started for the block and stopped after it (:class:`ServerStartError`
+    when it does not come up)."""
+    if not start:
+        yield url
+        return
+    server = ServeProcess(config, port=port)
+    print(f"starting serve run {config} (log {server.log_path}) ...", file=sys.stderr)
+    try:
+        yield server.start().replace("http://", "ws://") + "/v1/realtime"
     finally:
         server.stop()
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from quillman.audio import PCM16, PCMU
 from quillman.client import DEFAULT_URL, RealtimeClient, transcribe_stream, transcription_session
+from quillman_bench.server_process import add_server_arguments, realtime_server
 from quillman_bench.speech import QUESTIONS, spoken_question, word_error_rate
 
 RATE_HZ = 24000
@@ -132,8 +133,7 @@ async def measure(url: str, args: argparse.Namespace, previous: dict[str, Any]) 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m quillman_bench.telephony", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", default=DEFAULT_URL)
-    parser.add_argument("--start", action="store_true", help="start serve_config.yaml first")
+    add_server_arguments(parser, DEFAULT_URL)
     parser.add_argument("--questions", type=int, default=len(QUESTIONS))
     parser.add_argument("--snr-db", type=float, default=10.0)
     parser.add_argument("--noise-s", type=float, default=20.0)
@@ -144,18 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.only and args.json and os.path.exists(args.json):
         with open(args.json) as f:
             previous = json.load(f)
-    server = None
-    url = args.url
-    if args.start:
-        from quillman_bench.server_process import ServeProcess
-
-        server = ServeProcess("serve_config.yaml")
-        url = server.start().replace("http://", "ws://") + "/v1/realtime"
-    try:
+    with realtime_server(args.url, args.start, args.config) as url:
         report = asyncio.run(measure(url, args, previous))
-    finally:
-        if server is not None:
-            server.stop()
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -37,6 +37,7 @@ import json
 import re
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -46,7 +47,7 @@ import numpy as np
 from quillman.audio import resample
 from quillman.config import VadConfig
 from quillman.engines.cache import model_cache_dir
-from quillman_bench.report import percentile
+from quillman_bench.report import dict_table, percentile
 from quillman.pipeline import semantic
 from quillman.pipeline.turns import (
     DraftDropped,
@@ -364,9 +365,7 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ends = [r["end_ms"] for r in subset if r["end_ms"] is not None]
             waits = [r["model_wait_ms"] for r in subset if r["model_wait_ms"] is not None]
             heard = [r["pause_detected_ms"] for r in subset if r["pause_detected_ms"] is not None]
-            by: dict[str, int] = {}
-            for r in subset:
-                by[str(r["decided_by"])] = by.get(str(r["decided_by"]), 0) + 1
+            by = Counter(str(r["decided_by"]) for r in subset)
             out.append({
                 "split": split, "mode": mode if mode == "server_vad" else f"{mode} ({schedule})", "case": case,
                 "n": len(subset),
@@ -395,22 +394,13 @@ def costs(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "smart_turn_p50_ms": percentile(st, 50), "smart_turn_p95_ms": percentile(st, 95)}
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return ""
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join("" if r.get(k) is None else str(r.get(k)) for k in keys) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def markdown_report(table: list[dict[str, Any]], cost: dict[str, Any]) -> str:
     """One table per half (test first), then the models' measured cost per call."""
     out = []
     for split, title in (("test", "Test half"), ("tune", "Tuning half (the rules and thresholds were tuned here)")):
         part = [{k: v for k, v in r.items() if k != "split"} for r in table if r["split"] == split]
         if part:
-            out += [f"**{title}**", "", markdown_table(part), ""]
+            out += [f"**{title}**", "", dict_table(part), ""]
     out.append(f"Model cost per call (CPU ms, one thread, p50 / p95): ASR of the last segment "
                f"{cost['asr_wait_p50_ms']} / {cost['asr_wait_p95_ms']}, Smart Turn {cost['smart_turn_p50_ms']} / "
                f"{cost['smart_turn_p95_ms']} ({cost['judgments']} judgments).")

@@ -22,6 +22,7 @@ import asyncio
 import json
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,8 @@ import numpy as np
 
 from quillman.audio import resample
 from quillman.client import DEFAULT_URL, RealtimeClient
-from quillman_bench.report import percentile
+from quillman_bench.report import dict_table, percentile
+from quillman_bench.server_process import add_server_arguments
 from quillman_bench import turn_replay
 
 RATE_HZ = 24000
@@ -141,9 +143,7 @@ def online_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             false = [r for r in subset if r["turns"] > 1 or (r["endpoint_ms"] is not None and r["endpoint_ms"] < 0)]
             latencies = [r["latency_ms"] for r in subset if r["latency_ms"] is not None]
             endpoints = [r["endpoint_ms"] for r in subset if r["endpoint_ms"] is not None]
-            signals: dict[str, int] = {}
-            for r in subset:
-                signals[str(r["turn_decision"])] = signals.get(str(r["turn_decision"]), 0) + 1
+            signals = Counter(str(r["turn_decision"]) for r in subset)
             out.append({
                 "set": name, "mode": mode, "n": len(subset),
                 "false_endpoints": round(len(false) / len(subset), 3),
@@ -156,22 +156,10 @@ def online_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return ""
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join("" if r.get(k) is None else str(r.get(k)) for k in keys) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m quillman_bench.turns", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", default=DEFAULT_URL)
-    parser.add_argument("--start", action="store_true", help="run `serve run --config` for the measurement")
-    parser.add_argument("--config", default="serve_config.yaml")
-    parser.add_argument("--port", type=int, default=None, help="with --start: serve on this port")
+    add_server_arguments(parser, DEFAULT_URL, port=True)
     parser.add_argument("--split", choices=("test", "tune", "both"), default="test")
     parser.add_argument("--voices", default=",".join(map(str, ONLINE_VOICES)),
                         help="comma-separated indexes into the data file's voices")
@@ -187,28 +175,21 @@ def main(argv: list[str] | None = None) -> int:
         names = [v["name"] for v in turn_replay.load_set()["voices"]]
         with open(args.json, "w") as f:
             json.dump({"voices": [names[i] for i in voices], "split": args.split, **report}, f, indent=2, default=str)
-    print(markdown_table(summary) if args.markdown else json.dumps(summary, indent=2))
+    print(dict_table(summary) if args.markdown else json.dumps(summary, indent=2))
     return 0
 
 
 def _online_run(args: argparse.Namespace, utterances: list[Utterance]):
     from quillman_bench.machine import machine_info
-    from quillman_bench.server_process import ServeProcess, ServerStartError
+    from quillman_bench.server_process import ServerStartError, realtime_server
 
-    server, url = None, args.url
-    if args.start:
-        server = ServeProcess(args.config, port=args.port)
-        try:
-            url = server.start().replace("http://", "ws://") + "/v1/realtime"
-        except ServerStartError as exc:
-            print(str(exc), file=sys.stderr)
-            return None, None
     try:
-        asyncio.run(_one(url, "server_vad", utterances[0]))  # warm-up, not counted
-        rows = asyncio.run(online(url, utterances))
-    finally:
-        if server is not None:
-            server.stop()
+        with realtime_server(args.url, args.start, args.config, args.port) as url:
+            asyncio.run(_one(url, "server_vad", utterances[0]))  # warm-up, not counted
+            rows = asyncio.run(online(url, utterances))
+    except ServerStartError as exc:
+        print(str(exc), file=sys.stderr)
+        return None, None
     summary = online_summary(rows)
     return {"machine": machine_info(), "rows": rows, "summary": summary}, summary
 

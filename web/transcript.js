@@ -61,10 +61,7 @@ export class Transcript {
 
   userDelta(itemId, delta) {
     const u = this.users.get(itemId);
-    if (!u || !delta) return;
-    u.text += delta;
-    u.li.querySelector(".msg-text").textContent = u.text;
-    this._changed();
+    if (u && delta) this._setText(u, u.text + delta);
   }
 
   userFinal(itemId, text) {
@@ -83,8 +80,7 @@ export class Transcript {
     }
     u.li.classList.remove("is-pending");
     u.li.removeAttribute("aria-busy");
-    u.li.querySelector(".msg-text").textContent = u.text;
-    this._changed();
+    this._setText(u, u.text);
   }
 
   /** A typed message (shown at once; the server's echo of it is not rendered again). */
@@ -108,19 +104,13 @@ export class Transcript {
 
   replyDelta(responseId, delta) {
     const r = this.replies.get(responseId);
-    if (!r || !delta) return;
-    r.text += delta;
-    r.li.querySelector(".msg-text").textContent = r.text;
-    this._changed();
+    if (r && delta) this._setText(r, r.text + delta);
   }
 
   /** The full transcript of the reply's audio part (authoritative over the deltas). */
   replyText(responseId, text) {
     const r = this.replies.get(responseId);
-    if (!r || typeof text !== "string" || !text) return;
-    r.text = text;
-    r.li.querySelector(".msg-text").textContent = text;
-    this._changed();
+    if (r && typeof text === "string" && text) this._setText(r, text);
   }
 
   /** kind: "voice" | "text" (what started the turn), for how its latency is labelled. */
@@ -173,6 +163,13 @@ export class Transcript {
     li.append(name, text);
     this.list.append(li);
     return li;
+  }
+
+  /** A message's text (a user turn's or a reply's entry), shown as it is. */
+  _setText(entry, text) {
+    entry.text = text;
+    entry.li.querySelector(".msg-text").textContent = text;
+    this._changed();
   }
 
   _removeUser(itemId) {

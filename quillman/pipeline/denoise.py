@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from quillman import errors
+
+if TYPE_CHECKING:
+    from quillman.engines.noise import NoiseSuppressor
 
 logger = logging.getLogger(__name__)
 
 
 class NoiseReduction:
     def __init__(self) -> None:
-        self.suppressor = None  # a NoiseSuppressor while noise reduction is on
+        self.suppressor: NoiseSuppressor | None = None  # while noise reduction is on
 
     def configure(self, kind: str | None, rate_hz: int) -> None:
         """On (``kind``) at this input rate, or off; refused where RNNoise cannot load."""

@@ -88,13 +88,18 @@ class ResponseQueue:
         response = self.new_response(None, speculative=False, options=options, origin=time.perf_counter())
         self.metrics.turn_committed()
         self.show(response, turn_detected=None)
-        self._track(response.start().task)
+        self._start(response)
 
     def start_voice(self, user: UserInput, speculative: bool) -> Response:
         """A spoken turn's reply, running from now; ``show`` it when the turn is committed."""
         response = self.new_response(user, speculative, None, origin=user.speech_end or time.perf_counter())
-        self._track(response.start().task)
+        self._start(response)
         return response
+
+    def _start(self, response: Response) -> None:
+        task = response.start().task
+        assert task is not None  # start() made it
+        self._track(task)
 
     def new_response(self, user: UserInput | None, speculative: bool,
                      options: protocol.ResponseOptions | None, origin: float) -> Response:
@@ -117,7 +122,8 @@ class ResponseQueue:
     def prompt(self, settings: ResponseSettings, user_item_id: str | None) -> Callable[[str | None], list[Message]]:
         """The LLM prompt of a reply with these settings, given the user's words."""
         # The examples belong to the server's instructions: a client's own replace both.
-        few_shot = tuple(map(tuple, self.config.few_shot)) if settings.instructions == self.config.instructions else ()
+        few_shot = (tuple((user, reply) for user, reply in self.config.few_shot)
+                    if settings.instructions == self.config.instructions else ())
         return lambda text: self.conversation.messages(settings.instructions, user_item_id, text, few_shot,
                                                        self.config.question_note)
 
@@ -208,8 +214,10 @@ class ResponseQueue:
             return None
         if isinstance(event, protocol.ConversationItemAdded):
             return self.conversation.insert(event.item, after=response.anchor)
-        self.conversation.update(event.item)
-        return self.conversation.previous_id(event.item.id)
+        if isinstance(event, protocol.ConversationItemDone):  # the only other event sent here
+            self.conversation.update(event.item)
+            return self.conversation.previous_id(event.item.id)
+        return None
 
     # --- reply audio on a media track ---------------------------------------------------------
 

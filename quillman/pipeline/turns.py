@@ -226,6 +226,7 @@ class TurnTracker:
         turn = self.turn
         match vad_event:
             case SpeechStarted(start_sample=start):
+                assert self.options is not None  # the VAD runs only with turn detection on
                 audio_start = max(start - ms_to_samples(self.options.prefix_padding_ms), self._commit_cursor, 0)
                 self.turn = UserTurn(protocol.new_id("item"), audio_start, audio_start)
                 return [TurnStarted(self.turn, samples_to_ms(audio_start))]

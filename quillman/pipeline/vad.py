@@ -80,7 +80,7 @@ class TurnDetector:
         self.state = self.SILENCE
         self._neg_threshold = max(options.threshold - 0.15, 0.01)
         self._min_speech_windows = max(1, round(ms_to_samples(options.min_speech_ms) / window_samples))
-        self._candidate_start: int | None = None
+        self._candidate_start = 0  # where the speech being confirmed started (set by its first window)
         self._candidate_windows = 0
         self._last_speech_end = 0
         self._silence_samples = 0
@@ -95,11 +95,7 @@ class TurnDetector:
         events: list[VadEvent] = []
         if self.state == self.SILENCE:
             if self._confirm_speech(probability, window_start):
-                self.state = self.SPEECH
-                self._segment_start = self._candidate_start
-                self._last_speech_end = window_end
-                self._silence_samples = 0
-                events.append(SpeechStarted(self._candidate_start))
+                events.append(SpeechStarted(self._speech_from_candidate(window_end)))
         elif self.state == self.SPEECH:
             if probability >= self._neg_threshold:
                 self._last_speech_end = window_end
@@ -124,11 +120,7 @@ class TurnDetector:
                     events.append(SilenceBegan(window_end, self._last_speech_end))
         else:  # PAUSED
             if self._confirm_speech(probability, window_start):
-                self.state = self.SPEECH
-                self._segment_start = self._candidate_start
-                self._last_speech_end = window_end
-                self._silence_samples = 0
-                events.append(SpeechResumed(self._candidate_start))
+                events.append(SpeechResumed(self._speech_from_candidate(window_end)))
             else:
                 # Unconfirmed speech still counts toward the end of turn: a click is not a word.
                 self._silence_samples += self.window_samples
@@ -161,6 +153,15 @@ class TurnDetector:
             self._candidate_start = window_start
         self._candidate_windows += 1
         return self._candidate_windows >= self._min_speech_windows
+
+    def _speech_from_candidate(self, window_end: int) -> int:
+        """Speech is confirmed (it started, or resumed after a pause): a segment starts where
+        the candidate did, which is returned."""
+        self.state = self.SPEECH
+        self._segment_start = self._candidate_start
+        self._last_speech_end = window_end
+        self._silence_samples = 0
+        return self._candidate_start
 
     def _quietest_recent(self) -> int:
         # Only inside the current segment; among equals the latest, so the next segment

@@ -270,6 +270,7 @@ class VoiceTurns:
         labeled set, a pause inside its window makes it call finished utterances unfinished."""
         pcm = np.concatenate(segment) if segment else np.zeros(0, dtype=np.float32)
         try:
+            assert self.end_of_turn is not None  # judged only where _semantic()
             decision = await semantic.judge(self.end_of_turn, pcm, voice.join_transcripts(),
                                             self._settings().turn_detection)
         except Exception:  # noqa: BLE001 - a failed judgment leaves the turn to the cap

@@ -22,9 +22,8 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from quillman.audio import resample
+from quillman.webrtc.pacing import FRAME_SAMPLES, RATE_HZ, FrameClock
 
-RATE_HZ = 48000
-FRAME_SAMPLES = 960
 SILENT_RMS = 30.0  # int16 RMS under this counts as silence (Opus's noise floor on digital zero is ~0)
 
 
@@ -36,8 +35,7 @@ class MicTrack(MediaStreamTrack):
     def __init__(self):
         super().__init__()
         self._queue: collections.deque[np.ndarray] = collections.deque()
-        self._start: float | None = None
-        self._pts = 0
+        self._clock = FrameClock()
         self.spoken_until: float | None = None  # when the last queued sample goes out
 
     def say(self, pcm: np.ndarray, rate_hz: int) -> float:
@@ -55,19 +53,13 @@ class MicTrack(MediaStreamTrack):
     def sent_at(self, audio_ms: float) -> float | None:
         """When (monotonic) the sample at ``audio_ms`` of this track's timeline went out: the
         server's input timeline (``speech_stopped.audio_end_ms``) counts from its first frame."""
-        return None if self._start is None else self._start + audio_ms / 1000
+        start = self._clock.start
+        return None if start is None else start + audio_ms / 1000
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        now = time.monotonic()
-        if self._start is None:
-            self._start = now
-        else:
-            self._pts += FRAME_SAMPLES
-            due = self._start + self._pts / RATE_HZ
-            if due > now:
-                await asyncio.sleep(due - now)
+        pts = await self._clock.tick()
         out = np.zeros(FRAME_SAMPLES, dtype=np.int16)
         filled = 0
         while filled < FRAME_SAMPLES and self._queue:
@@ -80,7 +72,7 @@ class MicTrack(MediaStreamTrack):
             else:
                 self._queue[0] = head[n:]
         frame = av.AudioFrame.from_ndarray(out.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate, frame.pts, frame.time_base = RATE_HZ, self._pts, fractions.Fraction(1, RATE_HZ)
+        frame.sample_rate, frame.pts, frame.time_base = RATE_HZ, pts, fractions.Fraction(1, RATE_HZ)
         return frame
 
 

@@ -13,10 +13,8 @@ barge-in truncates at. Opus encoding is aiortc's.
 
 from __future__ import annotations
 
-import asyncio
 import fractions
 import logging
-import time
 from collections.abc import Callable
 
 import av
@@ -25,12 +23,10 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from quillman.pipeline.playback import PlaybackBuffer
 from quillman.pipeline.session import PcmFrame
+from quillman.webrtc.pacing import FRAME_SAMPLES, RATE_HZ, FrameClock
 
 logger = logging.getLogger(__name__)
 
-RATE_HZ = 48000  # Opus's clock, what the track carries
-FRAME_S = 0.020
-FRAME_SAMPLES = int(RATE_HZ * FRAME_S)
 MAX_LAG_S = 0.5  # behind schedule by more than this (a stalled loop): restart the clock, don't burst
 
 
@@ -40,27 +36,17 @@ class ReplyTrack(MediaStreamTrack):
     def __init__(self, buffer: PlaybackBuffer):
         super().__init__()
         self.buffer = buffer
-        self._start: float | None = None
-        self._pts = 0
+        self._clock = FrameClock(max_lag_s=MAX_LAG_S)
         self.frames_sent = 0
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        now = time.monotonic()
-        if self._start is None:
-            self._start = now
-        else:
-            self._pts += FRAME_SAMPLES
-            due = self._start + self._pts / RATE_HZ
-            if now - due > MAX_LAG_S:
-                self._start = now - self._pts / RATE_HZ
-            elif due > now:
-                await asyncio.sleep(due - now)
+        pts = await self._clock.tick()
         pcm = self.buffer.take(FRAME_SAMPLES)
         frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = RATE_HZ
-        frame.pts = self._pts
+        frame.pts = pts
         frame.time_base = fractions.Fraction(1, RATE_HZ)
         self.frames_sent += 1
         return frame

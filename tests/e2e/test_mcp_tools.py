@@ -86,6 +86,13 @@ class Session:
             if done["item"]["id"] == event["item_id"]:
                 return done["item"]
 
+    async def text_turn(self, text: str, **response) -> tuple[dict, str, int]:
+        """A user text item and a response, until that response is done."""
+        await self.connection.conversation.item.create(item={
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]})
+        await self.connection.response.create(**({"response": response} if response else {}))
+        return await self.until_done()
+
     async def until_done(self) -> tuple[dict, str, int]:
         reply = Reply()
         while not reply.see(await self.next()):
@@ -167,10 +174,7 @@ async def test_headers_and_authorization_reach_the_mcp_server(mcp_app, mcp_serve
         await session.update(output_modalities=["text"], tools=[tool(mcp_server.url(), allowed_tools=["check_credentials"])],
                              tool_choice={"type": "mcp", "server_label": "weather", "name": "check_credentials"})
         await session.listed()
-        await connection.conversation.item.create(item={
-            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Check Paris."}]})
-        await connection.response.create()
-        response, _, _ = await session.until_done()
+        response, _, _ = await session.text_turn("Check Paris.")
         assert response["output"][0]["output"] == "credentials: both present, they match"
 
 
@@ -184,10 +188,7 @@ async def test_misbehaving_tools_end_their_call_not_the_turn(mcp_app, mcp_server
         await session.update(output_modalities=["text"], tools=[tool(mcp_server.url(), allowed_tools=[name])],
                              tool_choice={"type": "mcp", "server_label": "weather", "name": name})
         await session.listed()
-        await connection.conversation.item.create(item={
-            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Weather in Paris?"}]})
-        await connection.response.create()
-        response, transcript, _ = await session.until_done()
+        response, transcript, _ = await session.text_turn("Weather in Paris?")
         assert response["status"] == "completed" and transcript.strip()
         mcp_call = response["output"][0]
         assert mcp_call["type"] == "mcp_call"
@@ -207,18 +208,12 @@ async def test_an_mcp_server_that_goes_away_mid_session(mcp_app):
             await session.update(output_modalities=["text"], tools=[tool(doomed.url())], tool_choice=FORCED)
             await session.listed()
             doomed.stop()
-            await connection.conversation.item.create(item={
-                "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Weather in Paris?"}]})
-            await connection.response.create()
-            response, transcript, _ = await session.until_done()
+            response, transcript, _ = await session.text_turn("Weather in Paris?")
             assert response["status"] == "completed" and transcript.strip()
             mcp_call = response["output"][0]
             assert mcp_call["type"] == "mcp_call" and mcp_call["error"]["type"] in ("protocol_error", "http_error")
             # The session goes on: a plain turn is answered.
-            await connection.conversation.item.create(item={
-                "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hello!"}]})
-            await connection.response.create(response={"tool_choice": "none"})
-            response, _, _ = await session.until_done()
+            response, _, _ = await session.text_turn("Hello!", tool_choice="none")
             assert response["status"] == "completed"
     finally:
         doomed.stop()
@@ -230,10 +225,7 @@ async def test_sse_only_servers_work_too(mcp_app, mcp_sse_server):
         session = Session(connection)
         await session.update(output_modalities=["text"], tools=[tool(mcp_sse_server.url("/sse"))], tool_choice=FORCED)
         await session.listed()
-        await connection.conversation.item.create(item={
-            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Weather in Paris?"}]})
-        await connection.response.create()
-        response, _, _ = await session.until_done()
+        response, _, _ = await session.text_turn("Weather in Paris?")
         assert "weather in" in response["output"][0]["output"].lower()
 
 

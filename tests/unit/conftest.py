@@ -162,6 +162,17 @@ class CallLog:
     finalized: bool = False  # its finally block ran
     outputs: list[Any] = field(default_factory=list)
 
+    def __enter__(self) -> "CallLog":
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: Any) -> None:
+        """The call's body ends: ran through, cancelled or closed, or failed."""
+        if kind is None:
+            self.completed = True
+        elif issubclass(kind, (asyncio.CancelledError, GeneratorExit)):
+            self.cancelled = True
+        self.finalized = True
+
 
 class FakeBackends:
     """Deterministic fakes for transcribe / generate / synthesize (see pipeline.backends).
@@ -235,7 +246,7 @@ class FakeBackends:
         hang_after = self.llm_hang_calls.get(index)
         fail_after = self.llm_fail_calls.get(index)
         tokens = self.tokens(reply) if reply else []
-        try:
+        with log:
             for n, token in enumerate(tokens):
                 if hang_after is not None and n == hang_after:
                     await self.llm_release.wait()
@@ -250,12 +261,6 @@ class FakeBackends:
                 await self.llm_release.wait()
             if self.usage is not None:  # as engines that count tokens end their stream
                 yield self.usage
-            log.completed = True
-        except (asyncio.CancelledError, GeneratorExit):
-            log.cancelled = True
-            raise
-        finally:
-            log.finalized = True
 
     async def prefill(self, request):
         self.prefill_calls.append(CallLog({"messages": [dict(m) for m in request.messages], "request": request},
@@ -268,7 +273,7 @@ class FakeBackends:
         log = CallLog({"text": text, "voice": voice, "rate": sample_rate_hz, "deadline": deadline,
                        "called_at": time.time()}, started=True)
         self.tts_calls.append(log)
-        try:
+        with log:
             if self.tts_hang:
                 await self.tts_release.wait()
             await asyncio.sleep(self.tts_delays.get(index, 0))
@@ -281,12 +286,6 @@ class FakeBackends:
                 await asyncio.sleep(0)
                 if self.tts_hang_after_first_chunk and not self.tts_release.is_set():
                     await self.tts_release.wait()
-            log.completed = True
-        except (asyncio.CancelledError, GeneratorExit):
-            log.cancelled = True
-            raise
-        finally:
-            log.finalized = True
 
 
 @pytest.fixture
@@ -383,11 +382,15 @@ class SessionDriver:
         """A user text item and a response; returns that response's ``response.done``."""
         await self.drain()  # count what was already put, not only what the sender got to
         done_before = len(self.of_type("response.done"))
+        await self.ask(text, **response)
+        return await self.wait_for("response.done", count=done_before + 1, fail_on_request_error=True)
+
+    async def ask(self, text: str, **response: Any) -> None:
+        """A user text item and ``response.create``, without waiting for the response."""
         await self.send({"type": "conversation.item.create",
                          "item": {"type": "message", "role": "user",
                                   "content": [{"type": "input_text", "text": text}]}})
         await self.send({"type": "response.create", **({"response": response} if response else {})})
-        return await self.wait_for("response.done", count=done_before + 1, fail_on_request_error=True)
 
     # server side ------------------------------------------------------------------------------
     def of_type(self, event_type: str) -> list[dict[str, Any]]:

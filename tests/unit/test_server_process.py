@@ -1,18 +1,55 @@
-"""Metrics endpoint discovery and Prometheus text parsing (quillman_bench.server_process).
+"""Metrics endpoint discovery and Prometheus text parsing (quillman_bench.server_process), and
+the measurements' server (--url or --start).
 
-Pure: a fake Ray temp dir and sample Prometheus text; no server.
+Pure: a fake Ray temp dir, sample Prometheus text, a fake ``serve run``; no server.
 """
 
 from __future__ import annotations
 
 import json
 
-from quillman_bench.server_process import http_url, metrics_urls, parse_samples
+import pytest
+
+from quillman_bench import server_process
+from quillman_bench.server_process import ServerStartError, http_url, metrics_urls, parse_samples, realtime_server
 
 
 def test_http_url():
     assert http_url("ws://127.0.0.1:8000/v1/realtime") == "http://127.0.0.1:8000"
     assert http_url("http://127.0.0.1:8000") == "http://127.0.0.1:8000"
+
+
+class FakeServe:
+    """``serve run`` as ServeProcess runs it, logged; ``fail``: it does not come up."""
+
+    log: list = []
+    fail = False
+
+    def __init__(self, config, port=None):
+        self.log.append(("run", str(config), port))
+        self.log_path = "serve.log"
+
+    def start(self) -> str:
+        if self.fail:
+            raise ServerStartError("serve run exited")
+        return "http://127.0.0.1:8123"
+
+    def stop(self) -> None:
+        self.log.append("stop")
+
+
+def test_a_measurement_uses_url_or_a_server_started_for_it(monkeypatch):
+    monkeypatch.setattr(server_process, "ServeProcess", FakeServe)
+    monkeypatch.setattr(FakeServe, "log", [])
+    with realtime_server("ws://example/v1/realtime", start=False) as url:
+        assert url == "ws://example/v1/realtime" and FakeServe.log == []
+    with realtime_server("ws://example/v1/realtime", start=True, config="c.yaml", port=8123) as url:
+        assert url == "ws://127.0.0.1:8123/v1/realtime" and FakeServe.log == [("run", "c.yaml", 8123)]
+    assert FakeServe.log[-1] == "stop"
+    monkeypatch.setattr(FakeServe, "fail", True)
+    with pytest.raises(ServerStartError):
+        with realtime_server("ws://example/v1/realtime", start=True):
+            pytest.fail("the block ran without a server")
 
 
 def test_metrics_urls_from_discovery_file_and_live_sessions(tmp_path, monkeypatch):

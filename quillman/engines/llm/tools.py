@@ -24,7 +24,7 @@ import json
 import re
 import uuid
 from dataclasses import replace
-from typing import Any, Collection
+from typing import Any, Collection, TypeGuard
 
 from quillman.engines.llm.base import (
     GenerationRequest,
@@ -346,7 +346,7 @@ def new_call_id() -> str:
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 
-def valid_tool_name(name: Any) -> bool:
+def valid_tool_name(name: Any) -> TypeGuard[str]:
     return isinstance(name, str) and bool(_NAME.match(name))
 
 

@@ -15,19 +15,7 @@ from quillman.config import VadConfig
 from quillman.engines.asr.base import Transcript
 from quillman_bench import asr_bench as ab
 from quillman_bench import bench
-
-
-class LoudnessVad:
-    """A window is speech when it is loud (as tests/unit/pipeline/test_turns.py's)."""
-
-    window_samples = 512
-
-    def __call__(self, pcm: np.ndarray) -> np.ndarray:
-        windows = np.asarray(pcm, dtype=np.float32).reshape(-1, self.window_samples)
-        return (np.abs(windows).mean(axis=1) > 0.05).astype(np.float32)
-
-    def reset(self) -> None:
-        pass
+from test_turn_replay import LoudnessVad
 
 
 def tone(seconds: float, rate: int = ab.RATE_HZ) -> np.ndarray:

@@ -29,6 +29,8 @@ def test_the_labeled_set_is_split_once_by_sentence_in_every_case():
 
 
 class LoudnessVad:
+    """A window is speech when it is loud (as tests/unit/pipeline/test_turns.py's)."""
+
     window_samples = 512
 
     def __call__(self, pcm: np.ndarray) -> np.ndarray:

@@ -97,9 +97,7 @@ async def test_the_output_of_a_cancelled_responses_call_is_refused(driver, backe
     backends.replies[0] = ""
     backends.tool_calls[0] = call(0, "call_1", "get_weather", '{"city": "Paris"}')
     backends.llm_hang_calls[0] = 0  # the call is made, then the stream hangs: the client cancels
-    await driver.send({"type": "conversation.item.create", "item": {
-        "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Weather?"}]}})
-    await driver.send({"type": "response.create"})
+    await driver.ask("Weather?")
     await driver.wait_for("response.function_call_arguments.delta")
     await driver.send({"type": "response.cancel"})
     done = await driver.wait_for("response.done")
@@ -195,9 +193,7 @@ async def filler_driver(make_driver, backends, session_config):
     backends.replies[0] = ""
     backends.tool_calls[0] = call(0, "call_1", "get_weather", '{"city": "Paris"}')
     backends.tts_hang = True
-    await driver.send({"type": "conversation.item.create", "item": {
-        "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Weather in Paris?"}]}})
-    await driver.send({"type": "response.create"})
+    await driver.ask("Weather in Paris?")
     await driver.wait_for("response.function_call_arguments.done")
     return driver
 

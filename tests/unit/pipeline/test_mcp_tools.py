@@ -114,9 +114,7 @@ async def test_approval_approved_runs_the_call(mcp_driver, backends):
     driver = await mcp_driver(mcp_tool(require_approval="always"))
     backends.replies = {0: "", 1: "It is sunny."}
     backends.tool_calls[0] = call(0, "get_weather", '{"city": "Paris"}')
-    await driver.send({"type": "conversation.item.create", "item": {
-        "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Weather in Paris?"}]}})
-    await driver.send({"type": "response.create"})
+    await driver.ask("Weather in Paris?")
     request = (await driver.wait_for("response.output_item.done"))["item"]
     assert request["type"] == "mcp_approval_request" and request["name"] == "get_weather"
     assert not driver.of_type("response.mcp_call.in_progress")  # waits for the answer
@@ -139,9 +137,7 @@ async def test_approval_denied_or_unanswered_refuses_the_call(mcp_driver, backen
     driver = await mcp_driver(mcp_tool(require_approval={"always": {"tool_names": ["get_weather"]}}))
     backends.replies = {0: "", 1: "I could not check."}
     backends.tool_calls[0] = call(0, "get_weather", '{"city": "Paris"}')
-    await driver.send({"type": "conversation.item.create", "item": {
-        "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Weather in Paris?"}]}})
-    await driver.send({"type": "response.create"})
+    await driver.ask("Weather in Paris?")
     request = (await driver.wait_for("response.output_item.done"))["item"]
     if answer == "deny":
         await driver.send({"type": "conversation.item.create", "item": {
@@ -195,15 +191,19 @@ async def test_calls_per_response_are_capped(mcp_driver, backends):
     assert backends.llm_calls[1].args["request"].tool_choice == "none"
 
 
-async def test_barge_in_cancels_the_running_call(mcp_driver, backends):
+async def slow_call_in_progress(mcp_driver, backends):
+    """A session whose response is waiting in a call of ``slow_weather`` (30 s allowed)."""
     driver = await mcp_driver(mcp_tool(allowed_tools=["slow_weather"], _name="slow_weather"),
                               config=McpConfig(allowed_servers=["127.0.0.1"], call_timeout_s=30))
     backends.replies = {0: ""}
     backends.tool_calls[0] = call(0, "slow_weather", '{"city": "Paris"}')
-    await driver.send({"type": "conversation.item.create", "item": {
-        "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Weather?"}]}})
-    await driver.send({"type": "response.create"})
+    await driver.ask("Weather?")
     await driver.wait_for("response.mcp_call.in_progress")
+    return driver
+
+
+async def test_barge_in_cancels_the_running_call(mcp_driver, backends):
+    driver = await slow_call_in_progress(mcp_driver, backends)
     await driver.send({"type": "response.cancel"})
     done = await driver.wait_for("response.done")
     assert done["response"]["status"] == "cancelled"
@@ -344,14 +344,7 @@ async def test_the_filler_and_the_answer_are_one_spoken_message(mcp_driver, back
 
 
 async def test_a_disconnect_during_a_call_cancels_it_and_closes_the_connection(mcp_driver, backends, connector):
-    driver = await mcp_driver(mcp_tool(allowed_tools=["slow_weather"], _name="slow_weather"),
-                              config=McpConfig(allowed_servers=["127.0.0.1"], call_timeout_s=30))
-    backends.replies = {0: ""}
-    backends.tool_calls[0] = call(0, "slow_weather", '{"city": "Paris"}')
-    await driver.send({"type": "conversation.item.create", "item": {
-        "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Weather?"}]}})
-    await driver.send({"type": "response.create"})
-    await driver.wait_for("response.mcp_call.in_progress")
+    driver = await slow_call_in_progress(mcp_driver, backends)
     await driver.stop()  # the client goes away: no hang, nothing left running
     assert connector.closed == 1 and not driver.session.mcp.connections
     assert driver.session.response is None or driver.session.response.task.done()

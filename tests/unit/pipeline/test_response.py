@@ -320,13 +320,14 @@ async def test_a_hung_model_fails_the_response_after_the_timeout(backends, stage
         assert call.finalized
 
 
-async def test_waits_for_the_previous_response(backends):
+def previous_response() -> tuple[asyncio.Task, asyncio.Event]:
+    """What a response waits for (``after``): a task that runs until the returned event is set."""
     release = asyncio.Event()
+    return asyncio.create_task(release.wait()), release
 
-    async def previous():
-        await release.wait()
 
-    before = asyncio.create_task(previous())
+async def test_waits_for_the_previous_response(backends):
+    before, release = previous_response()
     h = Harness(backends, after=before).start()
     for _ in range(20):  # loop steps, not wall time: everything it could do without waiting
         await asyncio.sleep(0)
@@ -336,12 +337,7 @@ async def test_waits_for_the_previous_response(backends):
 
 
 async def test_cancelling_a_response_does_not_cancel_the_one_it_waits_for(backends):
-    release = asyncio.Event()
-
-    async def previous():
-        await release.wait()
-
-    before = asyncio.create_task(previous())
+    before, release = previous_response()
     h = Harness(backends, after=before).start()
     await asyncio.sleep(0)  # its task runs to the wait for the previous one
     h.response.cancel("client_cancelled")

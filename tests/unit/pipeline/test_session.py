@@ -361,13 +361,19 @@ async def test_turn_detection_back_on(make_driver, backends, short_speech_24k):
     assert statuses(d) == ["completed"]
 
 
-async def test_create_response_false(make_driver, backends, short_speech_24k):
+async def transcribed_turn(make_driver, pcm: np.ndarray, **turn_detection):
+    """A spoken turn under server_vad with ``turn_detection``, until its transcript (and settled)."""
     d = await make_driver()
     await d.send({"type": "session.update", "session": {"audio": {"input": {
-        "turn_detection": {"type": "server_vad", "create_response": False}}}}})
-    await d.append(short_speech_24k.pcm)
+        "turn_detection": {"type": "server_vad", **turn_detection}}}}})
+    await d.append(pcm)
     await d.wait_for("conversation.item.input_audio_transcription.completed")
     await d.settle()
+    return d
+
+
+async def test_create_response_false(make_driver, backends, short_speech_24k):
+    d = await transcribed_turn(make_driver, short_speech_24k.pcm, create_response=False)
     assert "response.created" not in d.types()
     assert backends.llm_calls == []
     # The client asks for the reply itself; it sees the spoken item.
@@ -382,12 +388,7 @@ async def test_create_response_false(make_driver, backends, short_speech_24k):
 async def test_only_speech_is_transcribed(make_driver, backends, short_speech_24k, create_response):
     # The silence after the last pause (no speech resumed) holds no words: sending it to Whisper
     # costs a full ASR pass on the CPU and invites hallucinated text ("Thank you.").
-    d = await make_driver()
-    await d.send({"type": "session.update", "session": {"audio": {"input": {
-        "turn_detection": {"type": "server_vad", "create_response": create_response}}}}})
-    await d.append(short_speech_24k.pcm)
-    await d.wait_for("conversation.item.input_audio_transcription.completed")
-    await d.settle()
+    d = await transcribed_turn(make_driver, short_speech_24k.pcm, create_response=create_response)
     assert len(backends.asr_calls) == 1
     assert all(np.abs(c.args["pcm"]).max() > 0.05 for c in backends.asr_calls)
     transcript = d.of_type("conversation.item.input_audio_transcription.completed")[0]["transcript"]
@@ -435,20 +436,27 @@ async def test_barge_in_cancels_the_response(driver, backends, short_speech_24k)
     assert len(driver.of_type("input_audio_buffer.committed")) == 1
 
 
-async def test_no_barge_in_when_interrupt_response_is_off(make_driver, backends, short_speech_24k):
+async def talk_over_a_reply_without_interrupting(make_driver, backends, pcm) -> tuple[str, list[dict]]:
+    """interrupt_response off: ``pcm`` is spoken and committed while a slow reply plays, and the
+    reply plays on; then both responses finish. The playing reply's id and the response.done."""
     d = await make_driver()
     await d.send({"type": "session.update", "session": {"audio": {"input": {
         "turn_detection": {"type": "server_vad", "interrupt_response": False}}}}})
     response_id = await start_slow_text_response(d, backends)
     backends.tts_hang_after_first_chunk = False
-    await d.append(short_speech_24k.pcm)
+    await d.append(pcm)
     await d.wait_for("input_audio_buffer.committed")
     await d.settle()
-    assert "response.done" not in d.types()  # the first reply plays on
+    assert "response.done" not in d.types(), statuses(d)  # the first reply plays on
     backends.llm_release.set()
     backends.tts_release.set()
     await d.wait_for("response.done", count=2)
-    first, second = d.of_type("response.done")
+    return response_id, d.of_type("response.done")
+
+
+async def test_no_barge_in_when_interrupt_response_is_off(make_driver, backends, short_speech_24k):
+    response_id, (first, second) = await talk_over_a_reply_without_interrupting(
+        make_driver, backends, short_speech_24k.pcm)
     assert first["response"]["id"] == response_id
     assert (first["response"]["status"], second["response"]["status"]) == ("completed", "completed")
 
@@ -458,19 +466,8 @@ async def test_dropped_speculation_does_not_cancel_the_playing_response(make_dri
     # interrupt_response off: a reply is still playing while the user talks with a pause; the
     # speculation started at that pause waits for the playing reply, and is dropped when the
     # speech resumes. Dropping it must not cancel the reply it was waiting for.
-    d = await make_driver()
-    await d.send({"type": "session.update", "session": {"audio": {"input": {
-        "turn_detection": {"type": "server_vad", "interrupt_response": False}}}}})
-    response_id = await start_slow_text_response(d, backends)
-    backends.tts_hang_after_first_chunk = False
-    await d.append(paused_speech_24k.pcm)
-    await d.wait_for("input_audio_buffer.committed")
-    await d.settle()
-    assert "response.done" not in d.types(), statuses(d)
-    backends.llm_release.set()
-    backends.tts_release.set()
-    await d.wait_for("response.done", count=2)
-    first = d.of_type("response.done")[0]
+    response_id, done = await talk_over_a_reply_without_interrupting(make_driver, backends, paused_speech_24k.pcm)
+    first = done[0]
     assert first["response"]["id"] == response_id
     assert first["response"]["status"] == "completed"
 

@@ -671,18 +671,12 @@ class SessionMachine(RuleBasedStateMachine):
         session: dict[str, Any] = {}
         audio_in: dict[str, Any] = {}
         audio_out: dict[str, Any] = {}
-        if "instructions" in u:
-            session["instructions"] = u["instructions"]
-        if "output_modalities" in u:
-            session["output_modalities"] = u["output_modalities"]
-        if "input_format" in u:
-            audio_in["format"] = u["input_format"]
-        if "turn_detection" in u:
-            audio_in["turn_detection"] = u["turn_detection"]
-        if "output_format" in u:
-            audio_out["format"] = u["output_format"]
-        if "voice" in u:
-            audio_out["voice"] = u["voice"]
+        fields = {"instructions": (session, "instructions"), "output_modalities": (session, "output_modalities"),
+                  "input_format": (audio_in, "format"), "turn_detection": (audio_in, "turn_detection"),
+                  "output_format": (audio_out, "format"), "voice": (audio_out, "voice")}
+        for key, (part, name) in fields.items():
+            if key in u:
+                part[name] = u[key]
         if audio_in or audio_out:
             session["audio"] = {k: v for k, v in (("input", audio_in), ("output", audio_out)) if v}
         td = u.get("turn_detection")

@@ -8,15 +8,8 @@ import pytest
 from quillman.audio import int16_to_float
 from quillman.config import VadConfig as VadOptions
 from quillman.engines.vad import WINDOW_SAMPLES, SileroVad
-from quillman.pipeline.vad import (
-    SegmentEnded,
-    SpeechResumed,
-    SpeechStarted,
-    SpeechStopped,
-    TurnDetector,
-    ms_to_samples,
-    samples_to_ms,
-)
+from quillman.pipeline.vad import (SegmentEnded, SpeechResumed, SpeechStarted, SpeechStopped, TurnDetector,
+                                   ms_to_samples, samples_to_ms)
 
 W = WINDOW_SAMPLES
 
