@@ -48,7 +48,7 @@ from quillman.audio import resample
 from quillman.config import VadConfig
 from quillman.engines.cache import model_cache_dir
 from quillman_bench.report import dict_table, percentile
-from quillman.pipeline import semantic
+from quillman.pipeline import semantic, turn_text
 from quillman.pipeline.turns import (
     DraftDropped,
     SegmentCut,
@@ -185,8 +185,14 @@ class Models:
         value, cost_ms = self._cache[key]
         return value, cost_ms
 
-    def transcribe(self, pcm: np.ndarray) -> tuple[str, float]:
-        return self._cached("asr", pcm, lambda x: self._recognizer.transcribe(x, self._language).text.strip())
+    def transcribe(self, pcm: np.ndarray) -> tuple[str, float | None, float]:
+        """The text, the ASR's confidence in its last words and the call's CPU ms."""
+        (text, confidence), cost_ms = self._cached("asr-heard", pcm, self._heard)
+        return text, confidence, cost_ms
+
+    def _heard(self, pcm: np.ndarray) -> list:
+        transcript = self._recognizer.transcribe(pcm, self._language)
+        return [transcript.text.strip(), transcript.end_confidence]
 
     def probability(self, pcm: np.ndarray) -> tuple[float, float]:
         return self._cached("smart_turn", pcm, lambda x: round(self._smart_turn.probability(x), 4))
@@ -206,8 +212,8 @@ class Judged:
     reading: str  # what the text rule said (for --explain)
 
 
-def _server_policy(text: str, p: float) -> Judged:
-    reading = semantic.read_text(text)
+def _server_policy(text: str, confidence: float | None, p: float) -> Judged:
+    reading = turn_text.read_text(text, confidence)
     return Judged(semantic.decide(reading, p, SEMANTIC), semantic.needs_audio(reading),
                   f"{reading.cue}: {reading.why}")
 
@@ -219,7 +225,7 @@ _LEGACY_DANGLING = frozenset("""a an the my your his her our their its of to for
 and or but so because if when while then is are was were um uh er erm hmm mm""".split())
 
 
-def _legacy_policy(text: str, p: float) -> Judged:
+def _legacy_policy(text: str, confidence: float | None, p: float) -> Judged:
     text = text.strip()
     words = re.findall(r"[a-z']+", text.lower())
     cue = None
@@ -236,7 +242,7 @@ def _legacy_policy(text: str, p: float) -> Judged:
     return Judged(semantic.Decision(cue, "text", None), False, str(cue))
 
 
-POLICIES: dict[str, Callable[[str, float], Judged]] = {"semantic_vad": _server_policy, "legacy": _legacy_policy}
+POLICIES: dict[str, Callable[[str, float | None, float], Judged]] = {"semantic_vad": _server_policy, "legacy": _legacy_policy}
 
 
 # --- the replay -------------------------------------------------------------------------------------
@@ -254,8 +260,9 @@ async def replay(clip: Clip, models: Models, mode: str, schedule: str = "paralle
     vad = SERVER if mode == "server_vad" else SEMANTIC
     policy = POLICIES.get(mode)
     tracker = TurnTracker(models.make_vad, vad, RATE_HZ, max_turn_s=60.0)
-    texts: dict[str, list[tuple[float, str]]] = {}  # per turn: (ready at, text) of its segments
-    drafts: dict[str, tuple[float, str]] = {}  # per turn: the open segment's ASR since the first silence
+    # per turn: (ready at, text, end confidence) of its segments
+    texts: dict[str, list[tuple[float, str, float | None]]] = {}
+    drafts: dict[str, tuple[float, str, float | None]] = {}  # per turn: the open segment's ASR since the first silence
     pending: list[_Pending] = []
     commits: list[dict[str, Any]] = []
     judgments: list[dict[str, Any]] = []
@@ -267,8 +274,8 @@ async def replay(clip: Clip, models: Models, mode: str, schedule: str = "paralle
                 case TurnStarted(turn=turn):
                     texts[turn.item_id] = []
                 case SegmentDraft(turn=turn, pcm=pieces) if policy is not None and len(pieces) == 1:
-                    text, cost = models.transcribe(pieces[0])
-                    drafts[turn.item_id] = (now + cost / 1000, text)
+                    text, confidence, cost = models.transcribe(pieces[0])
+                    drafts[turn.item_id] = (now + cost / 1000, text, confidence)
                 case DraftDropped(turn=turn):
                     drafts.pop(turn.item_id, None)
                 case SegmentCut(turn=turn, pcm=pieces, pause=pause, drafted=drafted) if policy is not None:
@@ -279,8 +286,8 @@ async def replay(clip: Clip, models: Models, mode: str, schedule: str = "paralle
                     else:
                         pieces_asr = pieces
                     for piece in pieces_asr:
-                        text, cost = models.transcribe(piece)
-                        texts[turn.item_id].append((now + cost / 1000, text))
+                        text, confidence, cost = models.transcribe(piece)
+                        texts[turn.item_id].append((now + cost / 1000, text, confidence))
                     if pause:
                         pending.append(_judge(turn, pieces, now))
                 case TurnResumed(turn=turn):
@@ -293,12 +300,14 @@ async def replay(clip: Clip, models: Models, mode: str, schedule: str = "paralle
 
     def _judge(turn, pieces: list[np.ndarray], now: float) -> _Pending:
         segments = texts[turn.item_id]
-        text = " ".join(t.strip() for _, t in segments if t.strip()).strip()
+        spoken = [(t.strip(), confidence) for _, t, confidence in segments if t.strip()]
+        text = " ".join(t for t, _ in spoken)
+        confidence = spoken[-1][1] if spoken else None  # the session's: the last spoken segment's
         # A draft's transcript may be ready before the pause; the judgment starts at the pause.
-        text_ready = max([now, *(ready for ready, _ in segments)])
+        text_ready = max([now, *(ready for ready, _, _ in segments)])
         pcm = np.concatenate(pieces)
         p, audio_cost = models.probability(pcm)
-        judged = policy(text, p)
+        judged = policy(text, confidence, p)
         if not judged.needs_audio:
             due = text_ready
         elif schedule == "parallel":
@@ -306,7 +315,7 @@ async def replay(clip: Clip, models: Models, mode: str, schedule: str = "paralle
         else:
             due = text_ready + audio_cost / 1000
         record = {"at_ms": round(now * 1000), "point": "end" if now * RATE_HZ >= clip.speech_end else "mid",
-                  "transcript": text, "smart_turn": p, "reading": judged.reading,
+                  "transcript": text, "end_confidence": confidence, "smart_turn": p, "reading": judged.reading,
                   "complete": judged.decision.complete, "wait_ms": judged.decision.wait_ms,
                   "signal": judged.decision.signal, "wait_for_models_ms": round((due - now) * 1000, 1),
                   "asr_ms": round((text_ready - now) * 1000, 1), "smart_turn_ms": audio_cost}
@@ -416,7 +425,7 @@ def explain(rows: list[dict[str, Any]]) -> str:
         what = "FALSE" if r["false_endpoint"] else "LATE"
         lines.append(f"{what} {r['mode']} {r['id']} [{r['voice']}] {r['text']!r} end={r['end_ms']} by={r['decided_by']}")
         for j in r["judgments"]:
-            lines.append(f"    @{j['at_ms']}ms {j['transcript']!r} st={j['smart_turn']} -> {j['reading']} "
+            lines.append(f"    @{j['at_ms']}ms {j['transcript']!r} conf={j['end_confidence']} st={j['smart_turn']} -> {j['reading']} "
                          f"| complete={j['complete']} wait={j['wait_ms']} {j['signal']}")
     return "\n".join(lines)
 
@@ -449,14 +458,16 @@ def write_json(path: str, head: dict[str, Any], rows: list[dict[str, Any]]) -> N
 
 
 def _override(item: str) -> None:
+    """``NAME=VALUE`` or ``NAME.KEY=VALUE``: a constant of the turn decision or its text rule."""
     name, _, value = item.partition("=")
     name, _, key = name.partition(".")
-    if not hasattr(semantic, name):
-        raise SystemExit(f"--set: quillman.pipeline.semantic has no {name}")
+    module = next((m for m in (semantic, turn_text) if hasattr(m, name)), None)
+    if module is None:
+        raise SystemExit(f"--set: neither quillman.pipeline.semantic nor turn_text has {name}")
     if key:
-        getattr(semantic, name)[key] = type(getattr(semantic, name)[key])(value)
+        getattr(module, name)[key] = type(getattr(module, name)[key])(value)
     else:
-        setattr(semantic, name, type(getattr(semantic, name))(value))
+        setattr(module, name, type(getattr(module, name))(value))
 
 
 def main(argv: list[str] | None = None) -> int:

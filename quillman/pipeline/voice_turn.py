@@ -14,8 +14,7 @@ Flow of a spoken turn (server VAD):
   Under ``semantic_vad`` each pause is also judged (:mod:`~quillman.pipeline.semantic`): a
   complete utterance ends the turn at that pause, an unsure one after a short wait, an
   incomplete one waits up to the cap.
-While the user speaks, partial transcripts may prefill the reply's prompt
-(:mod:`~quillman.pipeline.prefill`); the turn's decision stops that.
+While the user speaks, partial transcripts prefill the reply's prompt (:mod:`~quillman.pipeline.prefill`).
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from typing import Any, Awaitable, Callable
 import numpy as np
 
 from quillman import errors, protocol
-from quillman.engines.asr.base import Transcript
+from quillman.engines.asr.base import Transcript, joined
 from quillman.metrics import SessionMetrics
 from quillman.pipeline import semantic
 from quillman.pipeline.conversation import Conversation
@@ -111,17 +110,23 @@ class VoiceTurn:
         return self.transcript
 
     def join_transcripts(self) -> Callable[[], Awaitable[str]]:
-        """The transcript of the segments cut so far, in order, for whoever awaits it later.
+        """The text of :meth:`joined_segments`."""
+        segments = self.joined_segments()
 
-        The segments are fixed now; the waiting coroutine is made only when called, so a
-        response cancelled before it ran leaves no coroutine un-awaited. Shielded: a speculation
-        that is cancelled must not cancel segments the turn still needs.
-        """
+        async def text() -> str:
+            return (await segments()).text
+
+        return text
+
+    def joined_segments(self) -> Callable[[], Awaitable[Transcript]]:
+        """The ASR of the segments cut so far, joined in order, for whoever awaits it later. The
+        segments are fixed now; the coroutine is made only when called, so a response cancelled
+        before it ran leaves none un-awaited. Shielded: a cancelled speculation must not cancel
+        segments the turn still needs."""
         segments = list(self.segments)
 
-        async def join() -> str:
-            results = await asyncio.gather(*(asyncio.shield(task) for task in segments))
-            return " ".join(r.text.strip() for r in results if r.text.strip()).strip()
+        async def join() -> Transcript:
+            return joined(await asyncio.gather(*(asyncio.shield(task) for task in segments)))
 
         return join
 
@@ -271,7 +276,7 @@ class VoiceTurns:
         pcm = np.concatenate(segment) if segment else np.zeros(0, dtype=np.float32)
         try:
             assert self.end_of_turn is not None  # judged only where _semantic()
-            decision = await semantic.judge(self.end_of_turn, pcm, voice.join_transcripts(),
+            decision = await semantic.judge(self.end_of_turn, pcm, voice.joined_segments(),
                                             self._settings().turn_detection)
         except Exception:  # noqa: BLE001 - a failed judgment leaves the turn to the cap
             logger.warning("[%s] end-of-turn judgment failed; waiting for the cap", self.id, exc_info=True)

@@ -184,6 +184,7 @@ class FakeBackends:
     def __init__(self) -> None:
         # ASR
         self.transcripts: list[str] = []  # returned in call order; then ``default_transcript``
+        self.end_confidence: float | None = None  # every transcript's Transcript.end_confidence
         self.default_transcript = "hello there"
         self.asr_fail = False
         self.asr_hang = False
@@ -224,7 +225,8 @@ class FakeBackends:
             log.completed = True
             log.outputs.append(text)
             return Transcript(text=text, language=language or "en",
-                              audio_s=len(pcm) / ASR_SAMPLE_RATE_HZ, inference_ms=1.0)
+                              audio_s=len(pcm) / ASR_SAMPLE_RATE_HZ, inference_ms=1.0,
+                              end_confidence=self.end_confidence)
         except asyncio.CancelledError:
             log.cancelled = True
             raise

@@ -177,16 +177,31 @@ class FasterWhisperRecognizer:
         tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe",
                               language=language)
         prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+        # Encoded once: the decoder runs twice on it, to decode and to score the words decoded.
+        encoded = model.model.encode(
+            ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None], dtype=np.float32)))
         result = model.model.generate(
-            ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None], dtype=np.float32)),
-            [prompt], beam_size=self.beam_size, max_length=min(448, int(6 * duration_s) + 16),
+            encoded, [prompt], beam_size=self.beam_size, max_length=min(448, int(6 * duration_s) + 16),
             suppress_blank=True, suppress_tokens=[-1],
         )
-        text = _drop_repeats(tokenizer.decode(result[0].sequences_ids[0]).strip())
+        ids = result[0].sequences_ids[0]
+        text = _drop_repeats(tokenizer.decode(ids).strip())
         return Transcript(
             text=text, language=language, audio_s=duration_s,
             inference_ms=(time.perf_counter() - start) * 1000,
+            end_confidence=self._end_confidence(encoded, prompt, ids, frames, tokenizer.decode),
         )
+
+    def _end_confidence(self, encoded, prompt: list[int], ids: list[int], frames: int, decode) -> float | None:
+        """The least probability the decoder gives any of the last two word tokens of ``ids``
+        (punctuation aside: a final mark says nothing of the words before it). CTranslate2's
+        ``align`` scores the decoded tokens in one decoder pass, whatever the beam size (what
+        faster-whisper's word probabilities are made of)."""
+        if not ids:
+            return None
+        probabilities = self._model.model.align(encoded, prompt, [ids], frames // 2)[0].text_token_probs
+        words = [p for token, p in zip(ids, probabilities) if re.search(r"[A-Za-z0-9]", decode([token]))]
+        return round(float(min(words[-2:])), 4) if words else None
 
 
 def _drop_repeats(text: str) -> str:

@@ -50,7 +50,7 @@ class FakeModels:
         self.texts, self.p, self.asr_ms, self.audio_ms = list(texts), probability, asr_ms, audio_ms
 
     def transcribe(self, pcm):
-        return self.texts.pop(0), self.asr_ms
+        return self.texts.pop(0), None, self.asr_ms
 
     def probability(self, pcm):
         return self.p, self.audio_ms

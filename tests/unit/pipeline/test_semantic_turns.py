@@ -17,7 +17,7 @@ import pytest
 from test_turns import RATE, LoudnessVad, silence, tone
 
 from quillman.config import VadConfig
-from quillman.pipeline import semantic
+from quillman.pipeline import semantic, turn_text
 
 pytestmark = pytest.mark.usefixtures("hang_guard")
 
@@ -146,6 +146,24 @@ async def test_speech_in_the_short_wait_keeps_the_turn_open(start_semantic, back
     assert len(d.of_type("input_audio_buffer.committed")) == 1
     transcript = d.of_type("conversation.item.input_audio_transcription.completed")[0]["transcript"]
     assert transcript == "What do you think about? electric cars?"
+
+
+async def test_a_complete_reading_the_asr_is_unsure_of_waits_the_short_wait(start_semantic, backends):
+    # "What do you think about" cut at a pause: Whisper makes up an ending, with low confidence.
+    backends.end_confidence = turn_text.UNSURE_ENDING / 2
+    d, turn = await short_wait_turn(start_semantic, backends, "What do you think come out?", 0.9)
+    assert turn.decision.signal == "text_unsure" and not turn.decision.complete
+    assert turn.decision.wait_ms == semantic.SHORT_WAIT_MS["high"]
+    assert not d.of_type("input_audio_buffer.committed")
+    await d.append(silence(0.4), rate=RATE)
+    done = await answer_after_commit(d, backends)
+    assert done["response"]["metadata"]["turn_decision"] == "short_wait"
+
+
+async def test_a_confident_complete_reading_ends_the_turn(start_semantic, backends):
+    backends.end_confidence = 0.9
+    d, turn = await short_wait_turn(start_semantic, backends, "Where do penguins live?", 0.9)
+    assert turn.decision.complete and turn.decision.signal == "text"
 
 
 async def test_smart_turn_vetoes_a_transcript_that_reads_complete(start_semantic, backends):

@@ -1,4 +1,4 @@
-"""semantic_vad's text rule (quillman.pipeline.semantic.read_text) and its fusion with Smart
+"""semantic_vad's text rule (quillman.pipeline.turn_text.read_text) and its fusion with Smart
 Turn (decide): pure functions, no models. Cases: finished sentences that end on a word which
 often dangles ("is.", "to.", "for it."), mid-sentence pauses, fillers, lists that have not got
 their last item, and Whisper's habits (its "?" after a fragment, its repetition loops)."""
@@ -8,8 +8,9 @@ from __future__ import annotations
 import pytest
 
 from quillman.config import VadConfig
-from quillman.pipeline import semantic
-from quillman.pipeline.semantic import Decision, Reading, decide, needs_audio, read_text
+from quillman.pipeline import semantic, turn_text
+from quillman.pipeline.semantic import Decision, decide, needs_audio
+from quillman.pipeline.turn_text import Reading, read_text
 
 COMPLETE = [
     "What is the capital of France?",
@@ -161,3 +162,15 @@ def test_end_signal_names_what_ended_the_turn():
     assert semantic.end_signal(AUTO, "vad", Decision(False, "text", None)) == "max_wait"
     assert semantic.end_signal(VadConfig(), "vad", done) == "silence"
     assert semantic.end_signal(AUTO, "commit", done) == "commit"
+
+
+@pytest.mark.parametrize("confidence, cue", [(None, "complete"), (0.9, "complete"),
+                                              (turn_text.UNSURE_ENDING, "complete"),
+                                              (turn_text.UNSURE_ENDING - 0.01, "unsure"), (0.05, "unsure")])
+def test_the_asr_confidence_in_the_last_words_backs_a_complete_reading(confidence, cue):
+    assert read_text("What do you think come out?", confidence).cue == cue
+
+
+@pytest.mark.parametrize("text, cue", [("I would like a table for the", "incomplete"), ("hello there", None)])
+def test_a_low_confidence_changes_only_a_complete_reading(text, cue):
+    assert read_text(text, 0.05).cue == cue
