@@ -13,7 +13,7 @@ import fractions
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import av
 import httpx
@@ -118,7 +118,7 @@ class WebRtcCaller:
         self.mic = MicTrack()
         self.heard = Heard()
         self.events: list[dict[str, Any]] = []
-        self._new_event = asyncio.Condition()
+        self._new_event = asyncio.Condition()  # notified at each event and each frame heard
         self.call_id: str | None = None
         self._tasks: list[asyncio.Task] = []
         self.channel = None
@@ -193,6 +193,13 @@ class WebRtcCaller:
                     await self._new_event.wait()
         return await asyncio.wait_for(found(), timeout_s)
 
+    async def until(self, condition: Callable[[], object], timeout_s: float) -> None:
+        """Until ``condition()`` holds, looked at again at each event and each frame heard."""
+        async def holds() -> None:
+            async with self._new_event:
+                await self._new_event.wait_for(condition)
+        await asyncio.wait_for(holds(), timeout_s)
+
     async def _record(self, track) -> None:
         resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE_HZ)
         while True:
@@ -204,6 +211,7 @@ class WebRtcCaller:
             for out in resampler.resample(frame):
                 self.heard.frames.append(out.to_ndarray().reshape(-1).copy())
                 self.heard.times.append(now)
+            await self._notify()
 
     async def close(self) -> None:
         self.mic.stop()

@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import time
 import base64
+import concurrent.futures
+import contextlib
 import faulthandler
 import gc
 import json
 import sys
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -30,6 +33,45 @@ PHRASE_A = "What is the capital of France"
 PHRASE_B = "and how many people live there"
 EVENT_TIMEOUT_S = 5.0
 TEST_HANG_LIMIT_S = 30.0
+REST_STEPS = 20  # loop steps in a row without a change that make a session "at rest" (settle())
+
+
+async def until(condition: Callable[[], object], timeout_s: float = EVENT_TIMEOUT_S,
+                what: str = "the condition") -> None:
+    """Wait until ``condition()`` holds, looking again at every step of the event loop: the
+    state the test waits for decides, never a wall-clock interval (the timeout only bounds a hang)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout_s} s")
+        await asyncio.sleep(0)
+
+
+class CountingExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The loop's default executor (``asyncio.to_thread``: the VAD, the turn model) that knows
+    how much work it has in flight, so a test can wait until no thread is still working."""
+
+    def __init__(self) -> None:
+        super().__init__(thread_name_prefix="test-executor")
+        self.in_flight = 0
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[override]
+        self.in_flight += 1  # on the loop's thread, as run_in_executor calls it
+        future = super().submit(fn, *args, **kwargs)
+        loop = asyncio.get_running_loop()
+        future.add_done_callback(lambda _: self._done(loop))
+        return future
+
+    def _done(self, loop: asyncio.AbstractEventLoop) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed before the work ended
+            loop.call_soon_threadsafe(self._count_done)
+
+    def _count_done(self) -> None:
+        self.in_flight -= 1
+
+
+EXECUTORS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CountingExecutor] = weakref.WeakKeyDictionary()
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -254,7 +296,7 @@ class FakeBackends:
                     await self.llm_release.wait()
                 if fail_after is not None and n >= fail_after:
                     raise RuntimeError("fake LLM failure")
-                await asyncio.sleep(self.token_delay_s)
+                await asyncio.sleep(self.token_delay_s)  # the model's time per token (slow tokens)
                 log.outputs.append(token)
                 yield token
             for delta in self.tool_calls.get(index, ()):
@@ -278,7 +320,7 @@ class FakeBackends:
         with log:
             if self.tts_hang:
                 await self.tts_release.wait()
-            await asyncio.sleep(self.tts_delays.get(index, 0))
+            await asyncio.sleep(self.tts_delays.get(index, 0))  # the synthesis's length (a slow sentence)
             n = max(1, len(text.split())) * self.samples_per_word
             # Sample value = 1 + call index: the order of audio shows the order of sentences.
             pcm = np.full(n, index + 1, dtype=np.int16)
@@ -339,6 +381,8 @@ class SessionDriver:
         self._client_order: list[str] = []  # client_conversation() so far
         self._client_seen = 0
         self._inbox: asyncio.Queue[str | None] = asyncio.Queue()
+        self._recorded = asyncio.Event()  # set at each event; wait_for() waits on it
+        self._executor: CountingExecutor | None = None
         self.session = RealtimeSession(
             backends, config or fast_session_config(), vad_config or SCRIPTED_VAD, make_vad,
             send=self._record, llm=llm or LlmConfig(), end_of_turn=end_of_turn,
@@ -349,8 +393,14 @@ class SessionDriver:
     async def _record(self, frame: str) -> None:
         # What the socket would carry: one JSON text per event.
         self.events.append(json.loads(frame))
+        self._recorded.set()
 
     async def start(self) -> "SessionDriver":
+        loop = asyncio.get_running_loop()
+        if loop not in EXECUTORS:  # one per loop: the drivers of a test share it
+            EXECUTORS[loop] = CountingExecutor()
+            loop.set_default_executor(EXECUTORS[loop])
+        self._executor = EXECUTORS[loop]
         self.task = asyncio.create_task(self.session.run(self._inbox.get))
         await self.wait_for("session.created")
         return self
@@ -449,16 +499,19 @@ class SessionDriver:
         deadline = loop.time() + timeout
         errors_before = len(self.errors())
         while True:
+            self._recorded.clear()
             found = self.of_type(event_type)
             if len(found) >= count:
                 return found[count - 1]
             refused = [e for e in self.errors()[errors_before:] if e["type"] == "invalid_request_error"]
             if fail_on_request_error and refused:
                 raise AssertionError(f"refused while waiting for {event_type!r}: {refused}")
-            if loop.time() > deadline:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._recorded.wait()  # the next event the session sends
+            except TimeoutError:
                 raise AssertionError(
-                    f"no {count}x {event_type!r} within {timeout} s; got {self.types()}")
-            await asyncio.sleep(0.002)
+                    f"no {count}x {event_type!r} within {timeout} s; got {self.types()}") from None
 
     async def drain(self) -> None:
         """Wait until every event the session has put so far has been sent (recorded)."""
@@ -469,9 +522,24 @@ class SessionDriver:
             await asyncio.sleep(0)
         await asyncio.sleep(0)  # the sender's last send
 
-    async def settle(self, seconds: float = 0.05) -> None:
-        """Let the loop run (pending tasks, the sender) for a moment."""
-        await asyncio.sleep(seconds)
+    async def settle(self) -> None:
+        """Run the loop until the session is at rest: every event it put is sent, no thread
+        (VAD, turn model) is working for it, and nothing changed for ``REST_STEPS`` loop steps
+        (events, queued bytes, tasks). What a test then finds missing will not come by itself.
+        Loop steps, not wall time: a fake that sleeps (``token_delay_s``) is not at rest, wait
+        for its event instead."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + EVENT_TIMEOUT_S
+        outbox = self.session.connection.outbox
+        calm, last = 0, None
+        while calm < REST_STEPS:
+            state = (len(self.events), outbox.queued_bytes, len(asyncio.all_tasks()))
+            busy = not outbox.empty() or (self._executor is not None and self._executor.in_flight > 0)
+            calm = 0 if busy or state != last else calm + 1
+            last = state
+            if loop.time() > deadline:
+                raise AssertionError(f"the session never came to rest within {EVENT_TIMEOUT_S} s; got {self.types()[-10:]}")
+            await asyncio.sleep(0)
 
 
 @pytest.fixture

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
-import time
 
 import pytest
 
@@ -173,12 +173,23 @@ def test_worker_does_not_outlive_a_closed_loop():
         assert await anext(stream) == 1
         await stream.aclose()
 
+    class Executor(concurrent.futures.ThreadPoolExecutor):
+        """The loop's default executor, keeping the worker's future (its outcome, joinable)."""
+        futures: list[concurrent.futures.Future] = []
+
+        def submit(self, fn, /, *args, **kwargs):
+            future = super().submit(fn, *args, **kwargs)
+            self.futures.append(future)
+            return future
+
+    executor = Executor(max_workers=1)
     loop = asyncio.new_event_loop()
+    loop.set_default_executor(executor)
     try:
         loop.run_until_complete(main())
     finally:
+        loop.close()  # the worker still waits in the generator
         release.set()
-        loop.run_until_complete(loop.shutdown_default_executor())
-        loop.close()
-    assert finished.wait(2)
-    time.sleep(0.01)
+    executor.shutdown(wait=True)  # the worker ran on, writing to the closed loop, and ended
+    [worker] = executor.futures
+    assert worker.exception() is None and finished.is_set()

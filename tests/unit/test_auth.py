@@ -161,7 +161,7 @@ async def test_rate_limit_drops_events_with_an_error(make_driver, backends):
     d = await make_driver(tiny_limits(max_events_per_s=0.001, event_burst=3))
     for i in range(5):
         await d.send({**text_item(f"message {i}"), "event_id": f"ev{i}"})
-    await d.settle(0.02)
+    await d.settle()
     errors = d.errors()
     assert [e["code"] for e in errors] == ["rate_limit_exceeded"] * 2
     assert all(e["type"] == "invalid_request_error" for e in errors)
@@ -177,7 +177,7 @@ async def test_rate_limit_refills(make_driver, backends):
     d.session.connection.limits = SessionLimits(config, clock=lambda: now[0])  # the bucket on a test clock
     for _ in range(3):
         await d.send(text_item("hi"))
-    await d.settle(0.01)
+    await d.settle()
     assert [e["code"] for e in d.errors()] == ["rate_limit_exceeded"]
     now[0] += 0.1  # 5 tokens' worth, capped at the burst of 2
     await d.send({"type": "response.create"})
@@ -194,14 +194,39 @@ async def test_idle_timeout_closes_the_session(make_driver, backends):
     assert d.events[-1]["type"] == "error"  # it is the last thing the client hears
 
 
-async def test_activity_keeps_the_session_open(make_driver, backends):
+class LoopClock:
+    """The running loop's clock, moved on by the test: ``asyncio.timeout`` (the idle timeout)
+    reads ``loop.time()``, so its deadline passes when the test says, not after a real wait."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.offset = loop, 0.0
+        real = loop.time
+        loop.time = lambda: real() + self.offset  # type: ignore[method-assign]
+
+    async def advance(self, seconds: float) -> None:
+        self.offset += seconds
+        await asyncio.sleep(0)  # a step: the timers now due fire
+
+
+@pytest.fixture
+async def loop_clock():
+    loop = asyncio.get_running_loop()
+    yield LoopClock(loop)
+    del loop.time  # the class's clock again
+
+
+async def test_activity_keeps_the_session_open(make_driver, backends, loop_clock):
     d = await make_driver(tiny_limits(idle_timeout_s=0.5))
-    # Events every 0.2 s for 1.2 s: longer than the timeout in total, never idle that long.
-    for _ in range(6):
+    # An event every 0.4 s for 2.4 s: longer than the timeout in total, never idle that long.
+    for i in range(6):
+        await loop_clock.advance(0.4)
         d._inbox.put_nowait('{"type": "input_audio_buffer.clear"}')
-        await asyncio.sleep(0.2)
+        await d.wait_for("input_audio_buffer.cleared", count=i + 1)  # received: the timer starts again
     assert not d.task.done()
     assert d.errors() == []
+    await loop_clock.advance(0.4)
+    assert not d.task.done()  # 0.4 s idle: not yet
+    await loop_clock.advance(0.2)
     await asyncio.wait_for(d.task, 5)
     assert [e["code"] for e in d.errors()] == ["idle_timeout"]
 
@@ -229,7 +254,7 @@ async def test_uncommitted_audio_is_capped_without_vad(make_driver, backends):
     second = base64.b64encode(b"\x00\x00" * 24000).decode()
     for i in range(4):
         await d.send({"type": "input_audio_buffer.append", "event_id": f"a{i}", "audio": second})
-    await d.settle(0.01)
+    await d.settle()
     errors = d.errors()
     assert [e["code"] for e in errors] == ["input_audio_buffer_full"]
     assert errors[0]["event_id"] == "a3"
@@ -237,7 +262,7 @@ async def test_uncommitted_audio_is_capped_without_vad(make_driver, backends):
     await d.send({"type": "input_audio_buffer.commit"})
     await d.wait_for("response.done")
     await d.send({"type": "input_audio_buffer.append", "audio": second})
-    await d.settle(0.01)
+    await d.settle()
     assert len(d.errors()) == 1
 
 
@@ -277,7 +302,7 @@ async def test_output_tokens_below_one_are_invalid(make_driver, backends, where,
     else:
         await d.send(text_item("hi"))
         await d.send({"type": "response.create", "event_id": "ev_t", "response": {"max_output_tokens": value}})
-    await d.settle(0.01)
+    await d.settle()
     assert [(e["code"], e.get("event_id")) for e in d.errors()] == [("invalid_event", "ev_t")]
     assert "max_output_tokens" in d.errors()[0]["param"]
     assert backends.llm_calls == []

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from quillman.priority import NodePriority, is_due
+from tests.unit.conftest import until
 
 
 @pytest.fixture
@@ -30,31 +31,24 @@ def test_a_critical_section_makes_the_machine_busy(priority):
 
 
 def test_another_processs_critical_work_is_seen_and_its_end_too(priority, tmp_path):
-    ready, release = tmp_path / "ready", tmp_path / "release"
+    # The child says on stdout where it is and waits on stdin for the next step: no polling.
     child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import pathlib, time
+        import sys
         from quillman.priority import NodePriority
         arbiter = NodePriority({str(tmp_path)!r})
         with arbiter.critical():
-            pathlib.Path({str(ready)!r}).touch()
-            while not pathlib.Path({str(release)!r}).exists():
-                time.sleep(0.01)
-        pathlib.Path({str(ready)!r}).unlink()
-        while True:
-            time.sleep(0.01)
-    """)])
+            print("critical", flush=True)
+            sys.stdin.readline()
+        print("done", flush=True)
+        sys.stdin.readline()  # alive, its file kept, until killed
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        for _ in range(1000):
-            if ready.exists():
-                break
-            time.sleep(0.01)
+        assert child.stdout.readline() == "critical\n"
         priority._scanned = 0.0  # noqa: SLF001 - look at the directory now, not in 0.5 s
         assert priority.busy(include_self=False)
-        release.touch()
-        for _ in range(1000):
-            if not ready.exists():
-                break
-            time.sleep(0.01)
+        child.stdin.write("release\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "done\n"
         assert not priority.busy(include_self=False)
     finally:
         child.kill()
@@ -74,15 +68,30 @@ def test_bulk_work_waits_no_longer_than_until(priority):
 async def test_the_asyncio_wait_ends_when_the_critical_work_does(priority):
     import asyncio
 
-    async def critical_for_a_moment():
-        with priority.critical():
-            await asyncio.sleep(0.05)
+    release = asyncio.Event()
 
-    task = asyncio.create_task(critical_for_a_moment())
-    await asyncio.sleep(0)
-    waited = await priority.yield_while_busy(until=None)
-    await task
-    assert 0.03 <= waited < 5
+    async def critical_until_released():
+        with priority.critical():
+            await release.wait()
+
+    looked: list[float] = []  # when the waiting work looked for critical work
+    machine_busy = priority.busy
+
+    def busy(include_self: bool = True) -> bool:
+        looked.append(time.monotonic())
+        return machine_busy(include_self)
+
+    priority.busy = busy  # type: ignore[method-assign]
+    holder = asyncio.create_task(critical_until_released())
+    await asyncio.sleep(0)  # a step: it holds the section
+    waiter = asyncio.create_task(priority.yield_while_busy(until=None))
+    await until(lambda: len(looked) >= 3)  # it waits, looking again and again
+    assert not waiter.done()
+    released_at = time.monotonic()
+    release.set()
+    await holder
+    waited = await asyncio.wait_for(waiter, 5)
+    assert released_at - looked[0] <= waited < 5  # the whole wait, ended by the critical work's end
 
 
 def test_an_unwritable_directory_turns_the_arbiter_off(tmp_path):

@@ -4,8 +4,8 @@ replica is on, and that losing a node ends every process of it (and nothing else
 from __future__ import annotations
 
 import os
+import select
 import subprocess
-import time
 
 from quillman_bench.local_cluster import CPU_NODES, LocalCluster, RayNode
 from quillman_bench.server_process import ROOT
@@ -28,16 +28,24 @@ def test_a_replicas_node_is_named_by_its_custom_resources(tmp_path):
 
 
 def test_killing_a_node_ends_its_whole_process_group(tmp_path):
-    process = subprocess.Popen(["bash", "-c", "sleep 60 & sleep 60"], start_new_session=True)
+    # bash says when it has forked both (a fork is in the group at once, before its exec).
+    process = subprocess.Popen(["bash", "-c", "sleep 60 & sleep 60 & echo started; wait"], start_new_session=True,
+                               stdout=subprocess.PIPE, text=True)
     node = RayNode("speech", {"stage_tts": 3}, process, tmp_path / "log", tmp_path)
-    time.sleep(0.2)
+    assert process.stdout.readline() == "started\n"
     children = subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True, text=True).stdout.split()
     assert len(children) == 3  # bash and both sleeps, like ray start and its raylet, agents, workers
-    node.kill()
-    assert not node.alive
-    deadline = time.monotonic() + 5
-    while living(process.pid) and time.monotonic() < deadline:  # SIGKILL is delivered at once,
-        time.sleep(0.05)  # but a process is only gone when the kernel has torn it down
+    exits = [os.pidfd_open(int(pid)) for pid in children]  # readable once that process has ended
+    try:
+        node.kill()
+        assert not node.alive
+        # SIGKILL is delivered at once, but a process is only gone when the kernel has torn it down.
+        for fd in exits:
+            assert select.select([fd], [], [], 5)[0] == [fd]
+    finally:
+        for fd in exits:
+            os.close(fd)
+        process.stdout.close()
     assert living(process.pid) == []
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 
 from quillman_bench import machine
+from tests.unit.conftest import until
 
 
 def test_cpu_summary_merges_stretches():
@@ -25,9 +25,9 @@ def test_cpu_busy_total_grows():
 
 
 async def test_cpu_sampler_takes_percentages():
-    sampler = machine.CpuSampler(interval_s=0.05)
+    sampler = machine.CpuSampler(interval_s=0.01)
     sampler.start()
-    await asyncio.sleep(0.2)
+    await until(lambda: len(sampler.samples) >= 2)
     part = await sampler.stop()
     assert part["samples"] and all(0.0 <= v <= 100.0 for v in part["samples"])
     assert part["wall_s"] > 0 and part["client_cpu_s"] >= 0

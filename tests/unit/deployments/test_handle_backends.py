@@ -70,12 +70,31 @@ class Handle:
         return self
 
 
-def backends(down: set[str], asr=None, llm=None, tts=None) -> HandleBackends:
-    async def unavailable(name: str) -> bool:
-        return name in down
+class Watch:
+    """``unavailable(name)`` as DeploymentWatch answers it (the stages in ``down`` have no
+    replica), counting the questions so a test can wait for the polls themselves."""
 
+    def __init__(self, down: set[str]):
+        self.down = down
+        self.asked: list[str] = []
+        self._asked = asyncio.Condition()
+
+    async def unavailable(self, name: str) -> bool:
+        async with self._asked:
+            self.asked.append(name)
+            self._asked.notify_all()
+        return name in self.down
+
+    async def polls(self, name: str, count: int) -> None:
+        """Until ``name``'s stage was asked about ``count`` times."""
+        async with self._asked:
+            await asyncio.wait_for(self._asked.wait_for(lambda: self.asked.count(name) >= count), 5)
+
+
+def backends(down: set[str] | Watch, asr=None, llm=None, tts=None) -> HandleBackends:
+    watch = down if isinstance(down, Watch) else Watch(down)
     return HandleBackends(Handle(asr or Pending()), Handle(llm or Pending()), Handle(tts or Pending()),
-                          unavailable, poll_s=0.01)
+                          watch.unavailable, poll_s=0.01)
 
 
 async def test_a_transcription_waiting_on_a_stage_without_replicas_fails_as_unavailable():
@@ -111,13 +130,14 @@ async def test_a_slow_answer_of_a_stage_with_replicas_is_waited_for():
     stream = Pending(items=["Hi", "!"])
     request = GenerationRequest(messages=[{"role": "user", "content": "hi"}], params=GenerationParams(max_tokens=8, temperature=0.0, top_p=1.0))
     deltas = []
+    watch = Watch({"Speaker"})
 
     async def read():
-        async for delta in backends({"Speaker"}, llm=stream).generate(request):
+        async for delta in backends(watch, llm=stream).generate(request):
             deltas.append(delta)
 
     reader = asyncio.ensure_future(read())
-    await asyncio.sleep(0.1)  # ten polls: the LanguageModel is not the stage that is down
+    await watch.polls("LanguageModel", 10)  # ten polls: the LanguageModel is not the stage that is down
     assert deltas == ["Hi", "!"] and not reader.done()
     reader.cancel()
     await asyncio.gather(reader, return_exceptions=True)
@@ -142,13 +162,14 @@ async def test_a_streams_items_cost_no_task_each():
 async def test_a_reader_cancelled_while_waiting_is_cancelled_not_unavailable():
     """Barge-in cancels the reader; the stream must not report the stage as lost."""
     stream = Pending()
+    watch = Watch(set())
 
     async def read():
-        async for _ in backends(set(), tts=stream).synthesize("Hello there.", "joe", 24000):
+        async for _ in backends(watch, tts=stream).synthesize("Hello there.", "joe", 24000):
             pass
 
     reader = asyncio.ensure_future(read())
-    await asyncio.sleep(0.05)
+    await watch.polls("Speaker", 1)  # the reader waits, and the watchdog looks at the stage
     reader.cancel()
     with pytest.raises(asyncio.CancelledError):
         await reader

@@ -38,7 +38,7 @@ class FakeResponse:
         self.cancelled = False
 
     async def _run(self):
-        await asyncio.sleep(self.delay_s)
+        await asyncio.sleep(self.delay_s)  # the replica's time to answer (3600: never)
         if self.error is not None:
             raise self.error
         return self.result

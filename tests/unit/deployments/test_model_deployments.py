@@ -26,6 +26,7 @@ from quillman.scheduling import QueueWait
 from quillman.engines.llm.base import GenerationParams, GenerationRequest
 from quillman.engines.tts.base import AudioChunk
 from quillman.errors import StartupTimeoutError
+from tests.unit.conftest import until
 
 pytestmark = pytest.mark.usefixtures("hang_guard")
 
@@ -49,7 +50,7 @@ class FakeRecognizer:
     def transcribe(self, pcm, language=None):
         self.threads.add(threading.current_thread().name)
         self.calls.append((len(pcm), language))
-        time.sleep(self.transcribe_s)
+        time.sleep(self.transcribe_s)  # the inference's length (the warm-up's, for the startup timeout)
         return Transcript(text="hello", language=language, audio_s=len(pcm) / 16000, inference_ms=1.0)
 
 
@@ -78,9 +79,13 @@ def factory_of(engine, load_s: float = 0.0, calls: list | None = None):
     def factory(config):
         if calls is not None:
             calls.append((config, threading.current_thread().name))
-        time.sleep(load_s)
+        time.sleep(load_s)  # the load's length: what the startup timeout and load_s measure
         return engine
     return factory
+
+
+async def collect(stream) -> list:
+    return [item async for item in stream]
 
 
 # --- the factory ---------------------------------------------------------------------------------
@@ -121,20 +126,20 @@ async def test_a_config_dict_is_validated_before_the_factory_sees_it():
 
 
 async def test_a_blocking_load_does_not_block_the_event_loop():
-    ticks = 0
+    loop = asyncio.get_running_loop()
+    ran: list[str] = []
 
-    async def ticker():
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
+    async def on_the_loop() -> None:
+        ran.append("loop")
 
-    task = asyncio.create_task(ticker())
-    try:
-        await construct(SPEAKER, TtsConfig(), factory_of(FakeSynthesizer(), load_s=0.3))
-    finally:
-        task.cancel()
-    assert ticks >= 10  # the loop ran on while the factory slept
+    def load(config):
+        # The load blocks its thread until the loop has run a coroutine: it could not, were
+        # the loop the one waiting for the load.
+        asyncio.run_coroutine_threadsafe(on_the_loop(), loop).result(timeout=5)
+        return FakeSynthesizer()
+
+    await construct(SPEAKER, TtsConfig(), load)
+    assert ran == ["loop"]  # the loop ran on while the factory blocked
 
 
 async def test_an_error_of_the_factory_is_raised_as_is():
@@ -295,15 +300,31 @@ async def test_a_later_sentence_gives_way_to_critical_work_and_a_first_one_is_cr
         [c async for c in replica.synthesize("Now.", "joe", 24000, time.time())]
         assert held_during[-1] == 1 and replica._priority.held == 0
 
-        async def critical_for(seconds: float) -> None:
-            with other_stage.critical():
-                await asyncio.sleep(seconds)
+        release = asyncio.Event()
 
-        busy = asyncio.create_task(critical_for(0.3))
-        await asyncio.sleep(0)
-        wait, *_ = [c async for c in replica.synthesize("Later.", "joe", 24000, time.time() + 5)]
-        await busy
-        assert wait.ms >= 250  # it waited for the other stage's critical work to end
+        async def critical_until_released() -> None:
+            with other_stage.critical():
+                await release.wait()
+
+        looked: list[float] = []  # when the Speaker looked for critical work on the machine
+        machine_busy = speaker_priority.busy
+
+        def busy(include_self: bool = True) -> bool:
+            looked.append(time.monotonic())
+            return machine_busy(include_self)
+
+        speaker_priority.busy = busy  # type: ignore[method-assign]
+        holder = asyncio.create_task(critical_until_released())
+        await asyncio.sleep(0)  # a step: the other stage holds its critical section
+        later = asyncio.ensure_future(collect(replica.synthesize("Later.", "joe", 24000, time.time() + 5)))
+        await until(lambda: len(looked) >= 3)  # the sentence waits, looking again and again
+        assert not later.done()
+        released_at = time.monotonic()
+        release.set()
+        await holder
+        wait, *_ = await asyncio.wait_for(later, 5)
+        # It waited for the other stage's critical work to end: at least from its first look on.
+        assert wait.ms >= round((released_at - looked[0]) * 1000, 1) - 0.1
         assert held_during[-1] == 0  # and was not critical itself
     finally:
         replica._priority.close()

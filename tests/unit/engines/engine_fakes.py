@@ -137,7 +137,7 @@ class FakeAsyncLLM:
         self.requests.append((prompt, sampling_params, request_id))
         try:
             for i, piece in enumerate(self.pieces):
-                await asyncio.sleep(self.delay_s)
+                await asyncio.sleep(self.delay_s)  # the engine's time per step
                 yield RequestOutput([Completion(piece)], finished=i == len(self.pieces) - 1)
         finally:
             self.closed_generators += 1

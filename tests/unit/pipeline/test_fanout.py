@@ -114,7 +114,7 @@ async def test_concurrency_bound(limit):
         peak = max(peak, active)
         try:
             for k in range(3):
-                await asyncio.sleep(0.001 * ((item * 7) % 3))
+                await asyncio.sleep(0.001 * ((item * 7) % 3))  # the work's length: items finish out of order
                 yield (item, k)
         finally:
             active -= 1
@@ -276,7 +276,7 @@ async def test_producer_error_propagates():
 
 async def test_producer_error_while_waiting_for_the_first_item():
     async def items():
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # a step: the error comes while the consumer waits, not at once
         raise RuntimeError("no items at all")
         yield  # pragma: no cover
 

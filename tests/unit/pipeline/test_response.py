@@ -14,6 +14,7 @@ from quillman import protocol
 from quillman.config import SessionConfig
 from quillman.pipeline.response import Response, Timings, UserInput
 from quillman.pipeline.settings import ResponseSettings
+from tests.unit.conftest import until
 
 pytestmark = pytest.mark.usefixtures("hang_guard")
 
@@ -90,14 +91,6 @@ class Harness:
     def audio(self) -> np.ndarray:
         chunks = [decode_b64_pcm(e["delta"]) for e in self.of_type("response.output_audio.delta")]
         return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
-
-
-async def until(predicate, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.002)
 
 
 def user_input(text: str = "what time is it", item_id: str = "item_user") -> UserInput:

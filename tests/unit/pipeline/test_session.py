@@ -14,6 +14,8 @@ import json
 import numpy as np
 import pytest
 
+from tests.unit.conftest import until
+
 pytestmark = pytest.mark.usefixtures("hang_guard")
 
 GA_RESPONSE_AUDIO = [
@@ -270,7 +272,7 @@ async def test_two_spoken_turns_each_get_one_response(driver, backends, two_turn
     clip = two_turns_24k
     await driver.append(clip.pcm)
     await driver.wait_for("response.done", count=2)
-    await driver.settle(0.1)
+    await driver.settle()
     assert driver.types().count("input_audio_buffer.speech_started") == 2
     assert driver.types().count("input_audio_buffer.committed") == 2
     assert statuses(driver) == ["completed", "completed"]
@@ -583,7 +585,7 @@ async def test_every_committed_turn_gets_exactly_one_response_done(driver, backe
                           fail_on_request_error=True)
     await driver.append(short_speech_24k.pcm)
     await driver.wait_for("response.done", count=4)
-    await driver.settle(0.1)
+    await driver.settle()
     committed = len(driver.of_type("input_audio_buffer.committed"))
     assert committed == 3
     created = len(driver.of_type("response.created"))
@@ -879,9 +881,10 @@ async def test_a_client_that_stops_reading_is_closed_with_one_error(backends, se
     session = RealtimeSession(backends, session_config(max_outbox_bytes=64 * 1024), VadConfig(), SileroVad,
                               send=send, llm=LlmConfig(max_tokens=200))
     run = asyncio.create_task(session.run(inbox.get))
-    for _ in range(5):
+    for i in range(5):
         await inbox.put(json.dumps({"type": "response.create"}))
-        await asyncio.sleep(0.05)
+        # The reply runs until the session closes its full queue (or, were it shorter, to its end).
+        await until(lambda: session.connection.outbox.finished or session.responses_done > i)
         await inbox.put(json.dumps({"type": "response.cancel"}))
     close_code = await asyncio.wait_for(run, 10)
     assert close_code == 1011

@@ -394,11 +394,8 @@ async def settle_idle(driver, timeout_s: float = 5.0) -> None:
     session = driver.session
     await driver.send({"type": "input_audio_buffer.clear"})
     await driver.send({"type": "session.update", "session": {"output_modalities": ["audio"]}})
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while session.response is not None or session.turns.turn is not None:
-        assert loop.time() < deadline, f"session not idle: {driver.types()[-10:]}"
-        await asyncio.sleep(0.005)
+    await fakes.until(lambda: session.response is None and session.turns.turn is None, timeout_s,
+                f"an idle session (last events {driver.types()[-10:]})")
 
 
 @SETTINGS_SESSION
@@ -455,7 +452,7 @@ async def one_bad_frame(kind: str, frame: str, code: str) -> None:
     try:
         TRIED[kind] += 1
         await driver.send(frame)
-        await driver.settle(0.005)
+        await driver.settle()
         errs = driver.errors()
         assert [e["code"] for e in errs] == [code], (frame[:200], errs)
         if code != "frame_too_large":

@@ -15,8 +15,9 @@ from quillman.config import LlmConfig, VadConfig
 from quillman.engines.vad import SileroVad
 from quillman.pipeline.session import RealtimeSession
 from quillman.webrtc.call import COUNTS, Call, udp_sockets
-from quillman.webrtc.caller import WebRtcCaller
+from quillman.webrtc.caller import RATE_HZ, SILENT_RMS, WebRtcCaller
 from quillman.webrtc.signalling import check_offer
+from tests.unit.conftest import until
 
 TIMEOUT_S = 20.0
 
@@ -37,6 +38,13 @@ class Voiced:
         for piece in np.array_split(pcm, 4):
             yield piece
             await asyncio.sleep(0)
+
+
+def sound_heard_s(caller: WebRtcCaller, since: float) -> float:
+    """Seconds of sound (not silence) the caller has heard on the reply track since ``since``."""
+    heard = caller.heard
+    return sum(len(f) for f, t in zip(heard.frames, heard.times)
+               if t >= since and np.sqrt(np.mean(f.astype(np.float64) ** 2)) > SILENT_RMS) / RATE_HZ
 
 
 @pytest.fixture
@@ -89,7 +97,7 @@ async def test_barge_in_cuts_the_track_and_truncates_at_the_played_position(back
     caller, call, task = await open_call(Voiced(backends), session_config)
     caller.say(np.concatenate([phrases_24k[0], np.zeros(24000, np.int16)]), 24000)
     started = await caller.wait_for("output_audio_buffer.started", TIMEOUT_S)
-    await asyncio.sleep(1.0)
+    await caller.until(lambda: sound_heard_s(caller, since=started["_t"]) >= 1.0, TIMEOUT_S)  # a second of the reply
     caller.say(phrases_24k[1], 24000)  # the user talks over the reply
     cleared = await caller.wait_for("output_audio_buffer.cleared", TIMEOUT_S)
     assert cleared["response_id"] == started["response_id"]
@@ -97,7 +105,8 @@ async def test_barge_in_cuts_the_track_and_truncates_at_the_played_position(back
     # What the track had sent: at least the second waited, less than the whole reply.
     assert 1000 <= truncated["audio_end_ms"] < 6000
     t_cleared = cleared["_t"]
-    await asyncio.sleep(0.5)
+    # The track goes on (silence when nothing plays): listen to it for half a second after the clear.
+    await caller.until(lambda: caller.heard.times and caller.heard.times[-1] >= t_cleared + 0.5, TIMEOUT_S)
     assert caller.heard.first_sound(t_cleared + 0.3) is None or \
         caller.heard.first_sound(t_cleared + 0.3) > t_cleared + 0.4  # silence until a next reply
     entry = call.session.conversation.get(truncated["item_id"])
@@ -130,10 +139,8 @@ async def test_a_flooded_channel_gets_rate_limited_and_the_call_goes_on(backends
     for i in range(1000):
         caller.send({"type": "conversation.item.retrieve", "item_id": f"nope{i}"})
     await caller.wait_for("error", TIMEOUT_S)
-    for _ in range(400):  # the backlog drains; then the call takes events again
-        if call.inbox.events == 0 and not call.inbox.flooding:
-            break
-        await asyncio.sleep(0.05)
+    # The backlog drains; then the call takes events again.
+    await until(lambda: call.inbox.events == 0 and not call.inbox.flooding, TIMEOUT_S)
     since = len(caller.events)
     caller.send({"type": "session.update", "session": {"instructions": "Be brief."}})
     await caller.wait_for("session.updated", TIMEOUT_S, since)

@@ -200,6 +200,7 @@ def make_machine(engine: BatchedLlamaCpp, reference: FreshContext):
             self.histories: dict[str | None, list[dict]] = {s: base_messages() for s in SESSIONS}
             self.last_prompt: dict[str | None, list[dict]] = {}
             self.inflight: list[InFlight] = []
+            self.progressed = asyncio.Event()  # set at each delta and at each request's end
 
         # --- requests ----------------------------------------------------------------------
 
@@ -220,12 +221,14 @@ def make_machine(engine: BatchedLlamaCpp, reference: FreshContext):
                             entry.usage = delta
                             continue
                         entry.deltas.append(delta)
+                        self.progressed.set()
                         if entry.stop_after is not None and len(entry.deltas) >= entry.stop_after:
                             return  # mid-generation cancel: the stream is closed below
                 finally:
                     await stream.aclose()
 
             entry.task = self.loop.create_task(consume())
+            entry.task.add_done_callback(lambda _: self.progressed.set())
             self.last_prompt[session] = messages
             self.inflight.append(entry)
             self.loop.run_until_complete(asyncio.sleep(0))  # the request reaches the engine
@@ -260,9 +263,18 @@ def make_machine(engine: BatchedLlamaCpp, reference: FreshContext):
             entry = data.draw(st.sampled_from(self.inflight))
             entry.task.cancel()
 
-        @rule(steps=st.integers(1, 5))
-        def let_it_run(self, steps):
-            self.loop.run_until_complete(asyncio.sleep(0.01 * steps))
+        @rule(deltas=st.integers(1, 5))
+        def let_it_run(self, deltas):
+            """The requests in flight move on by ``deltas`` text deltas between them (or all end):
+            progress the engine makes, not a wall-clock time it may or may not fill."""
+            self.loop.run_until_complete(asyncio.wait_for(self._progress(deltas), 120))
+
+        async def _progress(self, deltas: int) -> None:
+            target = sum(len(entry.deltas) for entry in self.inflight) + deltas
+            while sum(len(entry.deltas) for entry in self.inflight) < target and \
+                    not all(entry.task.done() for entry in self.inflight):
+                self.progressed.clear()
+                await self.progressed.wait()
 
         @precondition(lambda self: self.inflight)
         @rule(data=st.data())

@@ -51,7 +51,7 @@ class ChatServer:
         try:
             await response.write(b": keep-alive\n\n" + _chunk(role="assistant", content=""))
             for word in self.words:
-                await asyncio.sleep(self.delay_s)
+                await asyncio.sleep(self.delay_s)  # the model's time per token (a stream that takes a while)
                 await response.write(_chunk(word))
                 self.sent += 1
             await response.write(_chunk(finish="stop"))
@@ -118,14 +118,16 @@ async def test_cancelling_the_consumer_disconnects(model, chat_server):
     chat_server.words = [f" w{i}" for i in range(200)]
     chat_server.delay_s = 0.01
     seen: list[str] = []
+    streaming = asyncio.Event()
 
     async def consume():
         async for delta in model.stream(GenerationRequest(MESSAGES, PARAMS)):
             seen.append(delta)
+            if len(seen) == 2:
+                streaming.set()
 
     task = asyncio.create_task(consume())
-    while len(seen) < 2:
-        await asyncio.sleep(0.005)
+    await asyncio.wait_for(streaming.wait(), 5)  # mid-stream: two deltas in
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

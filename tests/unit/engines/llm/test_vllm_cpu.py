@@ -91,14 +91,16 @@ async def test_closing_the_stream_takes_the_request_out_of_the_scheduler(model):
 
 async def test_cancelling_the_consumer_aborts_the_request(model):
     seen: list[str] = []
+    streaming = asyncio.Event()
 
     async def consume():
         async for delta in model.stream(GenerationRequest(STORY, LONG)):
             seen.append(delta)
+            if len(seen) == 3:
+                streaming.set()
 
     task = asyncio.create_task(consume())
-    while len(seen) < 3:
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(streaming.wait(), 60)  # mid-generation: three deltas in
     cancelled_at = time.time()
     task.cancel()  # the client disconnected: Ray cancels the replica task
     with pytest.raises(asyncio.CancelledError):
