@@ -231,8 +231,8 @@ class SessionConfig(_Strict):
     # The first TTS chunk is cut at the first clause or phrase boundary after this many words
     # (quillman.pipeline.sentences), and at first_chunk_max_words at the latest: its tokens and
     # its synthesis are on the critical path (~18 ms a token, ~30 ms a word of Piper here).
-    first_chunk_min_words: int = Field(4, ge=1)
-    first_chunk_max_words: int = Field(8, ge=2)
+    first_chunk_min_words: int = Field(3, ge=1)
+    first_chunk_max_words: int = Field(6, ge=2)
     max_chunk_words: int = Field(40, ge=4)
     output_chunk_ms: int = Field(200, ge=20, le=2000)
     # Audio may arrive this far ahead of real time before appends are refused.

@@ -3,7 +3,9 @@
 The first chunk is cut early because its generation and synthesis are on the critical path of
 voice-to-voice latency: at the first sentence end, or the first clause mark or phrase boundary
 (before a conjunction or relative word: where a speaker may breathe) after
-``first_min_words``, and at ``first_max_words`` at the latest. Later chunks end at sentence
+``first_min_words``, and by ``first_max_words`` at the latest, there before the last word that
+opens a phrase (a preposition, a copula: "Penguins are found | in the Southern Hemisphere",
+not "Penguins are found in the Southern | Hemisphere"). Later chunks end at sentence
 boundaries (better prosody), with a word cap so a run-on sentence does not stall the audio.
 """
 
@@ -25,6 +27,17 @@ _MARKUP = re.compile(r"[*_#`]+")
 PHRASE_STARTERS = frozenset("""
 and but or so because although though while whereas when where which who whose that if unless
 until since after before
+""".split())
+# At the first chunk's cap: words a new phrase starts with (the cut may go before one) ...
+PHRASE_HEADS = PHRASE_STARTERS | frozenset("""
+of to for with from at by into about on in than through over under between during without like
+is are was were can will would should could may might must
+""".split())
+# ... and words no phrase ends on (the chunk must not end with one).
+NO_END = frozenset("""
+the a an my your his her our its their this that these those some any no every each very
+of to for with from at by into about on in than through over under between during without like
+and but or so is are was were
 """.split())
 
 
@@ -83,6 +96,8 @@ class SentenceSplitter:
             if self._emitted > 0:  # prefer the last clause boundary within the cap
                 clauses = [m.end() for m in _CLAUSE_END.finditer(text) if m.end() <= hard]
                 hard = clauses[-1] if clauses else hard
+            elif not any(cut <= hard for cut in cuts):  # the cap decides: not inside a phrase
+                hard = self._before_last_phrase(text) or hard
             cuts.append(hard)
         return min(cuts) if cuts else None
 
@@ -93,6 +108,18 @@ class SentenceSplitter:
         for k in range(self.first_min_words, min(len(words), self.first_max_words + 1)):
             whole = k < len(words) - 1 or text[words[k].end():words[k].end() + 1].isspace()
             if whole and words[k].group().lower() in PHRASE_STARTERS:
+                return words[k - 1].end()
+        return None
+
+    def _before_last_phrase(self, text: str) -> int | None:
+        """At the first chunk's cap: just before the last phrase-opening word among the first
+        ``first_max_words``, if at least ``first_min_words`` words come before it and the word
+        before it can end a phrase. Only whole words are read (the cap's word is followed by
+        another), so a trickle and one delta cut alike."""
+        words = list(re.finditer(r"\S+", text))[: self.first_max_words]
+        bare = [w.group().lower().strip("\"'()[],;:") for w in words]
+        for k in range(len(words) - 1, self.first_min_words - 1, -1):
+            if bare[k] in PHRASE_HEADS and bare[k - 1] not in NO_END:
                 return words[k - 1].end()
         return None
 

@@ -225,3 +225,29 @@ async def test_split_stream():
 
     chunks = [c async for c in split_stream(deltas(), SentenceSplitter())]
     assert chunks == ["Hello there my friend,", "how are you doing today?", "I am fine"]
+
+
+@pytest.mark.parametrize("deltas", ["whole", "small"])
+@pytest.mark.parametrize("text, first", [
+    # the cap falls inside a noun phrase: the cut goes before the phrase that holds it
+    ("Penguins are found in the Southern Hemisphere, mostly.", "Penguins are found"),
+    ("I'm a huge fan of classical music.", "I'm a huge fan"),
+    ("The number of days in a week is seven.", "The number of days"),
+    ("The sky on a clear day is blue.", "The sky on a clear day"),
+    # an earlier boundary (a clause mark, a sentence end) still wins
+    ("To make a cup of tea, boil water first.", "To make a cup of tea,"),
+    ("The capital of France is Paris. It is lovely.", "The capital of France is Paris."),
+    # no phrase to cut before: the cap itself
+    ("Seven big red happy fluffy dogs barked.", "Seven big red happy fluffy dogs"),
+])
+def test_the_first_chunk_cap_cuts_between_phrases(text, first, deltas):
+    chunks = split(text, None if deltas == "whole" else small_deltas(text, 5),
+                   first_min_words=3, first_max_words=6)
+    assert chunks[0] == first
+    assert " ".join(chunks) == text
+
+
+def test_the_phrase_cut_keeps_first_min_words():
+    # "in" opens a phrase after two words only: too short a chunk, so the cap cuts instead.
+    chunks = split("Cats sleep in warm sunny quiet corners all day.", first_min_words=3, first_max_words=6)
+    assert chunks[0] == "Cats sleep in warm sunny quiet"
