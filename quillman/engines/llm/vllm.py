@@ -24,12 +24,14 @@ into a Hugging Face folder (:mod:`quillman.engines.llm.gguf_convert`), since vLL
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
+import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from quillman.config import LlmConfig
 from quillman.engines.gpu import (GPU_EXTRA_HINT, import_optional, require_cuda, resolve_model_dir,
@@ -110,7 +112,40 @@ def check_build(device: str) -> None:
                           "install vllm")
 
 
-def scheduler_stats_logger(sink: dict[str, Any]) -> type:
+class SchedulerStats:
+    """The engine core's latest scheduler stats (``latest``) and an await for a report to come.
+    vLLM may report from another thread than the waiter's loop: reports reach each waiter on
+    its own loop, every one of them, in order."""
+
+    def __init__(self) -> None:
+        self.latest: dict[str, Any] = {}
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = []
+        self._lock = threading.Lock()
+
+    def record(self, running: int, waiting: int, kv_cache_usage: float) -> None:
+        with self._lock:
+            self.latest = {"running": running, "waiting": waiting, "kv_cache_usage": kv_cache_usage,
+                           "updated_at": time.time()}
+            for loop, reports in self._waiters:
+                loop.call_soon_threadsafe(reports.put_nowait, self.latest)
+
+    async def until(self, predicate: Callable[[dict[str, Any]], bool], since: float = 0.0) -> dict[str, Any]:
+        """The first report made at or after ``since`` (Unix time) that ``predicate`` accepts."""
+        reports: asyncio.Queue = asyncio.Queue()
+        waiter = (asyncio.get_running_loop(), reports)
+        with self._lock:  # the latest and every report after it, none missed in between
+            stats = self.latest
+            self._waiters.append(waiter)
+        try:
+            while not (stats and stats["updated_at"] >= since and predicate(stats)):
+                stats = await reports.get()
+            return dict(stats)
+        finally:
+            with self._lock:
+                self._waiters.remove(waiter)
+
+
+def scheduler_stats_logger(sink: SchedulerStats) -> type:
     """A vLLM stat logger class that keeps the engine core's latest scheduler stats in ``sink``.
 
     vLLM sends SchedulerStats with every engine step, including the step that retires an aborted
@@ -123,10 +158,9 @@ def scheduler_stats_logger(sink: dict[str, Any]) -> type:
 
         def record(self, scheduler_stats: Any, iteration_stats: Any, *args: Any, **kwargs: Any) -> None:
             if scheduler_stats is not None:
-                sink.update(running=scheduler_stats.num_running_reqs,
+                sink.record(running=scheduler_stats.num_running_reqs,
                             waiting=scheduler_stats.num_waiting_reqs,
-                            kv_cache_usage=round(float(scheduler_stats.kv_cache_usage), 4),
-                            updated_at=time.time())
+                            kv_cache_usage=round(float(scheduler_stats.kv_cache_usage), 4))
 
         def log_engine_initialized(self) -> None:
             pass
@@ -139,11 +173,11 @@ class VllmModel:
     capabilities = Capabilities(session_cache=True)
 
     def __init__(self, engine: Any, *, tokenizer: Any = None, name: str = "vllm",
-                 stats: dict[str, Any] | None = None, max_model_len: int | None = None):
+                 stats: SchedulerStats | None = None, max_model_len: int | None = None):
         self._engine = engine
         self._tokenizer = tokenizer
         self.name = name
-        self._stats = stats if stats is not None else {}
+        self.stats = stats if stats is not None else SchedulerStats()
         self.max_model_len = max_model_len
         vllm = import_optional("vllm", _SETTING)
         self._sampling_params_cls = vllm.SamplingParams
@@ -171,7 +205,7 @@ class VllmModel:
             engine_cls = import_optional("vllm.v1.engine.async_llm", _SETTING, "vllm").AsyncLLM
         except ConfigError:  # older releases only export the alias
             engine_cls = vllm.AsyncLLMEngine
-        stats: dict[str, Any] = {}
+        stats = SchedulerStats()
         try:
             engine = engine_cls.from_engine_args(args, stat_loggers=[scheduler_stats_logger(stats)])
         except (ValueError, RuntimeError) as exc:
@@ -197,8 +231,9 @@ class VllmModel:
 
     def scheduler_stats(self) -> dict[str, Any]:
         """The engine core's scheduler as of its last step: ``running`` and ``waiting``
-        requests, ``kv_cache_usage`` (0..1), ``updated_at`` (Unix time); empty before the first."""
-        return dict(self._stats)
+        requests, ``kv_cache_usage`` (0..1), ``updated_at`` (Unix time); empty before the first
+        (:attr:`stats` awaits a report)."""
+        return dict(self.stats.latest)
 
     async def _get_tokenizer(self) -> Any:
         if self._tokenizer is None:

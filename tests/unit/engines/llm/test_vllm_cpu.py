@@ -46,13 +46,12 @@ async def model():
 
 
 async def wait_for_stats(model: VllmModel, predicate, since: float, timeout_s: float = 20.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        stats = model.scheduler_stats()
-        if stats.get("updated_at", 0) >= since and predicate(stats):
-            return stats
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"vLLM's scheduler never reported the expected state: {model.scheduler_stats()}")
+    """The first scheduler report since ``since`` that ``predicate`` accepts (vLLM reports at
+    every engine step, so a state that holds is reported within a step)."""
+    try:
+        return await asyncio.wait_for(model.stats.until(predicate, since), timeout_s)
+    except TimeoutError:
+        raise AssertionError(f"vLLM's scheduler never reported the expected state: {model.scheduler_stats()}") from None
 
 
 def test_the_shipped_gguf_converts_once_into_a_cached_folder(model):
@@ -110,23 +109,15 @@ async def test_cancelling_the_consumer_aborts_the_request(model):
 
 
 async def test_concurrent_streams_run_in_one_batch(model):
-    peak = 0
-
-    async def watch():
-        nonlocal peak
-        while True:
-            peak = max(peak, model.scheduler_stats().get("running", 0))
-            await asyncio.sleep(0.01)
-
-    watcher = asyncio.create_task(watch())
     params = GenerationParams(max_tokens=48, temperature=0.0, top_p=1.0)
+    # Both are in vLLM's running batch at once (continuous batching), not one after the other.
+    both_running = asyncio.ensure_future(model.stats.until(lambda s: s["running"] >= 2, since=time.time()))
     try:
         results = await asyncio.gather(*(_collect(model, GenerationRequest(STORY, params)) for _ in range(2)))
+        assert all(result[-1].output_tokens > 0 for result in results)
+        await asyncio.wait_for(both_running, 1)  # reported while they ran (or at the step after)
     finally:
-        watcher.cancel()
-    assert all(result[-1].output_tokens > 0 for result in results)
-    # Both were in vLLM's running batch at once (continuous batching), not one after the other.
-    assert peak >= 2
+        both_running.cancel()
 
 
 async def test_a_repeated_prompt_prefix_comes_from_the_prefix_cache(model):
