@@ -23,6 +23,7 @@ from quillman.audio import G711_RATE_HZ, PCM16, decode_audio_base64, encode_audi
 
 DEFAULT_URL = "ws://127.0.0.1:8000/v1/realtime"
 SERVER_VAD = {"type": "server_vad"}
+TRANSCRIPT_GRACE_S = 5.0  # how long after response.done a committed turn's transcript is awaited
 
 
 @dataclass
@@ -288,12 +289,21 @@ class RealtimeClient:
             result.reply_audio = np.concatenate(audio)
         if speech_end_sent is not None and first_audio is not None:
             result.latency_ms = round((first_audio - speech_end_sent) * 1000, 1)
-        # Transcription may complete after response.done in principle; pick it up if queued.
-        while result.user_transcript is None and not self._events.empty():
-            event = self._events.get_nowait()
+        # The protocol does not order the user's transcription before the reply's response.done
+        # (a short reply on a busy machine can finish first): a committed turn's transcript is
+        # awaited a little longer, its failure ends the wait.
+        committed = any(e["type"] == "input_audio_buffer.committed" for e in result.events)
+        settle_by = time.perf_counter() + (TRANSCRIPT_GRACE_S if committed else 0.0)
+        while result.user_transcript is None and (committed or not self._events.empty()):
+            try:
+                event = await self.next_event(max(0.01, settle_by - time.perf_counter()))
+            except asyncio.TimeoutError:
+                break
             result.events.append(event)
             if event["type"] == "conversation.item.input_audio_transcription.completed":
                 result.user_transcript = event["transcript"]
+            elif event["type"] == "conversation.item.input_audio_transcription.failed":
+                break
         return result
 
 
