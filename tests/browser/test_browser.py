@@ -24,7 +24,9 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-QUESTIONS = ["What is the capital of France?", "What is the largest planet?"]
+# Questions tiny.en hears from espeak reliably ("the capital of France" is heard "capital and
+# friends" by beam 5 on some runs: an ASR miss, not the browser path under test).
+QUESTIONS = ["Where do penguins live?", "What is the largest planet?"]
 TYPED_QUESTION = "What color is the sky?"
 # Asks for a long answer, so the reply is still playing when the user talks over it.
 LONG_QUESTION = "Tell me a long story about a dragon."
