@@ -24,10 +24,12 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-# Questions tiny.en hears from espeak reliably ("the capital of France" is heard "capital and
-# friends" by beam 5 on some runs: an ASR miss, not the browser path under test).
-QUESTIONS = ["Where do penguins live?", "What is the largest planet?"]
-TYPED_QUESTION = "What color is the sky?"
+# Questions tiny.en (beam 5) hears right from espeak at 150 and 170 words/min, in two voices,
+# through the page's 48 -> 24 kHz path (tried by hand: "Where do penguins live?" is heard "where
+# Duke ends with life", "the capital of France" "the capital on France" on some of them). The
+# browser path is under test here, not the CPU profile's ASR quality (that is `quillman bench`'s).
+QUESTIONS = ["What color is the sky?", "What is the largest planet?"]
+TYPED_QUESTION = "What is the capital of France?"
 # Asks for a long answer, so the reply is still playing when the user talks over it.
 LONG_QUESTION = "Tell me a long story about a dragon."
 MAX_WER = 0.3
