@@ -543,7 +543,8 @@ async def test_failing_asr_fails_the_spoken_turn(driver, backends, short_speech_
     assert statuses(driver) == ["failed"]
     # Reported once, on the item (GA shape), not as error events.
     assert len(driver.of_type("conversation.item.input_audio_transcription.failed")) == 1
-    assert failed["error"]["code"] == "model_error" and failed["item_id"] == done["response"]["output"][0]["id"] or True
+    assert failed["error"]["code"] == "model_error"
+    assert failed["item_id"] == driver.of_type("input_audio_buffer.committed")[0]["item_id"]
     assert not driver.of_type("conversation.item.input_audio_transcription.completed")
     assert driver.errors() == []
     backends.asr_fail = False
