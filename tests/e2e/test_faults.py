@@ -231,6 +231,9 @@ async def test_replica_killed_mid_turn(ws_url, server_url, processes, deployment
             # A lost ASR replica is reported once, on the user item (GA shape), and the response
             # ends failed with the same error: no separate error event (docs/protocol.md).
             assert errors == [], errors
+            if not failed_items:  # the item's report and response.done are not ordered
+                failed_items.append(await client.wait_for(
+                    "conversation.item.input_audio_transcription.failed", timeout=10))
             assert [e["error"]["code"] for e in failed_items] == ["model_error"], failed_items
             committed = next(e for e in events if e["type"] == "input_audio_buffer.committed")
             assert failed_items[0]["item_id"] == committed["item_id"]
